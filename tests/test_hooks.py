@@ -1,0 +1,514 @@
+"""Tests of hooks/pre_gen_project.py and hooks/post_gen_project.py.
+
+Bakes go through pytest-cookies (or cookiecutter itself) so the hooks run exactly as for a
+user: rendered by Jinja, then run as a subprocess, whose output capfd sees on the real fds.
+The importable functions are tested directly as well (``pythonpath = ["."]`` in pyproject).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from cookiecutter.exceptions import FailedHookException
+from cookiecutter.main import cookiecutter
+
+from hooks import post_gen_project, pre_gen_project
+
+# Not a plain import: isort groups tomllib by the configured target version (stdlib from 3.11).
+tomllib = pytest.importorskip("tomllib")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VALID_NAMES = {"project_slug": "demo_project", "package_name": "demo_pkg"}
+ALL_ON = {"use_amp": True, "use_ddp": True, "use_safetensors": True, "tracker": "tensorboard"}
+
+# (bad value, word naming the problem in the message)
+REJECTED_NAMES = [
+    ("my-project", "identifier"),
+    ("1abc", "identifier"),
+    ("My_Project", "lowercase"),
+    ("class", "keyword"),
+    ("import", "keyword"),
+    ("test", "standard-library"),
+    ("logging", "standard-library"),
+    ("typing", "standard-library"),
+    ("torch", "shadow"),
+    ("torchvision", "shadow"),
+    ("numpy", "shadow"),
+]
+
+
+def bake(cookies, **context):
+    """Bake this template with the valid names plus ``context``; check no key was dropped."""
+    extra_context = {**VALID_NAMES, **context}
+    result = cookies.bake(extra_context=extra_context, template=str(REPO_ROOT))
+    if result.context is not None:
+        for key, value in context.items():
+            assert result.context[key] == value, f"extra_context key {key!r} was not applied"
+    return result
+
+
+def baked_entries(tmpdir) -> list[Path]:
+    """Everything the cookies fixture's bakes left in their output folders."""
+    cookies_root = Path(str(tmpdir)) / "cookies"
+    bake_dirs = list(cookies_root.iterdir())
+    assert bake_dirs, f"no bake output folder under {cookies_root}"
+    return [entry for bake_dir in bake_dirs for entry in bake_dir.iterdir()]
+
+
+@pytest.fixture(scope="session")
+def user_config(tmp_path_factory) -> str:
+    """A cookiecutter user config that keeps clones and replays out of the home folder."""
+    root = tmp_path_factory.mktemp("cookiecutter_user")
+    config = root / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "cookiecutters_dir": str(root / "cookiecutters"),
+                "replay_dir": str(root / "replay"),
+            }
+        ),
+        encoding="utf-8",
+    )
+    return str(config)
+
+
+# --------------------------------------------------------------------------------------------
+# pre_gen_project: rejections through a real bake
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["project_slug", "package_name"])
+@pytest.mark.parametrize(("value", "problem"), REJECTED_NAMES)
+def test_bad_name_is_rejected_before_anything_is_written(
+    cookies, tmpdir, capfd, key, value, problem
+):
+    result = bake(cookies, **{key: value})
+
+    assert result.exit_code != 0
+    assert isinstance(result.exception, FailedHookException)
+    assert result.project_path is None
+    err = capfd.readouterr().err
+    assert f"ERROR: {key} {value!r}" in err
+    assert problem in err
+    assert "Traceback" not in err
+    assert baked_entries(tmpdir) == []
+
+
+def test_empty_package_name_is_rejected(cookies, tmpdir, capfd):
+    result = bake(cookies, package_name="")
+
+    assert result.exit_code != 0
+    assert isinstance(result.exception, FailedHookException)
+    err = capfd.readouterr().err
+    assert "ERROR: package_name is empty" in err
+    assert baked_entries(tmpdir) == []
+
+
+def test_empty_project_slug_fails_without_leaving_anything(cookies, tmpdir):
+    # An empty slug names the output folder itself, so cookiecutter refuses it ("already
+    # exists") before the pre_gen hook can run; the hook's own message is unit-tested below.
+    result = bake(cookies, project_slug="", package_name="")
+
+    assert result.exit_code != 0
+    assert result.exception is not None
+    assert baked_entries(tmpdir) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("project_slug", 'bad"""slug\\'),
+        ("package_name", "pkg'''\"\"\"\\\nname"),
+        ("package_name", 'r"""\n\\u0022 end'),
+    ],
+)
+def test_hostile_bad_name_gives_a_clean_message(cookies, tmpdir, capfd, key, value):
+    # Quotes, backslashes and newlines must reach the hook intact (tojson in a raw string).
+    result = bake(cookies, **{key: value})
+
+    assert isinstance(result.exception, FailedHookException)
+    err = capfd.readouterr().err
+    assert f"ERROR: {key} {value!r} is not a lowercase Python identifier" in err
+    assert "Traceback" not in err
+    assert baked_entries(tmpdir) == []
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"project_slug": "torch", "package_name": "demo_pkg"}, "project_slug 'torch'"),
+        ({"project_slug": "demo_project", "package_name": "logging"}, "package_name 'logging'"),
+        ({"project_slug": "my-project", "package_name": "demo_pkg"}, "project_slug 'my-project'"),
+        ({"project_slug": "class"}, "project_slug (and package_name) 'class'"),
+    ],
+)
+def test_rejection_leaves_output_dir_empty(tmp_path, user_config, capfd, context, message):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+
+    with pytest.raises(FailedHookException):
+        cookiecutter(
+            str(REPO_ROOT),
+            no_input=True,
+            extra_context=context,
+            output_dir=str(output_dir),
+            config_file=user_config,
+        )
+
+    assert f"ERROR: {message}" in capfd.readouterr().err
+    assert list(output_dir.iterdir()) == []
+
+
+def test_valid_bake_lands_where_rejections_are_checked(cookies, tmpdir):
+    # Control for the "nothing left" assertions: a good bake does leave its folder there.
+    result = bake(cookies)
+
+    assert result.exception is None, result.exception
+    assert [entry.name for entry in baked_entries(tmpdir)] == [VALID_NAMES["project_slug"]]
+    assert result.project_path.name == VALID_NAMES["project_slug"]
+
+
+# --------------------------------------------------------------------------------------------
+# pre_gen_project: importable functions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "My-Project",
+            "ERROR: project_slug 'My-Project' is not a lowercase Python identifier (letters, "
+            "digits and underscores, not starting with a digit); try 'my_project'.",
+        ),
+        ("1abc", "try 'project_1abc'."),
+        ("My_Project", "try 'my_project'."),
+        ("my project!", "try 'my_project'."),
+        ("Ünïcode", "try 'unicode'."),
+        ("---", "try 'my_project'."),
+        (
+            "",
+            "ERROR: project_slug is empty; it must be a lowercase Python identifier (letters, "
+            "digits and underscores, not starting with a digit), e.g. 'my_project'.",
+        ),
+        (
+            "class",
+            "ERROR: project_slug 'class' is a Python keyword and cannot be imported; choose "
+            "another name, e.g. 'class_project'.",
+        ),
+        ("import", "e.g. 'import_project'."),
+        (
+            "test",
+            "ERROR: project_slug 'test' would shadow the standard-library module 'test'; choose "
+            "another name, e.g. 'test_project'.",
+        ),
+        ("logging", "standard-library module 'logging'; choose another name, e.g. 'logging_"),
+        ("typing", "e.g. 'typing_project'."),
+        (
+            "torch",
+            "ERROR: project_slug 'torch' would shadow the installed package 'torch'; choose "
+            "another name, e.g. 'torch_project'.",
+        ),
+        ("torchvision", "installed package 'torchvision'"),
+        ("numpy", "e.g. 'numpy_project'."),
+        ("pil", "installed package 'PIL'"),
+        ("Torch", "try 'torch_project'."),
+    ],
+)
+def test_validate_identifier_message(value, expected):
+    message = pre_gen_project.validate_identifier("project_slug", value)
+
+    assert message is not None
+    assert message.startswith("ERROR: project_slug ")
+    assert "\n" not in message
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torch",
+        "torchvision",
+        "numpy",
+        "omegaconf",
+        "yaml",
+        "safetensors",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+        "PIL",
+        "pytest",
+        "setuptools",
+        "pip",
+        "ruff",
+        "optuna",
+        "lightning",
+        "pytorch_lightning",
+        "triton",
+        "cookiecutter",
+        "jinja2",
+    ],
+)
+def test_dependencies_are_refused(name):
+    assert pre_gen_project.validate_identifier("package_name", name.lower()) is not None
+
+
+@pytest.mark.parametrize(
+    "value", ["shape_classifier", "my_project", "_private", "net2", "match", "case", "type"]
+)
+def test_valid_names_pass(value):
+    assert pre_gen_project.validate_identifier("package_name", value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "My Project",
+        "1abc",
+        "9",
+        "class",
+        "test",
+        "logging",
+        "torch",
+        "Ünïcode Näme 🚀",
+        "__future__",
+        'a"""b\\',
+        "yaml-",
+    ],
+)
+def test_suggested_name_is_itself_valid(value):
+    suggestion = pre_gen_project.suggest_name(value)
+
+    assert pre_gen_project.validate_identifier("package_name", suggestion) is None
+
+
+def test_validate_reports_each_answer_once():
+    assert pre_gen_project.validate("demo_project", "demo_pkg") == []
+    assert len(pre_gen_project.validate("torch", "numpy")) == 2
+    (message,) = pre_gen_project.validate("torch", "torch")
+    assert message.startswith("ERROR: project_slug (and package_name) 'torch' would shadow")
+
+
+def test_main_prints_to_stderr_and_returns_status(capsys):
+    assert pre_gen_project.main("demo_project", "demo_pkg") == 0
+    assert capsys.readouterr().err == ""
+
+    assert pre_gen_project.main("demo_project", "logging") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("ERROR: package_name 'logging' would shadow")
+
+
+# --------------------------------------------------------------------------------------------
+# post_gen_project: feature files through a real bake
+# --------------------------------------------------------------------------------------------
+
+# (toggle, value that turns the feature on, value that turns it off, files it owns)
+FEATURES = [
+    ("use_amp", True, False, ["{package}/amp.py"]),
+    ("use_ddp", True, False, ["{package}/distributed.py", "tests/test_distributed.py"]),
+    ("use_safetensors", True, False, ["tests/test_safetensors.py"]),
+    ("tracker", "tensorboard", "csv", ["{package}/tensorboard_log.py"]),
+]
+FEATURE_IDS = [feature[0] for feature in FEATURES]
+
+
+def owned_paths(project: Path, files: list[str]) -> list[Path]:
+    return [project / name.format(package=VALID_NAMES["package_name"]) for name in files]
+
+
+@pytest.mark.parametrize(("toggle", "on", "off", "files"), FEATURES, ids=FEATURE_IDS)
+def test_feature_files_absent_when_off(cookies, toggle, on, off, files):
+    result = bake(cookies, **{**ALL_ON, toggle: off})
+
+    assert result.exception is None, result.exception
+    for path in owned_paths(result.project_path, files):
+        assert not path.exists(), f"{path.name} should be deleted when {toggle}={off!r}"
+
+
+@pytest.mark.parametrize(("toggle", "on", "off", "files"), FEATURES, ids=FEATURE_IDS)
+def test_feature_files_present_when_on(cookies, toggle, on, off, files):
+    all_off = {name: off_value for name, _, off_value, _ in FEATURES}
+    result = bake(cookies, **{**all_off, toggle: on})
+
+    assert result.exception is None, result.exception
+    for path in owned_paths(result.project_path, files):
+        assert path.is_file(), f"{path.name} should be kept when {toggle}={on!r}"
+
+
+def test_feature_toggle_given_as_text(cookies):
+    # Cookiecutter turns "no"/"yes" into booleans; post_gen copes either way.
+    result = cookies.bake(
+        extra_context={**VALID_NAMES, "use_amp": "no", "use_ddp": "no"},
+        template=str(REPO_ROOT),
+    )
+
+    assert result.exception is None, result.exception
+    assert post_gen_project.as_bool(result.context["use_amp"]) is False
+    package = result.project_path / VALID_NAMES["package_name"]
+    assert not (package / "amp.py").exists()
+    assert not (package / "distributed.py").exists()
+
+
+@pytest.mark.parametrize("use_ddp", [True, False])
+def test_next_steps_are_printed(cookies, capfd, use_ddp):
+    result = bake(cookies, use_ddp=use_ddp)
+
+    assert result.exception is None, result.exception
+    out = capfd.readouterr().out
+    slug = VALID_NAMES["project_slug"]
+    assert f"Created {slug}. Next steps:" in out
+    assert f"  cd {slug}\n" in out
+    assert "pip install -e ." in out
+    assert "python train.py\n" in out or "python train.py " in out
+    assert "python train.py optim.lr=0.01 train.epochs=10" in out
+    assert ("torchrun --standalone --nproc_per_node=2 train.py" in out) is use_ddp
+
+
+# --------------------------------------------------------------------------------------------
+# post_gen_project: importable functions
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("True", True),
+        ("yes", True),
+        ("Y", True),
+        ("on", True),
+        ("1", True),
+        (" TRUE ", True),
+        ("False", False),
+        ("no", False),
+        ("0", False),
+        ("off", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_as_bool(value, expected):
+    assert post_gen_project.as_bool(value) is expected
+
+
+def test_files_to_remove():
+    features = {"package_name": "pkg", "project_slug": "proj"}
+    all_off = {**features, "use_amp": False, "use_ddp": "no", "use_safetensors": "false"}
+
+    assert sorted(post_gen_project.files_to_remove({**all_off, "tracker": "csv"})) == [
+        "pkg/amp.py",
+        "pkg/distributed.py",
+        "pkg/tensorboard_log.py",
+        "tests/test_distributed.py",
+        "tests/test_safetensors.py",
+    ]
+    assert post_gen_project.files_to_remove({**features, **ALL_ON}) == []
+    assert post_gen_project.files_to_remove({**features, **ALL_ON, "use_amp": "no"}) == [
+        "pkg/amp.py"
+    ]
+
+
+def test_main_deletes_only_disabled_features(tmp_path, capsys):
+    names = [
+        "pkg/amp.py",
+        "pkg/distributed.py",
+        "pkg/tensorboard_log.py",
+        "pkg/model.py",
+        "tests/test_distributed.py",
+        "tests/test_safetensors.py",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("", encoding="utf-8")
+    features = {
+        "project_slug": "proj",
+        "package_name": "pkg",
+        "use_amp": True,
+        "use_ddp": False,
+        "use_safetensors": True,
+        "tracker": "csv",
+    }
+
+    assert post_gen_project.main(features, root=tmp_path) == 0
+
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py"))
+    assert left == ["pkg/amp.py", "pkg/model.py", "tests/test_safetensors.py"]
+    assert "cd proj" in capsys.readouterr().out
+
+
+def test_main_tolerates_missing_files(tmp_path):
+    features = {"project_slug": "proj", "package_name": "pkg", "tracker": "csv"}
+
+    assert post_gen_project.main(features, root=tmp_path) == 0
+
+
+def test_next_steps_text():
+    text = post_gen_project.next_steps("proj", use_ddp=True)
+
+    assert text.splitlines()[:3] == [
+        "Created proj. Next steps:",
+        "  cd proj",
+        "  python -m pip install -e .",
+    ]
+    assert "torchrun --standalone --nproc_per_node=2 train.py" in text
+    assert "torchrun" not in post_gen_project.next_steps("proj", use_ddp=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile user text lands intact in the baked project
+# --------------------------------------------------------------------------------------------
+
+# Values given non-interactively are rendered as Jinja: {{ '{{' }} yields a literal "{{".
+HOSTILE_NAME_INPUT = "Ann's \"quoted\" \\ back\\slash 🚀 Ünïcode {{ '{{' }} 7*6 }}"
+HOSTILE_NAME = 'Ann\'s "quoted" \\ back\\slash 🚀 Ünïcode {{ 7*6 }}'
+HOSTILE_DESCRIPTION = (
+    "Classifies 'shapes' with \"quotes\", a <tag> & an ampersand.\n"
+    "Second line ends in a backslash \\"
+)
+HOSTILE_AUTHOR = 'Seán O\'Brien "Bob" 😀'
+
+
+@pytest.fixture(scope="module")
+def hostile_bake(cookies_session):
+    result = cookies_session.bake(
+        extra_context={
+            **VALID_NAMES,
+            **ALL_ON,
+            "project_name": HOSTILE_NAME_INPUT,
+            "description": HOSTILE_DESCRIPTION,
+            "author_name": HOSTILE_AUTHOR,
+        },
+        template=str(REPO_ROOT),
+    )
+    assert result.exception is None, result.exception
+    assert result.context["project_name"] == HOSTILE_NAME
+    assert result.context["description"] == HOSTILE_DESCRIPTION
+    assert result.context["author_name"] == HOSTILE_AUTHOR
+    return result.project_path
+
+
+def test_hostile_text_in_pyproject(hostile_bake):
+    text = (hostile_bake / "pyproject.toml").read_text(encoding="utf-8")
+    project = tomllib.loads(text)["project"]
+
+    assert project["description"] == " ".join(HOSTILE_DESCRIPTION.split())
+    assert project["authors"][0]["name"] == HOSTILE_AUTHOR
+
+
+def test_hostile_text_python_files_compile(hostile_bake):
+    sources = sorted(hostile_bake.rglob("*.py"))
+
+    assert sources
+    for path in sources:
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+
+
+def test_hostile_text_in_readme(hostile_bake):
+    readme = (hostile_bake / "README.md").read_text(encoding="utf-8")
+
+    assert HOSTILE_NAME in readme

@@ -1,0 +1,73 @@
+"""The command line of train.py: config files, `key=value` overrides and a few flags.
+
+Kept free of torch imports, so `--help` and config errors answer at once.
+"""
+
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config, schema_fields, to_yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+USAGE = """\
+usage: python train.py [CONFIG.yaml ...] [key=value ...] [--print-config] [--help]
+
+Settings come from configs/default.yaml, then each CONFIG.yaml in order, then the
+key=value overrides (later wins). Examples:
+  python train.py optim.lr=0.003 train.epochs=10
+  python train.py configs/my_experiment.yaml data.batch_size=64
+  python train.py run.dir=runs/first run.resume=auto     # continue a stopped run
+"""
+
+
+def help_text() -> str:
+    """The usage line and every setting with its type, default and description."""
+    lines = [USAGE, "settings:"]
+    defaults = Config()
+    for key, item in schema_fields():
+        value = defaults
+        for part in key.split("."):
+            value = getattr(value, part)
+        choices = item.metadata.get("choices")
+        suffix = f" (one of: {', '.join(choices)})" if choices else ""
+        lines.append(f"  {key} [{item.type}] = {value!r}")
+        lines.append(f"      {item.metadata['help']}{suffix}")
+    return "\n".join(lines)
+
+
+def parse_command_line(argv: list[str]) -> tuple[Config, bool]:
+    """The validated config, and whether only printing it was asked for.
+
+    Exits with status 0 after `--help`, and 2 with one line on stderr for any error.
+    """
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        sys.exit(0)
+    config_files: list[str | Path] = [DEFAULT_CONFIG]
+    overrides, print_only = [], False
+    for argument in argv:
+        if argument == "--print-config":
+            print_only = True
+        elif argument.startswith("-") and "=" not in argument:
+            _fail(f"unknown option {argument!r}; options: --help, --print-config")
+        elif "=" in argument:
+            overrides.append(argument)
+        elif argument.endswith((".yaml", ".yml")):
+            config_files.append(argument)
+        else:
+            _fail(
+                f"argument {argument!r} is neither a .yaml file nor key=value; "
+                "write overrides as key=value, e.g. optim.lr=0.01"
+            )
+    try:
+        cfg = load_config(config_files, overrides)
+    except ConfigError as error:
+        _fail(str(error))
+    if print_only:
+        print(to_yaml(cfg), end="")
+    return cfg, print_only
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

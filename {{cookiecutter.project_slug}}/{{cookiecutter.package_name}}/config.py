@@ -1,0 +1,316 @@
+"""The configuration schema, and loading it from YAML files and `key=value` overrides.
+
+The dataclasses below are the single source of truth: every setting, its type, default,
+allowed values and one-line help. OmegaConf merges `configs/default.yaml`, any further
+YAML files and the command-line overrides onto them and checks the types; `validate`
+then checks choices and ranges. Any problem becomes one `ConfigError` naming the full key
+and what is allowed, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A setting the user can fix; the message names the key and the allowed values."""
+
+
+def setting(default: Any, help: str, **rules: Any) -> Any:
+    """A schema field with its help text and validation rules (choices, gt, ge, le, lt).
+
+    `default` may be a list; it is then copied per instance as dataclasses require.
+    """
+    metadata = {"help": help, **rules}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = setting(
+        "shapes",
+        "'shapes' (built-in, generated in memory), 'imagefolder' (data.root/train and "
+        "data.root/val class folders) or a torchvision dataset: cifar10, cifar100, mnist, "
+        "fashionmnist",
+    )
+    root: str = setting("data", "folder of the data for imagefolder and torchvision datasets")
+    download: bool = setting(False, "let torchvision datasets download into data.root")
+    image_size: int = setting(32, "side of the square images fed to the model", ge=8)
+    batch_size: int = setting(128, "samples per batch (per process under DDP)", ge=1)
+    num_workers: int = setting(0, "DataLoader worker processes (0 loads in the main process)", ge=0)
+    train_size: int = setting(10000, "shapes only: number of training images", ge=1)
+    val_size: int = setting(2000, "shapes only: number of validation images", ge=1)
+
+
+@dataclass
+class ModelConfig:
+    name: str = setting(
+        "small_resnet", "'small_resnet' (this project's) or a torchvision model, e.g. resnet18"
+    )
+    width: int = setting(16, "small_resnet only: channels of the first stage", ge=1)
+    dropout: float = setting(0.0, "small_resnet only: dropout before the classifier", ge=0, lt=1)
+    freeze: list[str] = setting([], "parameter name prefixes to freeze, e.g. [stem, stages.0]")
+
+
+@dataclass
+class OptimConfig:
+    name: str = setting("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float = setting(0.01, "peak learning rate", gt=0)
+    weight_decay: float = setting(
+        0.05, "decoupled weight decay (never applied to biases and norm weights)", ge=0
+    )
+    momentum: float = setting(0.9, "sgd only: momentum", ge=0, lt=1)
+    nesterov: bool = setting(True, "sgd only: Nesterov momentum")
+    betas: list[float] = setting([0.9, 0.999], "adamw only: (beta1, beta2)")
+
+
+@dataclass
+class SchedConfig:
+    name: str = setting(
+        "cosine",
+        "learning-rate schedule",
+        choices=("cosine", "step", "multistep", "exponential", "plateau", "none"),
+    )
+    warmup_epochs: float = setting(
+        0.5, "cosine only: linear warmup length in epochs (fractions allowed)", ge=0
+    )
+    min_lr_ratio: float = setting(
+        0.0, "cosine only: final lr as a fraction of optim.lr", ge=0, le=1
+    )
+    step_size: int = setting(10, "step only: epochs between decays", ge=1)
+    milestones: list[int] = setting([30, 60, 90], "multistep only: epochs at which lr decays")
+    gamma: float = setting(0.1, "step, multistep, exponential, plateau: decay factor", gt=0, le=1)
+    patience: int = setting(3, "plateau only: epochs without val_loss improvement", ge=0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = setting(4, "passes over the training data", ge=1)
+    max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", ge=0)
+    grad_accum_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
+    grad_clip: float = setting(0.0, "clip the gradient norm to this value (0 = off)", ge=0)
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
+{% if cookiecutter.use_amp %}
+    amp: bool = setting(True, "mixed precision: bf16 on CPU, fp16 with a grad scaler on CUDA")
+    amp_dtype: str = setting(
+        "auto", "autocast dtype; auto = bf16 on CPU, fp16 on CUDA", choices=("auto", "bf16", "fp16")
+    )
+{% endif %}
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N or mps")
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)", ge=0)
+    log_every: int = setting(50, "log the running loss every N optimizer steps", ge=1)
+{% if cookiecutter.use_ddp %}
+    ddp_timeout_s: int = setting(
+        600, "seconds a rank waits for the others before the job fails", ge=1
+    )
+{% endif %}
+
+
+@dataclass
+class RunConfig:
+    dir: Optional[str] = setting(
+        None, "output folder of this run (default: runs/<run.name>-<timestamp>)"
+    )
+    name: str = setting("run", "name of the run, used in the default run.dir")
+    resume: Optional[str] = setting(
+        None, "'auto' (latest checkpoint in run.dir), a checkpoint path, or null (fresh run)"
+    )
+
+
+@dataclass
+class Config:
+    seed: int = setting(0, "seed of data generation, init, shuffling and augmentation", ge=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def schema_fields(schema: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """Every leaf setting as (full dotted key, dataclass field), in schema order."""
+    leaves = []
+    for item in dataclasses.fields(schema):
+        key = f"{prefix}{item.name}"
+        if key in _SECTIONS:
+            leaves += schema_fields(_SECTIONS[key], prefix=f"{key}.")
+        else:
+            leaves.append((key, item))
+    return leaves
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "sched": SchedConfig,
+    "train": TrainConfig,
+    "run": RunConfig,
+}
+
+
+def load_config(config_files: list[str | Path], overrides: list[str]) -> Config:
+    """Merge YAML files (later wins) and `key=value` overrides onto the schema, then validate."""
+    merged = OmegaConf.structured(Config)
+    for path in config_files:
+        merged = _merge(merged, _load_yaml(Path(path)), source=str(path))
+    merged = _merge(merged, _parse_overrides(overrides), source="the command line")
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain dicts, lists and scalars (for YAML files and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def validate(cfg: Config) -> None:
+    """Check every rule declared in the schema: choices and numeric ranges."""
+    for key, item in schema_fields():
+        value = _get(cfg, key)
+        rules = item.metadata
+        if "choices" in rules and value not in rules["choices"]:
+            raise ConfigError(
+                f"{key}={value!r} is not allowed; choose one of: {', '.join(rules['choices'])}"
+            )
+        for rule, holds, words in _RANGE_RULES:
+            if rule in rules and value is not None and not holds(value, rules[rule]):
+                raise ConfigError(
+                    f"{key}={value!r} is out of range; it must be {words} {rules[rule]}"
+                )
+    if cfg.optim.name == "adamw" and (
+        len(cfg.optim.betas) != 2 or not all(0 <= beta < 1 for beta in cfg.optim.betas)
+    ):
+        raise ConfigError(
+            f"optim.betas={cfg.optim.betas} is not allowed; give two numbers in [0, 1), "
+            "e.g. optim.betas=[0.9,0.999]"
+        )
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
+        raise ConfigError(
+            f"train.device={cfg.train.device!r} is not allowed; choose one of: "
+            "auto, cpu, cuda, cuda:N, mps"
+        )
+    if cfg.run.name and not re.fullmatch(r"[\w.-]+", cfg.run.name):
+        raise ConfigError(
+            f"run.name={cfg.run.name!r} is not allowed; use letters, digits, '_', '-' and '.'"
+        )
+
+
+_RANGE_RULES = (
+    ("gt", lambda value, bound: value > bound, ">"),
+    ("ge", lambda value, bound: value >= bound, ">="),
+    ("lt", lambda value, bound: value < bound, "<"),
+    ("le", lambda value, bound: value <= bound, "<="),
+)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _load_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; give the path of a YAML file")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # YAML syntax errors come in several exception types
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML: {first_line}") from None
+    if not OmegaConf.is_dict(loaded):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not a list")
+    return loaded
+
+
+def _parse_overrides(overrides: list[str]) -> Any:
+    """`a.b=value` strings to a config; Hydra's `+a.b=value` form is accepted as `a.b=value`."""
+    dotlist = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.removeprefix("+").strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"override {override!r} has no value; write it as key=value, e.g. optim.lr=0.01"
+            )
+        if value.strip() == "":
+            raise ConfigError(
+                f"{key} is missing a value; write it as {key}=VALUE (use {key}=null for none)"
+            )
+        _check_known_key(key)
+        dotlist.append(f"{key}={value}")
+    try:
+        return OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def _check_known_key(key: str) -> None:
+    known = {name for name, _ in schema_fields()}
+    if key in known:
+        return
+    section = key.split(".")[0]
+    if section in _SECTIONS:
+        options = [name for name in sorted(known) if name.startswith(f"{section}.")]
+        raise ConfigError(f"unknown config key {key!r}; keys in {section!r}: {', '.join(options)}")
+    sections = sorted({name.split(".")[0] for name in known})
+    raise ConfigError(f"unknown config key {key!r}; top-level keys: {', '.join(sections)}")
+
+
+def _merge(base: Any, update: Any, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{_describe(error)} (in {source})") from None
+
+
+def _describe(error: OmegaConfBaseException) -> str:
+    """One line from an OmegaConf error: the full key, the bad value and what is expected."""
+    key = getattr(error, "full_key", None) or "?"
+    message = str(error).strip().splitlines()[0]
+    if "not in struct" in message.lower() or "key" in type(error).__name__.lower():
+        try:
+            _check_known_key(key)
+        except ConfigError as known:
+            return str(known)
+    expected = _expected_type(key)
+    if expected:
+        value = getattr(error, "msg", message)
+        return f"{key}: {value.splitlines()[0]}; expected {expected}"
+    return f"{key}: {message}"
+
+
+def _expected_type(key: str) -> str:
+    fields = dict(schema_fields())
+    if key not in fields:
+        return ""
+    annotation = str(fields[key].type)
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a string",
+        "Optional[str]": "a string or null",
+        "list[str]": "a list of strings, e.g. [a,b]",
+        "list[int]": "a list of integers, e.g. [30,60]",
+        "list[float]": "a list of numbers, e.g. [0.9,0.999]",
+    }.get(annotation, annotation)

@@ -1,0 +1,271 @@
+"""Datasets and DataLoaders.
+
+Three sources, chosen by `data.dataset`:
+- `shapes`: the built-in dataset, generated in memory from the seed (see shapes.py);
+- `imagefolder`: the user's images in `data.root/train/<class>/` and `data.root/val/<class>/`;
+- a torchvision dataset by name (cifar10, cifar100, mnist, fashionmnist) stored in `data.root`.
+
+The order of samples comes only from (seed, epoch), through a seeded sampler, so a run can
+stop in the middle of an epoch and continue with exactly the batches it would have seen.
+torchvision is imported only for the sources that need it.
+"""
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from .config import ConfigError, DataConfig
+from .shapes import SHAPE_CLASSES, make_shapes
+
+# name -> (torchvision class, image channels)
+TORCHVISION_DATASETS = {
+    "cifar10": ("CIFAR10", 3),
+    "cifar100": ("CIFAR100", 3),
+    "mnist": ("MNIST", 1),
+    "fashionmnist": ("FashionMNIST", 1),
+}
+DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    """What the rest of training needs to know about the data."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    in_channels: int
+
+
+class ShapesDataset(Dataset):
+    """Images held in memory as one uint8 tensor; indexing takes one index or a whole batch.
+
+    Batched indexing (a list of indices in, a stacked batch out) skips per-sample Python
+    and collation, which on a CPU is a large part of the cost of small images.
+    """
+
+    supports_batch_indexing = True
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+        self.images = images
+        self.labels = labels
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        images = self.images[index].float().div_(255.0).sub_(0.5).div_(0.25)
+        return images, self.labels[index]
+
+
+def build_datasets(cfg: DataConfig, seed: int) -> DataBundle:
+    if cfg.dataset == "shapes":
+        return _shapes(cfg, seed)
+    if cfg.dataset == "imagefolder":
+        return _image_folder(cfg)
+    if cfg.dataset in TORCHVISION_DATASETS:
+        return _torchvision_dataset(cfg)
+    raise ConfigError(
+        f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
+        f"{', '.join(DATASET_CHOICES)}"
+    )
+
+
+def _shapes(cfg: DataConfig, seed: int) -> DataBundle:
+    classes = list(SHAPE_CLASSES)
+    # Validation images come from a different seed, so they are new images, not copies.
+    train = ShapesDataset(*make_shapes(cfg.train_size, cfg.image_size, seed), classes)
+    val = ShapesDataset(*make_shapes(cfg.val_size, cfg.image_size, seed + 1_000_003), classes)
+    return DataBundle(train, val, classes, in_channels=3)
+
+
+def _to_rgb(image):
+    # A module-level function, not a lambda, so worker processes can unpickle it.
+    return image.convert("RGB")
+
+
+def _image_transforms(image_size: int, train: bool):
+    from torchvision import transforms
+
+    if train:
+        steps = [
+            transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+        ]
+    else:
+        steps = [
+            transforms.Resize(math.ceil(image_size * 1.14), antialias=True),
+            transforms.CenterCrop(image_size),
+        ]
+    return transforms.Compose(
+        [
+            transforms.Lambda(_to_rgb),
+            *steps,
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def _image_folder(cfg: DataConfig) -> DataBundle:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise ConfigError(
+                f"data.root={cfg.root!r}: folder {root / split} does not exist; put one "
+                f"sub-folder per class in {root / 'train'} and {root / 'val'}"
+            )
+    try:
+        train = ImageFolder(str(root / "train"), transform=_image_transforms(cfg.image_size, True))
+        val = ImageFolder(str(root / "val"), transform=_image_transforms(cfg.image_size, False))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise ConfigError(f"data.root={cfg.root!r}: {error}") from None
+    unknown = sorted(set(val.classes) - set(train.classes))
+    if unknown:
+        raise ConfigError(
+            f"data.root={cfg.root!r}: classes {unknown} are in val/ but not in train/; "
+            "every validation class needs training images"
+        )
+    # Validation labels must use the training class indices, even if val/ lacks a class.
+    val.class_to_idx = train.class_to_idx
+    val.samples = [(path, train.class_to_idx[val.classes[label]]) for path, label in val.samples]
+    val.targets = [label for _, label in val.samples]
+    return DataBundle(train, val, list(train.classes), in_channels=3)
+
+
+def _torchvision_dataset(cfg: DataConfig) -> DataBundle:
+    import torchvision
+
+    class_name, channels = TORCHVISION_DATASETS[cfg.dataset]
+    dataset_class = getattr(torchvision.datasets, class_name)
+    splits = []
+    for train in (True, False):
+        transform = _tensor_transforms(cfg.image_size, channels, train)
+        try:
+            splits.append(
+                dataset_class(cfg.root, train=train, download=cfg.download, transform=transform)
+            )
+        except RuntimeError as error:
+            if "not found" not in str(error).lower():
+                raise
+            raise ConfigError(
+                f"data.dataset={cfg.dataset}: no {class_name} files in {Path(cfg.root).resolve()}; "
+                f"put them there or run once with data.download=true"
+            ) from None
+    return DataBundle(splits[0], splits[1], list(splits[0].classes), in_channels=channels)
+
+
+def _tensor_transforms(image_size: int, channels: int, train: bool):
+    from torchvision import transforms
+
+    steps = [transforms.Resize(image_size, antialias=True)]
+    if train:
+        steps += [transforms.RandomCrop(image_size, padding=image_size // 8)]
+        if channels == 3:
+            steps += [transforms.RandomHorizontalFlip()]
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of a (distributed) sampler's indices, able to start in the middle of an epoch.
+
+    `set_epoch(epoch, start_batch)` reshuffles for `epoch` exactly as an uninterrupted run
+    would, then skips the `start_batch` batches that were already trained on.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        self.start_batch = start_batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(BatchSampler(self.sampler, self.batch_size, self.drop_last))
+
+    def __iter__(self):
+        batches = BatchSampler(self.sampler, self.batch_size, self.drop_last)
+        return itertools.islice(iter(batches), self.start_batch, None)
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.start_batch, 0)
+
+
+class ShardSampler(Sampler[int]):
+    """Every `world_size`-th index from `rank`, in order, without padding.
+
+    Used for validation: unlike DistributedSampler it repeats no sample, so metrics summed
+    over ranks count each validation image exactly once.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_loader(
+    dataset: Dataset,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over `dataset`: shuffled per epoch from `seed` when training, sharded
+    over `world_size` processes; batches are fetched whole when the dataset supports it."""
+    if train:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+        # Drop a ragged last batch (batch norm dislikes tiny batches) unless it is the only one.
+        drop_last = len(sampler) > cfg.batch_size
+        if len(dataset) < world_size:
+            raise ConfigError(
+                f"the training set has {len(dataset)} samples, fewer than the {world_size} "
+                "processes; use more data or fewer processes"
+            )
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+        drop_last = False
+    batch_sampler = EpochBatchSampler(sampler, cfg.batch_size, drop_last)
+    common = dict(
+        num_workers=cfg.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=cfg.num_workers > 0,
+        # The loader draws worker seeds from this generator, never from the global RNG,
+        # so loading does not shift the random stream of the training itself.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if getattr(dataset, "supports_batch_indexing", False):
+        return DataLoader(dataset, sampler=batch_sampler, batch_size=None, **common)
+    return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+
+
+def epoch_batch_sampler(loader: DataLoader) -> EpochBatchSampler:
+    """The EpochBatchSampler behind a loader made by `build_loader`."""
+    if isinstance(loader.batch_sampler, EpochBatchSampler):
+        return loader.batch_sampler
+    return loader.sampler

@@ -1,0 +1,321 @@
+"""Training, top to bottom: config -> seed -> data/model/optimizer -> resume -> epochs.
+
+Run it through the entry point at the project root:
+
+    python train.py [CONFIG.yaml ...] [key=value ...]
+{% if cookiecutter.use_ddp %}
+    torchrun --standalone --nproc_per_node=2 train.py [CONFIG.yaml ...] [key=value ...]
+{% endif %}
+"""
+
+{% if not cookiecutter.use_amp %}
+import contextlib
+{% endif %}
+import datetime
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+{% if cookiecutter.use_amp %}
+from .amp import amp_dtype, autocast_factory, build_grad_scaler
+{% endif %}
+from .checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_checkpoint,
+    load_model_state,
+    set_rng_state,
+    training_state,
+)
+from .config import Config, ConfigError, to_dict, to_yaml
+from .data import build_datasets, build_loader, epoch_batch_sampler
+{% if cookiecutter.use_ddp %}
+from .distributed import (
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    wrap_model,
+)
+{% endif %}
+from .engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
+from .log import MetricsCSV, setup_logging
+from .model import build_model, check_model_name, count_parameters
+from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
+{% if cookiecutter.tracker == "tensorboard" %}
+from .tensorboard_log import TensorBoardWriter
+{% endif %}
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: no CUDA GPU is visible; use train.device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name}: MPS is not available; use train.device=cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_run_dir(cfg: Config) -> Path:
+    """The run folder: `run.dir`, the folder of a checkpoint to resume, or a new one."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    if cfg.run.resume == "auto":
+        raise ConfigError(
+            "run.resume=auto needs run.dir, the folder of the run to continue, "
+            "e.g. run.dir=runs/run-20260101-120000"
+        )
+    if cfg.run.resume:
+        checkpoint = Path(cfg.run.resume)
+        folder = checkpoint.parent
+        return folder.parent if folder.name == "checkpoints" else folder
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.run.name}-{stamp}"
+
+
+def find_resume_checkpoint(cfg: Config, checkpoints: CheckpointManager) -> Path | None:
+    if cfg.run.resume is None:
+        if checkpoints.latest() is not None:
+            raise ConfigError(
+                f"run.dir={checkpoints.folder.parent} already holds checkpoints of a run; "
+                "continue it with run.resume=auto, or choose another run.dir"
+            )
+        return None
+    if cfg.run.resume == "auto":
+        return checkpoints.latest()
+    return Path(cfg.run.resume)
+
+
+def main(cfg: Config) -> int:
+    """Train with `cfg`; returns the process exit code."""
+{% if cookiecutter.use_ddp %}
+    dist = init_distributed(cfg.train.ddp_timeout_s)
+    rank, local_rank, world_size = dist.rank, dist.local_rank, dist.world_size
+    run_dir = broadcast_object(resolve_run_dir(cfg) if rank == 0 else None)
+{% else %}
+    rank, local_rank, world_size = 0, 0, 1
+    run_dir = resolve_run_dir(cfg)
+{% endif %}
+    is_main = rank == 0
+    check_model_name(cfg.model.name)  # a typo fails here, before any data is made
+    checkpoints = CheckpointManager(run_dir / "checkpoints", is_main, {{ cookiecutter.use_safetensors }})
+    resume_from = find_resume_checkpoint(cfg, checkpoints)
+    setup_logging(run_dir / "train.log", rank)
+    logger.info("run folder: %s", run_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device, local_rank)
+    logger.info(
+        "torch %s, device %s, %d threads, world size %d",
+        torch.__version__,
+        device,
+        torch.get_num_threads(),
+        world_size,
+    )
+    seed_everything(cfg.seed)
+
+    data = build_datasets(cfg.data, cfg.seed)
+    pin_memory = device.type == "cuda"
+    shard = dict(seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
+    train_loader = build_loader(data.train, cfg.data, train=True, **shard)
+    val_loader = build_loader(data.val, cfg.data, train=False, **shard)
+    train_batches = epoch_batch_sampler(train_loader)
+    batches_per_epoch = train_batches.batches_per_epoch
+    if batches_per_epoch == 0:
+        raise ConfigError(f"the training set of {len(data.train)} samples gives no batch")
+    logger.info(
+        "data: %s, %d classes, %d train / %d val samples, %d batches per epoch",
+        cfg.data.dataset,
+        len(data.classes),
+        len(data.train),
+        len(data.val),
+        batches_per_epoch,
+    )
+
+    model = build_model(cfg.model, len(data.classes), data.in_channels).to(device)
+    trainable, total = count_parameters(model)
+    logger.info("model: %s, %d trainable / %d parameters", cfg.model.name, trainable, total)
+{% if cookiecutter.use_ddp %}
+    model = wrap_model(model, device, dist)
+{% endif %}
+    optimizer = build_optimizer(cfg.optim, model)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
+    step_per_batch = cfg.sched.name in PER_STEP_SCHEDULERS
+{% if cookiecutter.use_amp %}
+    dtype = amp_dtype(cfg.train, device)
+    autocast = autocast_factory(dtype, device)
+    scaler = build_grad_scaler(dtype, device)
+    logger.info("mixed precision: %s", dtype or "off")
+{% else %}
+    autocast = contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+{% endif %}
+
+    state = TrainState()
+    if resume_from is not None:
+        checkpoint = load_checkpoint(resume_from)
+        load_model_state(model, checkpoint["model"], resume_from)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = TrainState(**checkpoint["progress"])
+        set_rng_state(checkpoint["rng"])
+        if state.batch_in_epoch >= batches_per_epoch:
+            state.start_epoch(state.epoch + 1)
+        logger.info(
+            "resumed from %s: epoch %d, batch %d, step %d",
+            resume_from,
+            state.epoch + 1,
+            state.batch_in_epoch,
+            state.global_step,
+        )
+    elif cfg.run.resume == "auto":
+        logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
+
+    writers = []
+    if is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        metrics = MetricsCSV(run_dir / "metrics.csv")
+        metrics.keep_epochs_before(state.epoch)
+        writers.append(metrics)
+{% if cookiecutter.tracker == "tensorboard" %}
+        writers.append(TensorBoardWriter(run_dir / "tensorboard"))
+{% endif %}
+
+    def save(name: str) -> Path:
+        progress = state.as_dict()
+        snapshot = training_state(
+            model, optimizer, scheduler, scaler, progress, to_dict(cfg), data.classes
+        )
+        path = checkpoints.save(snapshot, model, name)
+{% if cookiecutter.use_ddp %}
+        barrier()  # nobody reads a checkpoint before rank 0 has finished writing it
+{% endif %}
+        return path
+
+    run_start = time.perf_counter()
+    reached_max_steps = state.global_step >= cfg.train.max_steps > 0
+    while state.epoch < cfg.train.epochs and not reached_max_steps:
+        epoch_start = time.perf_counter()
+        seen_before = state.seen
+        train_batches.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+        reached_max_steps = train_one_epoch(
+            model,
+            train_loader,
+            batches_per_epoch,
+            optimizer,
+            scaler,
+            scheduler,
+            step_per_batch,
+            state,
+            cfg.train,
+            device,
+            autocast,
+        )
+        if state.batch_in_epoch < batches_per_epoch:
+            save("last")  # stopped inside the epoch: the next run continues from here
+            break
+
+        train_totals = torch.tensor([state.loss_sum, state.correct, state.seen], device=device)
+        val_totals = evaluate(model, val_loader, device, autocast)
+{% if cookiecutter.use_ddp %}
+        train_totals = all_reduce_sum(train_totals)
+        val_totals = all_reduce_sum(val_totals)
+{% endif %}
+        train_loss, train_acc = (train_totals[:2] / train_totals[2]).tolist()
+        val_loss, val_acc = (val_totals[:2] / val_totals[2]).tolist()
+        if not step_per_batch:
+            scheduler.step(val_loss) if cfg.sched.name == "plateau" else scheduler.step()
+        epoch_time = time.perf_counter() - epoch_start
+        row = {
+            "epoch": state.epoch,
+            "step": state.global_step,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": epoch_time,
+            "samples_per_s": (state.seen - seen_before) * world_size / epoch_time,
+        }
+        logger.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1f s)",
+            state.epoch + 1,
+            cfg.train.epochs,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            epoch_time,
+        )
+        for writer in writers:
+            writer.write(row)
+        is_best = val_acc > state.best_val_acc
+        if is_best:
+            state.best_val_acc, state.best_epoch = val_acc, state.epoch
+        save("last")
+        if is_best:
+            save("best")
+        if not reached_max_steps:
+            state.start_epoch(state.epoch + 1)
+
+    for writer in writers:
+        writer.close()
+    elapsed = time.perf_counter() - run_start
+    if state.best_epoch < 0:
+        logger.info(
+            "stopped after %.1f s at step %d (train.max_steps), inside epoch %d; continue with "
+            "run.dir=%s run.resume=auto and a larger train.max_steps",
+            elapsed,
+            state.global_step,
+            state.epoch + 1,
+            run_dir,
+        )
+    else:
+        logger.info(
+            "done in %.1f s: best val acc %.4f (epoch %d), checkpoints in %s",
+            elapsed,
+            state.best_val_acc,
+            state.best_epoch + 1,
+            checkpoints.folder,
+        )
+{% if cookiecutter.use_ddp %}
+    cleanup()
+{% endif %}
+    return 0
+
+
+def run(cfg: Config) -> int:
+    """`main` with the project's errors turned into one clear line and an exit code."""
+    try:
+        return main(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (CheckpointError, NonFiniteLossError) as error:
+        logger.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
