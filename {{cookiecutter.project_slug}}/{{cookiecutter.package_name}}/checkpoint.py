@@ -146,7 +146,8 @@ def _to_plain(value):
 
 
 def versions() -> dict:
-    return {"torch": torch.__version__, "python": platform.python_version()}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def load_checkpoint(path: Path) -> dict:

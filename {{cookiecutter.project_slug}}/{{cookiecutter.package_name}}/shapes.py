@@ -86,8 +86,9 @@ def make_shapes(
         dy = pixel.view(1, -1, 1) - centre_y[chosen].view(-1, 1, 1)
         mask[chosen] = _shape_mask(name, dx, dy, radius[chosen].view(-1, 1, 1))
 
-    mask = mask.unsqueeze(1).float()
-    images = background.view(-1, 3, 1, 1) + mask * (foreground - background).view(-1, 3, 1, 1)
-    images = images + noise * torch.randn(images.shape, generator=generator)
-    images = (images.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+    # In-place steps on one [N, 3, S, S] buffer: this runs at every start, so it must be quick.
+    foreground, background = foreground.view(-1, 3, 1, 1), background.view(-1, 3, 1, 1)
+    images = torch.where(mask.unsqueeze(1), foreground, background)
+    images.add_(torch.randn(images.shape, generator=generator), alpha=noise)
+    images = images.clamp_(0.0, 1.0).mul_(255.0).add_(0.5).to(torch.uint8)  # +0.5: round
     return images, labels

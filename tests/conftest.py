@@ -1,0 +1,68 @@
+"""Shared fixtures: bake a project once per prompt combination and reuse it."""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEMPLATE = Path(__file__).resolve().parent.parent
+FEATURES = {
+    "use_amp": [True, False],
+    "use_ddp": [True, False],
+    "use_safetensors": [True, False],
+    "tracker": ["csv", "tensorboard"],
+}
+COMBINATIONS = [
+    dict(zip(FEATURES, values, strict=True)) for values in itertools.product(*FEATURES.values())
+]
+DEFAULT = {"use_amp": True, "use_ddp": False, "use_safetensors": False, "tracker": "csv"}
+ALL_FEATURES = {"use_amp": True, "use_ddp": True, "use_safetensors": True, "tracker": "tensorboard"}
+
+
+def combination_id(combination: dict) -> str:
+    parts = [name.removeprefix("use_") for name in FEATURES if combination[name] is True]
+    return "-".join(parts + [combination["tracker"]])
+
+
+def subprocess_env() -> dict:
+    # One thread per process: the tests already run two workers on two cores.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_python(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def baked(cookies_session):
+    """bake(combination) -> the pytest-cookies result; each combination is baked once."""
+    results = {}
+
+    def bake(combination: dict):
+        key = tuple(sorted(combination.items()))
+        if key not in results:
+            results[key] = cookies_session.bake(
+                extra_context=dict(combination), template=str(TEMPLATE)
+            )
+        return results[key]
+
+    return bake
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run in which no test passed is a failure, even if everything was skipped."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or hasattr(session.config, "workerinput"):
+        return
+    if exitstatus == 0 and not reporter.stats.get("passed"):
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
