@@ -1,0 +1,76 @@
+"""Shared fixtures: a small, fast configuration and a helper to train in-process."""
+
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `python -m pytest` puts the project root on sys.path, plain `pytest` does not: add it here,
+# so that the tests import this checkout's package without `pip install -e .`.
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+# One thread keeps these tiny models fast and avoids oversubscribing the CPU when several
+# test processes run side by side.
+torch.set_num_threads(1)
+
+# A run of a few hundred small images: one epoch takes well under a second on a CPU.
+SMALL_OVERRIDES = (
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model.width=8",
+    "train.epochs=1",
+    "train.device=cpu",
+    "train.threads=1",
+    "train.log_every=1000",
+)
+
+
+def subprocess_env() -> dict:
+    """The environment for child processes: one thread each, this project importable."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.csv, as dicts of strings."""
+    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """make_config(*overrides, run_dir=None) -> a validated small Config.
+
+    The run folder defaults to `tmp_path / "run"`; later overrides win over the small ones.
+    """
+    from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
+    from {{ cookiecutter.package_name }}.config import load_config
+
+    def make(*overrides: str, run_dir: Path | None = None):
+        folder = run_dir if run_dir is not None else tmp_path / "run"
+        return load_config([DEFAULT_CONFIG], [*SMALL_OVERRIDES, f"run.dir={folder}", *overrides])
+
+    return make
+
+
+@pytest.fixture
+def small_config(make_config):
+    """The small config with its run folder under tmp_path."""
+    return make_config()
+
+
+@pytest.fixture(autouse=True)
+def close_log_files():
+    """Close the file handlers that an in-process training run leaves on the project logger."""
+    yield
+    logger = logging.getLogger("{{ cookiecutter.package_name }}")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
