@@ -1,8 +1,9 @@
-"""Shared fixtures: a small, fast configuration and a helper to train in-process."""
+"""Shared fixtures: a small, fast configuration, and helpers for subprocesses and metrics."""
 
 import csv
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,16 +33,38 @@ SMALL_OVERRIDES = (
 )
 
 
-def subprocess_env() -> dict:
+def _subprocess_env() -> dict:
     """The environment for child processes: one thread each, this project importable."""
     path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The rows of a run's metrics.csv, as dicts of strings."""
-    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
+@pytest.fixture
+def run_python():
+    """run_python(*args, timeout=120, env=None) -> `python ARGS` in the project root, captured."""
+
+    def run(*args: str, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=PROJECT_ROOT,
+            env={**_subprocess_env(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def read_metrics():
+    """read_metrics(run_dir) -> the rows of the run's metrics.csv, as dicts of strings."""
+
+    def read(run_dir: Path) -> list[dict]:
+        with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as file:
+            return list(csv.DictReader(file))
+
+    return read
 
 
 @pytest.fixture
@@ -58,6 +81,12 @@ def make_config(tmp_path):
         return load_config([DEFAULT_CONFIG], [*SMALL_OVERRIDES, f"run.dir={folder}", *overrides])
 
     return make
+
+
+@pytest.fixture
+def small_overrides() -> list[str]:
+    """The `key=value` overrides of the small config (without run.dir)."""
+    return list(SMALL_OVERRIDES)
 
 
 @pytest.fixture

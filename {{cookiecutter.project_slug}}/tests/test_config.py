@@ -2,29 +2,28 @@
 
 import dataclasses
 import re
-import subprocess
-import sys
 
 import pytest
-import yaml
-from conftest import PROJECT_ROOT, subprocess_env
+from omegaconf import OmegaConf
 
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
-from {{ cookiecutter.package_name }}.config import ConfigError, load_config, schema_fields
+from {{ cookiecutter.package_name }}.config import (
+    ConfigError,
+    load_config,
+    schema_fields,
+)
 
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>\w+):(?P<rest>.*)$")
 
 
-def run_train(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` in the project root."""
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=PROJECT_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture
+def run_train(run_python):
+    """run_train(*args) -> `python train.py ARGS` in the project root."""
+    return lambda *args: run_python("train.py", *args)
+
+
+def read_yaml(text: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.create(text))
 
 
 def field_default(item: dataclasses.Field):
@@ -45,7 +44,7 @@ def leaf_keys(tree: dict, prefix: str = "") -> dict:
 
 
 def test_default_yaml_holds_every_schema_key_with_the_schema_default():
-    in_yaml = leaf_keys(yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")))
+    in_yaml = leaf_keys(read_yaml(DEFAULT_CONFIG.read_text(encoding="utf-8")))
     schema = dict(schema_fields())
     assert sorted(in_yaml) == sorted(schema), "default.yaml and the schema list different keys"
     for key, item in schema.items():
@@ -92,7 +91,7 @@ BAD_OVERRIDES = {
 
 
 @pytest.mark.parametrize("override, key", BAD_OVERRIDES.items(), ids=list(BAD_OVERRIDES))
-def test_bad_override_gives_one_error_line_and_exit_2(tmp_path, override, key):
+def test_bad_override_gives_one_error_line_and_exit_2(run_train, tmp_path, override, key):
     run_dir = tmp_path / "never"
     result = run_train(f"run.dir={run_dir}", override)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -104,7 +103,7 @@ def test_bad_override_gives_one_error_line_and_exit_2(tmp_path, override, key):
     assert not run_dir.exists(), "a bad config must not create the run folder"
 
 
-def test_bad_key_in_a_yaml_file_names_the_key_and_the_file(tmp_path):
+def test_bad_key_in_a_yaml_file_names_the_key_and_the_file(run_train, tmp_path):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("optim:\n  lrr: 0.1\n", encoding="utf-8")
     run_dir = tmp_path / "never"
@@ -143,18 +142,20 @@ def test_yaml_overlays_stack_and_overrides_win(tmp_path):
     assert overridden.optim.lr == 0.125  # the command line wins over every file
 
 
-def test_help_lists_every_setting():
+def test_help_lists_every_setting(run_train):
     result = run_train("--help")
     assert result.returncode == 0, result.stderr
     missing = [key for key, _ in schema_fields() if key not in result.stdout]
     assert not missing, f"--help does not mention: {missing}"
 
 
-def test_print_config_prints_yaml_and_does_not_train(tmp_path):
+def test_print_config_prints_yaml_and_does_not_train(run_train, tmp_path):
     run_dir = tmp_path / "never"
-    result = run_train("--print-config", "optim.lr=0.003", "data.batch_size=7", f"run.dir={run_dir}")
+    result = run_train(
+        "--print-config", "optim.lr=0.003", "data.batch_size=7", f"run.dir={run_dir}"
+    )
     assert result.returncode == 0, result.stderr
-    printed = yaml.safe_load(result.stdout)
+    printed = read_yaml(result.stdout)
     assert printed["optim"]["lr"] == pytest.approx(0.003)
     assert printed["data"]["batch_size"] == 7
     assert printed["run"]["dir"] == str(run_dir)
@@ -162,7 +163,7 @@ def test_print_config_prints_yaml_and_does_not_train(tmp_path):
     assert not run_dir.exists(), "--print-config must not start a run"
 
 
-def test_unknown_option_and_stray_argument_exit_2(tmp_path):
+def test_unknown_option_and_stray_argument_exit_2(run_train, tmp_path):
     for argument in ("--lr", "optim.lr"):
         result = run_train(argument, f"run.dir={tmp_path / 'never'}")
         assert result.returncode == 2, argument

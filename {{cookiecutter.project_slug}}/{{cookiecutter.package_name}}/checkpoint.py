@@ -155,6 +155,8 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is truncated or corrupt (not a torch zip archive)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -212,8 +214,7 @@ class CheckpointManager:
         self.folder = folder
         self.is_main = is_main
         self.write_safetensors = write_safetensors
-        if is_main:
-            folder.mkdir(parents=True, exist_ok=True)
+        if is_main and folder.is_dir():
             self._remove_orphans()
 
     def _remove_orphans(self) -> None:
@@ -230,6 +231,7 @@ class CheckpointManager:
         if not self.is_main:
             return path
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temporary:
                 torch.save(state, temporary)
 {% if cookiecutter.use_safetensors %}

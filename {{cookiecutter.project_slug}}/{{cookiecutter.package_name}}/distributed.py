@@ -32,8 +32,11 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def init_distributed(timeout_s: int) -> DistributedContext:
-    """Join the process group that torchrun set up (gloo on CPU, nccl on CUDA)."""
+def init_distributed(timeout_s: int, device: str = "auto") -> DistributedContext:
+    """Join the process group that torchrun set up (gloo on CPU, nccl on CUDA).
+
+    `device` is train.device: CUDA training uses nccl, anything else gloo.
+    """
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistributedContext()
     context = DistributedContext(
@@ -41,7 +44,8 @@ def init_distributed(timeout_s: int) -> DistributedContext:
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         world_size=int(os.environ["WORLD_SIZE"]),
     )
-    use_nccl = torch.cuda.is_available() and dist.is_nccl_available()
+    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    use_nccl = wants_cuda and torch.cuda.is_available() and dist.is_nccl_available()
     backend = "nccl" if use_nccl else "gloo"
     if not dist.is_available() or not (use_nccl or dist.is_gloo_available()):
         raise ConfigError("this torch build has no distributed backend (gloo or nccl)")

@@ -7,6 +7,7 @@ each line tagged with its rank.
 import csv
 import logging
 import sys
+from logging.handlers import MemoryHandler
 from pathlib import Path
 
 LOGGER_NAME = "{{ cookiecutter.package_name }}"
@@ -23,9 +24,15 @@ METRIC_COLUMNS = (
 )
 
 
-def setup_logging(log_file: Path | None, rank: int = 0) -> logging.Logger:
-    """The project's logger: INFO to stdout and `log_file` on rank 0, WARNING elsewhere."""
+def setup_logging(log_file: Path | None = None, rank: int = 0) -> logging.Logger:
+    """The project's logger: INFO to stdout and `log_file` on rank 0, WARNING elsewhere.
+
+    Without `log_file`, records are held in memory until `attach_log_file` is called, so a
+    run that fails on a bad setting before its folder exists leaves no folder behind.
+    """
     logger = logging.getLogger(LOGGER_NAME)
+    for handler in logger.handlers:
+        handler.close()
     logger.handlers.clear()
     logger.propagate = False
     prefix = "" if rank == 0 else f"[rank {rank}] "
@@ -36,14 +43,30 @@ def setup_logging(log_file: Path | None, rank: int = 0) -> logging.Logger:
     console.setFormatter(formatter)
     logger.addHandler(console)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    if log_file is not None and rank == 0:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")  # appends on resume
-        file_handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        )
-        logger.addHandler(file_handler)
+    if rank == 0:
+        if log_file is None:
+            # Never flushes by itself: capacity and level are out of reach.
+            logger.addHandler(MemoryHandler(capacity=1_000_000, flushLevel=logging.CRITICAL + 1))
+        else:
+            attach_log_file(log_file)
     return logger
+
+
+def attach_log_file(log_file: Path) -> None:
+    """Start writing `log_file` (appending on resume), first with the records held so far."""
+    logger = logging.getLogger(LOGGER_NAME)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    for handler in list(logger.handlers):
+        if isinstance(handler, MemoryHandler):
+            handler.setTarget(file_handler)
+            handler.flush()
+            logger.removeHandler(handler)
+            handler.close()
+    logger.addHandler(file_handler)
 
 
 class MetricsCSV:

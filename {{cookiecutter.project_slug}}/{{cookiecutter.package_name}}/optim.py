@@ -45,7 +45,8 @@ def build_scheduler(
 ):
     """The scheduler named by `cfg.name`; see PER_STEP_SCHEDULERS for when it is stepped.
 
-    `total_steps` is the number of optimizer steps of the whole run (after `max_steps`).
+    `total_steps` is the number of optimizer steps of the whole run: train.epochs times the
+    steps per epoch (train.max_steps only stops a run early; it does not shorten the schedule).
     """
     if cfg.name == "cosine":
         warmup = round(cfg.warmup_epochs * steps_per_epoch)

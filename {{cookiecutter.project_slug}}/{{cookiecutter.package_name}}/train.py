@@ -46,7 +46,7 @@ from .distributed import (
 )
 {% endif %}
 from .engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
-from .log import MetricsCSV, setup_logging
+from .log import MetricsCSV, attach_log_file, setup_logging
 from .model import build_model, check_model_name, count_parameters
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 {% if cookiecutter.tracker == "tensorboard" %}
@@ -108,7 +108,7 @@ def find_resume_checkpoint(cfg: Config, checkpoints: CheckpointManager) -> Path 
 def main(cfg: Config) -> int:
     """Train with `cfg`; returns the process exit code."""
 {% if cookiecutter.use_ddp %}
-    dist = init_distributed(cfg.train.ddp_timeout_s)
+    dist = init_distributed(cfg.train.ddp_timeout_s, cfg.train.device)
     rank, local_rank, world_size = dist.rank, dist.local_rank, dist.world_size
     run_dir = broadcast_object(resolve_run_dir(cfg) if rank == 0 else None)
 {% else %}
@@ -119,7 +119,7 @@ def main(cfg: Config) -> int:
     check_model_name(cfg.model.name)  # a typo fails here, before any data is made
     checkpoints = CheckpointManager(run_dir / "checkpoints", is_main, {{ cookiecutter.use_safetensors }})
     resume_from = find_resume_checkpoint(cfg, checkpoints)
-    setup_logging(run_dir / "train.log", rank)
+    setup_logging(rank=rank)  # held in memory until the run folder is made, below
     logger.info("run folder: %s", run_dir)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -159,9 +159,9 @@ def main(cfg: Config) -> int:
 {% endif %}
     optimizer = build_optimizer(cfg.optim, model)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
+    # The schedule spans train.epochs; train.max_steps only stops early, so a run stopped
+    # by it and resumed later follows the very same learning-rate curve.
     total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     step_per_batch = cfg.sched.name in PER_STEP_SCHEDULERS
 {% if cookiecutter.use_amp %}
@@ -197,6 +197,9 @@ def main(cfg: Config) -> int:
 
     writers = []
     if is_main:
+        # Only now, with data and model built without error, does the run folder appear.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        attach_log_file(run_dir / "train.log")
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         metrics = MetricsCSV(run_dir / "metrics.csv")
         metrics.keep_epochs_before(state.epoch)

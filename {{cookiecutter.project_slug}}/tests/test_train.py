@@ -1,0 +1,207 @@
+"""Training end to end, in-process: the run folder, learning, exact resume, safety."""
+
+import pytest
+import torch
+
+{% if cookiecutter.use_amp %}
+from {{ cookiecutter.package_name }}.amp import (
+    amp_dtype,
+    autocast_factory,
+    build_grad_scaler,
+)
+{% endif %}
+from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
+from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
+from {{ cookiecutter.package_name }}.config import (
+    ConfigError,
+{% if cookiecutter.use_amp %}
+    TrainConfig,
+{% endif %}
+    load_config,
+)
+from {{ cookiecutter.package_name }}.shapes import SHAPE_CLASSES
+from {{ cookiecutter.package_name }}.train import (
+    main,
+    run,
+)
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr")
+# Columns that measure time, and so differ between two otherwise identical runs.
+TIMING_COLUMNS = ("epoch_time_s", "samples_per_s")
+
+
+def assert_same(expected, actual, where: str = "") -> None:
+    """Nested dicts/lists compared exactly, tensors with torch.equal."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), where
+        assert expected.dtype == actual.dtype and torch.equal(expected, actual), where
+    elif isinstance(expected, dict):
+        assert set(expected) == set(actual), where
+        for key in expected:
+            assert_same(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(expected) == len(actual), where
+        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
+            assert_same(left, right, f"{where}[{index}]")
+    else:
+        assert expected == actual, where
+
+
+def test_one_epoch_smoke_run_writes_the_run_folder(small_config, tmp_path, read_metrics):
+    assert main(small_config) == 0
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "train.log", "metrics.csv"):
+        assert (run_dir / name).is_file(), name
+    assert "epoch 1/1" in (run_dir / "train.log").read_text(encoding="utf-8")
+    rows = read_metrics(run_dir)
+    assert len(rows) == 1 and rows[0]["epoch"] == "0"
+    for column in METRIC_COLUMNS:
+        assert rows[0][column] != "", column
+    assert 0.0 <= float(rows[0]["val_acc"]) <= 1.0
+    assert float(rows[0]["train_loss"]) > 0
+    for name in ("last.pt", "best.pt"):
+        checkpoint = load_checkpoint(run_dir / "checkpoints" / name)
+        assert checkpoint["progress"]["global_step"] == 256 // 32
+        assert checkpoint["classes"] == list(SHAPE_CLASSES)
+{% if cookiecutter.tracker == "tensorboard" %}
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+{% endif %}
+
+
+def test_saved_config_reproduces_the_run_config(small_config, tmp_path):
+    assert main(small_config) == 0
+    saved = tmp_path / "run" / "config.yaml"
+    assert load_config([saved], []) == small_config
+    assert load_config([DEFAULT_CONFIG, saved], []) == small_config
+
+
+def test_loss_decreases_over_a_few_epochs(make_config, tmp_path, read_metrics):
+    cfg = make_config("data.train_size=512", "train.epochs=3")
+    assert main(cfg) == 0
+    rows = read_metrics(tmp_path / "run")
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    losses = [float(row["train_loss"]) for row in rows]
+    assert losses[-1] < losses[0] - 0.01, f"training did not learn: {losses}"
+    assert [int(row["step"]) for row in rows] == [16, 32, 48]
+    # Each epoch's metrics sum over that epoch only: the last one saw the training set once.
+    progress = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]
+    assert (progress["epoch"], progress["seen"], progress["global_step"]) == (2, 512, 48)
+
+
+def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):
+    assert main(make_config("train.max_steps=3")) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    progress = checkpoint["progress"]
+    assert (progress["epoch"], progress["batch_in_epoch"], progress["global_step"]) == (0, 3, 3)
+    assert not (tmp_path / "run" / "metrics.csv").exists()  # no epoch was finished
+
+
+def test_gradient_accumulation_takes_one_step_per_group(make_config, tmp_path):
+    assert main(make_config("train.grad_accum_steps=3")) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["progress"]["global_step"] == 3  # 8 batches: 3 + 3 + the last 2
+
+
+# Two epochs of 8 batches. The interrupted run stops at step 5 (inside epoch 0), resumes to
+# step 10 (across the end of epoch 0, its evaluation and metrics row) and then to step 12.
+# Dropout makes the result depend on the restored RNG state; the schedules cover one stepped
+# per batch with a warmup (cosine), a constant one, and one stepped per epoch (step).
+RESUME_SETTINGS = ("train.epochs=2", "model.dropout=0.2")
+SCHEDULE_SETTINGS = {
+    "none": ("sched.name=none",),
+    "step": ("sched.name=step", "sched.step_size=1", "sched.gamma=0.5"),
+    "cosine": ("sched.name=cosine",),
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_SETTINGS)
+def test_resume_after_max_steps_matches_an_uninterrupted_run(
+    make_config, tmp_path, read_metrics, schedule
+):
+    settings = (*RESUME_SETTINGS, *SCHEDULE_SETTINGS[schedule])
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(make_config(*settings, "train.max_steps=12", run_dir=straight)) == 0
+    assert main(make_config(*settings, "train.max_steps=5", run_dir=split)) == 0
+    stopped = load_checkpoint(split / "checkpoints" / "last.pt")
+    assert stopped["progress"]["global_step"] == 5
+    for max_steps in (10, 12):
+        resumed = make_config(
+            *settings, f"train.max_steps={max_steps}", "run.resume=auto", run_dir=split
+        )
+        assert main(resumed) == 0
+
+    expected = load_checkpoint(straight / "checkpoints" / "last.pt")
+    actual = load_checkpoint(split / "checkpoints" / "last.pt")
+    assert actual["progress"]["global_step"] == 12
+    assert_same(expected["model"], actual["model"], "model")
+    assert_same(expected["optimizer"], actual["optimizer"], "optimizer")
+    assert_same(expected["scheduler"], actual["scheduler"], "scheduler")
+    assert_same(expected["progress"], actual["progress"], "progress")
+    assert torch.equal(expected["rng"]["torch"], actual["rng"]["torch"])
+
+    def without_timings(rows):
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+    straight_rows = without_timings(read_metrics(straight))
+    assert len(straight_rows) == 1
+    assert without_timings(read_metrics(split)) == straight_rows
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(make_config, tmp_path, capsys):
+    assert main(make_config("train.max_steps=2")) == 0
+    folder = tmp_path / "run"
+    last = folder / "checkpoints" / "last.pt"
+    before = {path: path.read_bytes() for path in (last, folder / "config.yaml")}
+
+    with pytest.raises(ConfigError, match="run.resume=auto"):
+        main(make_config())
+    capsys.readouterr()
+    assert run(make_config()) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error:") and str(folder) in errors[0]
+    for path, content in before.items():
+        assert path.read_bytes() == content, f"{path.name} was changed"
+
+
+def test_resume_from_a_corrupt_checkpoint_exits_1_naming_it(make_config, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    assert run(make_config(f"run.resume={bad}")) == 1
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_unknown_model_name_fails_before_creating_the_run_folder(make_config, tmp_path):
+    with pytest.raises(ConfigError, match="not_a_model"):
+        main(make_config("model.name=not_a_model"))
+    assert not (tmp_path / "run").exists()
+{% if cookiecutter.use_amp %}
+
+
+def test_amp_dtype_on_cpu():
+    cpu = torch.device("cpu")
+    assert amp_dtype(TrainConfig(amp=True), cpu) is torch.bfloat16
+    assert amp_dtype(TrainConfig(amp=False), cpu) is None
+    assert amp_dtype(TrainConfig(amp=True, amp_dtype="fp16"), cpu) is torch.float16
+    assert amp_dtype(TrainConfig(amp=True), torch.device("meta")) is None
+
+
+def test_grad_scaler_only_for_fp16():
+    cpu = torch.device("cpu")
+    assert not build_grad_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not build_grad_scaler(None, cpu).is_enabled()
+    assert build_grad_scaler(torch.float16, cpu).is_enabled()
+
+
+def test_autocast_factory_runs_matmuls_in_the_amp_dtype():
+    cpu = torch.device("cpu")
+    left, right = torch.randn(4, 4), torch.randn(4, 4)
+    with autocast_factory(torch.bfloat16, cpu)():
+        assert (left @ right).dtype is torch.bfloat16
+    with autocast_factory(None, cpu)():
+        assert (left @ right).dtype is torch.float32
+
+
+def test_training_without_amp_also_runs(make_config, tmp_path):
+    assert main(make_config("train.amp=false", "train.max_steps=2")) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+{% endif %}
