@@ -86,5 +86,11 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group once every rank has arrived here.
+
+    Without the barrier, a rank that finishes first can tear the group down while another
+    still talks to it, and gloo then aborts that other rank at exit.
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
