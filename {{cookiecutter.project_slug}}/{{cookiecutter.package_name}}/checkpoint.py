@@ -8,16 +8,21 @@ checkpoint whole.
 """
 
 import contextlib
+import hashlib
+import logging
 import os
 import pickle
 import platform
 import random
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
 CHECKPOINT_FORMAT = 1
 # Prefixes added by wrappers: DistributedDataParallel/DataParallel and torch.compile.
@@ -150,13 +155,62 @@ def versions() -> dict:
     return {"torch": str(torch.__version__), "python": platform.python_version()}
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sidecar_of(path: Path) -> Path:
+    """`step-00000100.pt` -> `step-00000100.pt.sha256` (the format of `sha256sum`)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def write_sidecar(path: Path) -> None:
+    with atomic_path(sidecar_of(path)) as temporary:
+        temporary.write_text(f"{file_sha256(path)}  {path.name}\n", encoding="utf-8")
+
+
+def verify_file(path: Path) -> None:
+    """Compare `path` with its SHA-256 sidecar; without one, check the zip's CRCs.
+
+    Neither torch's zip format nor safetensors checks the tensor bytes at load time, so
+    without this a flipped bit would load silently as a slightly different model.
+    """
+    sidecar = sidecar_of(path)
+    if sidecar.is_file():
+        recorded = (sidecar.read_text(encoding="utf-8").split() or [""])[0]
+        if file_sha256(path) != recorded:
+            raise CheckpointError(
+                f"{path} is corrupt: its SHA-256 differs from the one in {sidecar.name}, "
+                "recorded when it was written"
+            )
+        return
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is truncated or corrupt (not a torch zip archive)")
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise CheckpointError(f"{path} is corrupt: the checksum of its entry {damaged} fails")
+
+
+def _warn_if_safe_loading_is_disabled() -> None:
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() not in ("", "0", "false"):
+        logger.warning(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: torch may unpickle arbitrary objects, "
+            "and a malicious checkpoint could run code. Unset it unless you need it."
+        )
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely onto the CPU, or raise CheckpointError naming the file."""
+    """Verify and load a checkpoint onto the CPU, or raise CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is truncated or corrupt (not a torch zip archive)")
+    _warn_if_safe_loading_is_disabled()
+    verify_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -168,7 +222,13 @@ def load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
+{% if cookiecutter.use_safetensors %}
+    if checkpoint.get("model") is None and "weights_sha256" in checkpoint:
+        checkpoint["model"] = _load_paired_weights(path, checkpoint["weights_sha256"])
+{% endif %}
+    if checkpoint.get("model") is None:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
     return checkpoint
 
@@ -192,28 +252,72 @@ def load_safetensors(path: Path) -> dict:
         raise CheckpointError(f"{path} is truncated or corrupt ({error})") from None
 
 
+def _load_paired_weights(path: Path, recorded_sha256: str) -> dict:
+    """The model weights of checkpoint `path`, kept beside it as `<name>.safetensors`."""
+    weights = path.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise CheckpointError(f"{path} keeps its model weights in {weights.name}, which is missing")
+    if file_sha256(weights) != recorded_sha256:
+        raise CheckpointError(
+            f"{weights} does not match {path.name} (SHA-256 differs): the weights file is "
+            "corrupt or belongs to another checkpoint"
+        )
+    return load_safetensors(weights)
+
+
 {% endif %}
 def load_weights(path: Path) -> dict:
-    """Model weights from a checkpoint (.pt) or a weights file (.pt{% if cookiecutter.use_safetensors %} or .safetensors{% endif %})."""
+    """Model weights from a checkpoint or a weights-only file (.pt{% if cookiecutter.use_safetensors %} or .safetensors{% endif %})."""
     path = Path(path)
 {% if cookiecutter.use_safetensors %}
     if path.suffix == ".safetensors":
         return load_safetensors(path)
 {% endif %}
+    _warn_if_safe_loading_is_disabled()
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            loaded = None  # load_checkpoint below gives the full explanation
+        if isinstance(loaded, dict) and "progress" not in loaded and "model" not in loaded:
+            return loaded  # a weights-only file written by export.py
     return load_checkpoint(path)["model"]
 
 
-class CheckpointManager:
-    """`last.pt` after every epoch (and at a stop), `best.pt` at each new best val_acc.
+def export_weights(checkpoint_path: Path, output: Path) -> Path:
+    """Write just the model weights of a checkpoint, for inference, atomically."""
+    weights = load_checkpoint(checkpoint_path)["model"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+{% if cookiecutter.use_safetensors %}
+    if output.suffix == ".safetensors":
+        from safetensors.torch import save_file
 
-    Only the main process writes. `last.pt` holds everything needed to continue as if the
-    run had never stopped; `best.pt` is the same kind of file for the best epoch.
+        with atomic_path(output) as temporary:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(temporary))
+        return output
+{% endif %}
+    with atomic_path(output) as temporary:
+        torch.save(weights, temporary)
+    return output
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split(".")[0].removeprefix("step-"))
+
+
+class CheckpointManager:
+    """Checkpoints of one run, in `<run.dir>/checkpoints/`.
+
+    Every save writes `step-<N>.pt` (and with safetensors, the model weights as
+    `step-<N>.safetensors`) with a `.sha256` beside it, then points `last.pt` (and
+    `best.pt` at a new best) at it through hard links, and finally deletes step files
+    beyond the newest `keep_last`. Only the main process writes.
     """
 
-    def __init__(self, folder: Path, is_main: bool, write_safetensors: bool = False) -> None:
+    def __init__(self, folder: Path, is_main: bool, keep_last: int = 3) -> None:
         self.folder = folder
         self.is_main = is_main
-        self.write_safetensors = write_safetensors
+        self.keep_last = max(keep_last, 1)
         if is_main and folder.is_dir():
             self._remove_orphans()
 
@@ -222,22 +326,58 @@ class CheckpointManager:
         for orphan in self.folder.glob(".*.tmp"):
             orphan.unlink(missing_ok=True)
 
-    def latest(self) -> Path | None:
-        path = self.folder / "last.pt"
-        return path if path.is_file() else None
+    def step_files(self) -> list[Path]:
+        """The step checkpoints, newest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob("step-*.pt"), key=_step_of, reverse=True)
 
-    def save(self, state: dict, model: nn.Module, name: str) -> Path:
-        path = self.folder / f"{name}.pt"
+    def candidates(self) -> list[Path]:
+        """Checkpoints to resume from, best guess first: newest step file, ..., last.pt."""
+        last = self.folder / "last.pt"
+        return self.step_files() + ([last] if last.is_file() else [])
+
+    def latest(self) -> Path | None:
+        found = self.candidates()
+        return found[0] if found else None
+
+    def load_newest_valid(self) -> tuple[Path, dict] | None:
+        """The newest checkpoint that verifies and loads; broken newer ones are skipped."""
+        found = self.candidates()
+        problems = []
+        for path in found:
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as error:
+                logger.warning("skipping a checkpoint that cannot be used: %s", error)
+                problems.append(str(error))
+        if found:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.folder}: {' | '.join(problems)}. Resume "
+                "from a copy you trust with run.resume=PATH, or start a new run.dir"
+            )
+        return None
+
+    def save(self, state: dict, model: nn.Module, is_best: bool = False) -> Path:
+        """Save `state` as the checkpoint of its global step; return its path."""
+        stem = f"step-{state['progress']['global_step']:08d}"
+        path = self.folder / f"{stem}.pt"
         if not self.is_main:
             return path
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+{% if cookiecutter.use_safetensors %}
+            weights = self.folder / f"{stem}.safetensors"
+            save_safetensors(model, weights)
+            state = {**state, "model": None, "weights_sha256": file_sha256(weights)}
+{% endif %}
             with atomic_path(path) as temporary:
                 torch.save(state, temporary)
-{% if cookiecutter.use_safetensors %}
-            if self.write_safetensors:
-                save_safetensors(model, path.with_suffix(".safetensors"))
-{% endif %}
+            write_sidecar(path)
+            self._point("last", stem)
+            if is_best:
+                self._point("best", stem)
+            self._prune()
         except (OSError, RuntimeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise CheckpointError(
@@ -246,6 +386,36 @@ class CheckpointManager:
                 "with run.resume=auto"
             ) from None
         return path
+
+    def _point(self, alias: str, stem: str) -> None:
+        """Make `<alias>.*` the same files as `<stem>.*`, each switch atomic."""
+        for suffix in _SUFFIXES:
+            source = self.folder / f"{stem}{suffix}"
+            if source.is_file():
+                _link_atomically(source, self.folder / f"{alias}{suffix}")
+
+    def _prune(self) -> None:
+        """Delete step checkpoints older than the newest `keep_last` (last/best stay)."""
+        for old in self.step_files()[self.keep_last :]:
+            for suffix in _SUFFIXES:  # the .pt first: never a step file without its parts
+                (self.folder / f"{old.stem}{suffix}").unlink(missing_ok=True)
+
+
+_SUFFIXES = (".pt", ".safetensors", ".pt.sha256")
+
+
+def _link_atomically(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (a copy where links are not supported)."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+        with open(temporary, "rb+") as file:
+            os.fsync(file.fileno())
+    os.replace(temporary, target)
+    _fsync_folder(target.parent)
 
 
 def training_state(

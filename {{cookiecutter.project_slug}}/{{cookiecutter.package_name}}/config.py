@@ -122,7 +122,11 @@ class RunConfig:
     )
     name: str = setting("run", "name of the run, used in the default run.dir")
     resume: Optional[str] = setting(
-        None, "'auto' (latest checkpoint in run.dir), a checkpoint path, or null (fresh run)"
+        None, "'auto' (newest valid checkpoint in run.dir), a checkpoint path, or null (fresh run)"
+    )
+    keep_last: int = setting(3, "step checkpoints kept besides last.pt and best.pt", ge=1)
+    save_every_steps: int = setting(
+        0, "also save a checkpoint every N optimizer steps (0 = only at each epoch's end)", ge=0
     )
 
 

@@ -177,22 +177,55 @@ def _tensor_transforms(image_size: int, channels: int, train: bool):
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the random augmentation of sample `index` in `epoch`."""
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index & (2**63 - 1)
+
+
+class SeededAugmentation(Dataset):
+    """Gives sample `index` of `epoch` the same random augmentation in every run.
+
+    Keys are (epoch, index) pairs from EpochBatchSampler. Seeding per sample, instead of
+    relying on each worker's global RNG, makes the augmentations independent of the number
+    of workers and identical after a resume at any point of an epoch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochBatchSampler(Sampler[list]):
     """Batches of a (distributed) sampler's indices, able to start in the middle of an epoch.
 
     `set_epoch(epoch, start_batch)` reshuffles for `epoch` exactly as an uninterrupted run
-    would, then skips the `start_batch` batches that were already trained on.
+    would, then skips the `start_batch` batches that were already trained on. With
+    `with_epoch`, each index comes as an (epoch, index) pair for SeededAugmentation.
     """
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool) -> None:
+    def __init__(
+        self, sampler: Sampler[int], batch_size: int, drop_last: bool, with_epoch: bool = False
+    ) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.with_epoch = with_epoch
+        self.epoch = 0
         self.start_batch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
+        self.epoch = epoch
         self.start_batch = start_batch
 
     @property
@@ -201,7 +234,10 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         batches = BatchSampler(self.sampler, self.batch_size, self.drop_last)
-        return itertools.islice(iter(batches), self.start_batch, None)
+        batches = itertools.islice(iter(batches), self.start_batch, None)
+        if not self.with_epoch:
+            return batches
+        return ([(self.epoch, index) for index in batch] for batch in batches)
 
     def __len__(self) -> int:
         return max(self.batches_per_epoch - self.start_batch, 0)
@@ -250,7 +286,11 @@ def build_loader(
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
         drop_last = False
-    batch_sampler = EpochBatchSampler(sampler, cfg.batch_size, drop_last)
+    # Datasets read from files apply random transforms when training: seed them per sample.
+    augmented = train and not getattr(dataset, "supports_batch_indexing", False)
+    if augmented:
+        dataset = SeededAugmentation(dataset, seed)
+    batch_sampler = EpochBatchSampler(sampler, cfg.batch_size, drop_last, with_epoch=augmented)
     common = dict(
         num_workers=cfg.num_workers,
         pin_memory=pin_memory,

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the optimizer steps."""
+    """The loss became NaN or infinite; the message names the optimizer step."""
 
 
 @dataclass
@@ -31,17 +31,37 @@ class TrainState:
     global_step: int = 0  # optimizer steps so far
     best_val_acc: float = -1.0
     best_epoch: int = -1
-    # Running sums over the batches of `epoch` trained so far (kept across a mid-epoch resume).
+    # Running sums over the batches of `epoch` trained so far (kept across a mid-epoch
+    # resume). During an epoch they are tensors on the device, so adding to them never
+    # waits for the device; `as_dict` copies them to the host.
     loss_sum: float = 0.0
     correct: float = 0.0
     seen: int = 0
+    first_nonfinite_step: int = -1  # first optimizer step whose loss was NaN or infinite
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {key: _plain(value) for key, value in asdict(self).items()}
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.batch_in_epoch = epoch, 0
         self.loss_sum, self.correct, self.seen = 0.0, 0.0, 0
+
+    def check_finite(self, fp16_scaler_enabled: bool) -> None:
+        """Raise if a loss was NaN/inf, unless an fp16 grad scaler skipped that step.
+
+        (Skipping steps whose values overflow is how an fp16 scaler works: not an error.)
+        """
+        step = _plain(self.first_nonfinite_step)
+        if step >= 0 and not fp16_scaler_enabled:
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at optimizer step {step}; the last "
+                "checkpoint saved before it is kept. Lower optim.lr or set train.grad_clip "
+                "(e.g. 1.0), then resume with run.resume=auto"
+            )
+
+
+def _plain(value):
+    return value.item() if isinstance(value, torch.Tensor) else value
 
 
 def train_one_epoch(
@@ -56,17 +76,18 @@ def train_one_epoch(
     cfg: TrainConfig,
     device: torch.device,
     autocast,
-) -> bool:
-    """Train on the rest of the current epoch. Returns True when `cfg.max_steps` was reached.
+    after_step=lambda: False,
+) -> None:
+    """Train on the rest of the current epoch, or until `after_step()` returns True.
 
     `loader` must already be positioned at `state.batch_in_epoch` (see EpochBatchSampler).
+    `after_step` runs after every optimizer step (checkpoints, stop requests, max_steps).
     """
     model.train()
     accumulation = cfg.grad_accum_steps
-    loss_sum = torch.tensor(state.loss_sum, device=device)
-    correct = torch.tensor(state.correct, device=device)
-    nonfinite = torch.zeros((), dtype=torch.long, device=device)
-    seen = state.seen
+    state.loss_sum = torch.as_tensor(state.loss_sum, dtype=torch.float64, device=device)
+    state.correct = torch.as_tensor(state.correct, dtype=torch.float64, device=device)
+    state.first_nonfinite_step = torch.as_tensor(state.first_nonfinite_step, device=device)
     last_log_step, last_log_time = state.global_step, time.perf_counter()
 
     for batch_index, (images, labels) in enumerate(loader, start=state.batch_in_epoch):
@@ -82,55 +103,46 @@ def train_one_epoch(
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             scaler.scale(loss / accumulation).backward()
 
-        batch_size = labels.size(0)
-        loss_sum += loss.detach().float() * batch_size
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-        nonfinite += (~torch.isfinite(loss.detach())).long()
-        seen += batch_size
-
-        if is_update:
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)  # skipped by an fp16 scaler when gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if step_scheduler_per_batch:
-                scheduler.step()
-            state.global_step += 1
-
+        loss = loss.detach()
+        state.loss_sum += loss.double() * labels.size(0)
+        state.correct += (logits.detach().argmax(dim=1) == labels).sum()
+        state.seen += labels.size(0)
+        # Recorded on the device (no sync): checked only when logging or saving.
+        first_bad = (state.first_nonfinite_step < 0) & ~torch.isfinite(loss)
+        state.first_nonfinite_step = torch.where(
+            first_bad, state.global_step + 1, state.first_nonfinite_step
+        )
         state.batch_in_epoch = batch_index + 1
         if not is_update:
             continue
-        stop = cfg.max_steps > 0 and state.global_step >= cfg.max_steps
-        if state.global_step % cfg.log_every == 0 or stop:
-            _check_finite(nonfinite, scaler, last_log_step, state.global_step)
+
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)  # skipped by an fp16 scaler when gradients overflowed
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if step_scheduler_per_batch:
+            scheduler.step()
+        state.global_step += 1
+
+        if state.global_step % cfg.log_every == 0:
+            state.check_finite(scaler.is_enabled())
             elapsed = time.perf_counter() - last_log_time
+            samples = (state.global_step - last_log_step) * labels.size(0) * accumulation
             logger.info(
                 "epoch %d step %d  loss %.4f  acc %.3f  lr %.3g  %.0f samples/s",
                 state.epoch + 1,
                 state.global_step,
-                loss_sum.item() / max(seen, 1),
-                correct.item() / max(seen, 1),
+                state.loss_sum.item() / max(state.seen, 1),
+                state.correct.item() / max(state.seen, 1),
                 optimizer.param_groups[0]["lr"],
-                (state.global_step - last_log_step) * batch_size * accumulation / elapsed,
+                samples / elapsed,
             )
             last_log_step, last_log_time = state.global_step, time.perf_counter()
-        if stop:
+        if after_step():
             break
-
-    _check_finite(nonfinite, scaler, last_log_step, state.global_step)
-    state.loss_sum, state.correct, state.seen = loss_sum.item(), correct.item(), seen
-    return cfg.max_steps > 0 and state.global_step >= cfg.max_steps
-
-
-def _check_finite(nonfinite: torch.Tensor, scaler, first_step: int, last_step: int) -> None:
-    # An fp16 grad scaler skips steps with overflowing values by design: not an error.
-    if not scaler.is_enabled() and nonfinite.item() > 0:
-        raise NonFiniteLossError(
-            f"the loss became NaN or infinite between optimizer steps {first_step + 1} and "
-            f"{last_step}; lower optim.lr or set train.grad_clip (e.g. 1.0)"
-        )
+    state.check_finite(scaler.is_enabled())
 
 
 @torch.inference_mode()

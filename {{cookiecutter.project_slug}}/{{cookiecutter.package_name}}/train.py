@@ -15,7 +15,9 @@ import datetime
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,7 +94,8 @@ def resolve_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.run.name}-{stamp}"
 
 
-def find_resume_checkpoint(cfg: Config, checkpoints: CheckpointManager) -> Path | None:
+def find_resume(cfg: Config, checkpoints: CheckpointManager) -> tuple[Path, dict] | None:
+    """The checkpoint to continue from, loaded and verified; None for a fresh start."""
     if cfg.run.resume is None:
         if checkpoints.latest() is not None:
             raise ConfigError(
@@ -101,8 +104,62 @@ def find_resume_checkpoint(cfg: Config, checkpoints: CheckpointManager) -> Path 
             )
         return None
     if cfg.run.resume == "auto":
-        return checkpoints.latest()
-    return Path(cfg.run.resume)
+        return checkpoints.load_newest_valid()  # skips broken files with a warning
+    path = Path(cfg.run.resume)
+    return path, load_checkpoint(path)
+
+
+{% if cookiecutter.use_ddp %}
+def find_resume_on_all_ranks(
+    cfg: Config, checkpoints: CheckpointManager, rank: int
+) -> tuple[Path, dict] | None:
+    """Rank 0 chooses the checkpoint and every rank loads that very file, so none disagree
+    (and none waits forever for a rank that chose differently or failed)."""
+    found, choice = None, None
+    if rank == 0:
+        try:
+            found = find_resume(cfg, checkpoints)
+            choice = ("path", str(found[0])) if found else ("none", "")
+        except ConfigError as error:
+            choice = ("config", str(error))
+        except CheckpointError as error:
+            choice = ("checkpoint", str(error))
+    kind, value = broadcast_object(choice)
+    if kind == "config":
+        raise ConfigError(value)
+    if kind == "checkpoint":
+        raise CheckpointError(value)
+    if kind == "none" or rank == 0:
+        return found
+    return Path(value), load_checkpoint(Path(value))
+
+
+{% endif %}
+class GracefulStop:
+    """Ctrl-C or SIGTERM: finish the current step, save, and exit. A second Ctrl-C exits
+    at once (the last checkpoint on disk stays intact either way)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning(
+            "%s received: finishing this step, then saving (Ctrl-C again to quit now)",
+            signal.Signals(signum).name,
+        )
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def main(cfg: Config) -> int:
@@ -117,8 +174,12 @@ def main(cfg: Config) -> int:
 {% endif %}
     is_main = rank == 0
     check_model_name(cfg.model.name)  # a typo fails here, before any data is made
-    checkpoints = CheckpointManager(run_dir / "checkpoints", is_main, {{ cookiecutter.use_safetensors }})
-    resume_from = find_resume_checkpoint(cfg, checkpoints)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", is_main, cfg.run.keep_last)
+{% if cookiecutter.use_ddp %}
+    resume = find_resume_on_all_ranks(cfg, checkpoints, rank)
+{% else %}
+    resume = find_resume(cfg, checkpoints)
+{% endif %}
     setup_logging(rank=rank)  # held in memory until the run folder is made, below
     logger.info("run folder: %s", run_dir)
     if cfg.train.threads:
@@ -175,19 +236,17 @@ def main(cfg: Config) -> int:
 {% endif %}
 
     state = TrainState()
-    if resume_from is not None:
-        checkpoint = load_checkpoint(resume_from)
-        load_model_state(model, checkpoint["model"], resume_from)
+    if resume is not None:
+        resume_path, checkpoint = resume
+        load_model_state(model, checkpoint["model"], resume_path)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["progress"])
         set_rng_state(checkpoint["rng"])
-        if state.batch_in_epoch >= batches_per_epoch:
-            state.start_epoch(state.epoch + 1)
         logger.info(
             "resumed from %s: epoch %d, batch %d, step %d",
-            resume_from,
+            resume_path,
             state.epoch + 1,
             state.batch_in_epoch,
             state.global_step,
@@ -208,93 +267,131 @@ def main(cfg: Config) -> int:
         writers.append(TensorBoardWriter(run_dir / "tensorboard"))
 {% endif %}
 
-    def save(name: str) -> Path:
-        progress = state.as_dict()
+    stop = GracefulStop()
+    last_saved_step = state.global_step if resume else -1
+
+    def save(is_best: bool = False) -> None:
+        nonlocal last_saved_step
+        state.check_finite(scaler.is_enabled())  # never save NaN weights over good ones
         snapshot = training_state(
-            model, optimizer, scheduler, scaler, progress, to_dict(cfg), data.classes
+            model, optimizer, scheduler, scaler, state.as_dict(), to_dict(cfg), data.classes
         )
-        path = checkpoints.save(snapshot, model, name)
+        checkpoints.save(snapshot, model, is_best)
 {% if cookiecutter.use_ddp %}
         barrier()  # nobody reads a checkpoint before rank 0 has finished writing it
 {% endif %}
-        return path
+        last_saved_step = state.global_step
+
+    def stop_requested() -> bool:
+        if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
+            return True
+{% if cookiecutter.use_ddp %}
+        # All ranks must stop at the same step, or the others wait for it forever.
+        flag = torch.tensor([float(stop.received is not None)], device=device)
+        return all_reduce_sum(flag).item() > 0
+{% else %}
+        return stop.received is not None
+{% endif %}
+
+    def after_step() -> bool:
+        every = cfg.run.save_every_steps
+        inside_epoch = state.batch_in_epoch < batches_per_epoch
+        if every and state.global_step % every == 0 and inside_epoch:
+            save()
+        return stop_requested()
 
     run_start = time.perf_counter()
-    reached_max_steps = state.global_step >= cfg.train.max_steps > 0
-    while state.epoch < cfg.train.epochs and not reached_max_steps:
-        epoch_start = time.perf_counter()
-        seen_before = state.seen
-        train_batches.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        reached_max_steps = train_one_epoch(
-            model,
-            train_loader,
-            batches_per_epoch,
-            optimizer,
-            scaler,
-            scheduler,
-            step_per_batch,
-            state,
-            cfg.train,
-            device,
-            autocast,
-        )
-        if state.batch_in_epoch < batches_per_epoch:
-            save("last")  # stopped inside the epoch: the next run continues from here
-            break
+    try:
+        while state.epoch < cfg.train.epochs and not stop_requested():
+            epoch_start = time.perf_counter()
+            seen_before = state.seen
+            train_batches.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+            train_one_epoch(
+                model,
+                train_loader,
+                batches_per_epoch,
+                optimizer,
+                scaler,
+                scheduler,
+                step_per_batch,
+                state,
+                cfg.train,
+                device,
+                autocast,
+                after_step,
+            )
+            if state.batch_in_epoch < batches_per_epoch:
+                break  # stopped inside the epoch; saved below
 
-        train_totals = torch.tensor([state.loss_sum, state.correct, state.seen], device=device)
-        val_totals = evaluate(model, val_loader, device, autocast)
+            train_totals = torch.stack(
+                [state.loss_sum, state.correct, torch.tensor(state.seen).to(state.correct)]
+            )
+            val_totals = evaluate(model, val_loader, device, autocast)
 {% if cookiecutter.use_ddp %}
-        train_totals = all_reduce_sum(train_totals)
-        val_totals = all_reduce_sum(val_totals)
+            train_totals = all_reduce_sum(train_totals)
+            val_totals = all_reduce_sum(val_totals)
 {% endif %}
-        train_loss, train_acc = (train_totals[:2] / train_totals[2]).tolist()
-        val_loss, val_acc = (val_totals[:2] / val_totals[2]).tolist()
-        if not step_per_batch:
-            scheduler.step(val_loss) if cfg.sched.name == "plateau" else scheduler.step()
-        epoch_time = time.perf_counter() - epoch_start
-        row = {
-            "epoch": state.epoch,
-            "step": state.global_step,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": epoch_time,
-            "samples_per_s": (state.seen - seen_before) * world_size / epoch_time,
-        }
-        logger.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1f s)",
-            state.epoch + 1,
-            cfg.train.epochs,
-            train_loss,
-            train_acc,
-            val_loss,
-            val_acc,
-            epoch_time,
-        )
-        for writer in writers:
-            writer.write(row)
-        is_best = val_acc > state.best_val_acc
-        if is_best:
-            state.best_val_acc, state.best_epoch = val_acc, state.epoch
-        save("last")
-        if is_best:
-            save("best")
-        if not reached_max_steps:
+            train_loss, train_acc = (train_totals[:2] / train_totals[2]).tolist()
+            val_loss, val_acc = (val_totals[:2] / val_totals[2]).tolist()
+            if not step_per_batch:
+                scheduler.step(val_loss) if cfg.sched.name == "plateau" else scheduler.step()
+            epoch_time = time.perf_counter() - epoch_start
+            row = {
+                "epoch": state.epoch,
+                "step": state.global_step,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_time_s": epoch_time,
+                "samples_per_s": (state.seen - seen_before) * world_size / epoch_time,
+            }
+            logger.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1f s)",
+                state.epoch + 1,
+                cfg.train.epochs,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                epoch_time,
+            )
+            for writer in writers:
+                writer.write(row)
+            is_best = val_acc > state.best_val_acc
+            if is_best:
+                state.best_val_acc, state.best_epoch = val_acc, state.epoch
+            # The checkpoint of a finished epoch points at the start of the next one.
             state.start_epoch(state.epoch + 1)
+            save(is_best)
+        if last_saved_step != state.global_step:
+            save()  # stopped inside an epoch: the next run continues from this very batch
+    finally:
+        stop.restore()
 
     for writer in writers:
         writer.close()
     elapsed = time.perf_counter() - run_start
-    if state.best_epoch < 0:
+    if stop.received is not None:
+        logger.warning(
+            "stopped by %s at step %d and saved; continue with: "
+            "python train.py run.dir=%s run.resume=auto",
+            signal.Signals(stop.received).name,
+            state.global_step,
+            run_dir,
+        )
+{% if cookiecutter.use_ddp %}
+        cleanup()
+{% endif %}
+        return 128 + stop.received
+    if state.epoch < cfg.train.epochs:
         logger.info(
-            "stopped after %.1f s at step %d (train.max_steps), inside epoch %d; continue with "
+            "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with "
             "run.dir=%s run.resume=auto and a larger train.max_steps",
-            elapsed,
             state.global_step,
             state.epoch + 1,
+            elapsed,
             run_dir,
         )
     else:
@@ -322,3 +419,6 @@ def run(cfg: Config) -> int:
         logger.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint on disk is intact", file=sys.stderr)
+        return 130

@@ -1,0 +1,52 @@
+"""Write just the model weights of a checkpoint, for inference.
+
+    python export.py CHECKPOINT [OUTPUT]
+
+The checkpoint is verified (SHA-256) and loaded safely. OUTPUT defaults to `weights` plus
+the first of WEIGHT_SUFFIXES, in the run folder. Read it back with
+`<package>.checkpoint.load_weights(path)` and `model.load_state_dict(...)`.
+"""
+
+import sys
+from pathlib import Path
+
+{% if cookiecutter.use_safetensors %}
+WEIGHT_SUFFIXES = (".safetensors", ".pt")  # the first is the default
+{% else %}
+WEIGHT_SUFFIXES = (".pt",)
+{% endif %}
+USAGE = f"usage: python export.py CHECKPOINT [OUTPUT, ending in {' or '.join(WEIGHT_SUFFIXES)}]"
+
+
+def default_output(checkpoint: Path) -> Path:
+    folder = checkpoint.parent
+    run_dir = folder.parent if folder.name == "checkpoints" else folder
+    return run_dir / f"weights{WEIGHT_SUFFIXES[0]}"
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if not 1 <= len(argv) <= 2:
+        print(USAGE, file=sys.stderr)
+        return 2
+    checkpoint = Path(argv[0])
+    output = Path(argv[1]) if len(argv) == 2 else default_output(checkpoint)
+    if output.suffix not in WEIGHT_SUFFIXES:
+        print(f"error: OUTPUT {output} must end in {' or '.join(WEIGHT_SUFFIXES)}", file=sys.stderr)
+        return 2
+    # Imported only now: torch takes seconds to import, and usage errors need none of it.
+    from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, export_weights
+
+    try:
+        export_weights(checkpoint, output)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote the model weights of {checkpoint} to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
