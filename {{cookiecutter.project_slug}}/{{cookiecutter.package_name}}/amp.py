@@ -2,15 +2,21 @@
 
 import contextlib
 import functools
+import logging
 
 import torch
 
 from .config import ConfigError, TrainConfig
 
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None when AMP is off or the device cannot use it."""
-    if not cfg.amp or device.type not in ("cpu", "cuda"):
+    if not cfg.amp:
+        return None
+    if device.type not in ("cpu", "cuda"):
+        logger.warning("train.amp: no mixed precision on %s; training in float32", device.type)
         return None
     if cfg.amp_dtype == "auto":
         # bf16 needs no loss scaling; CPUs support it, CUDA GPUs run fp16 fastest.

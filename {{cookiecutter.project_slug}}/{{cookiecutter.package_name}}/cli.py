@@ -43,7 +43,8 @@ def parse_command_line(argv: list[str]) -> tuple[Config, bool]:
     if "-h" in argv or "--help" in argv:
         print(help_text())
         sys.exit(0)
-    config_files: list[str | Path] = [DEFAULT_CONFIG]
+    # The schema holds the same defaults, so an installed copy without configs/ still works.
+    config_files: list[str | Path] = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
     overrides, print_only = [], False
     for argument in argv:
         if argument == "--print-config":

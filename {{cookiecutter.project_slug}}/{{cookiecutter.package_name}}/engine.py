@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
+from .log import NoProgressBar
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -77,11 +78,14 @@ def train_one_epoch(
     device: torch.device,
     autocast,
     after_step=lambda: False,
+    progress=None,
 ) -> None:
     """Train on the rest of the current epoch, or until `after_step()` returns True.
 
     `loader` must already be positioned at `state.batch_in_epoch` (see EpochBatchSampler).
     `after_step` runs after every optimizer step (checkpoints, stop requests, max_steps).
+    `progress` is a tqdm-like bar (see log.progress_bar); with a live bar, the periodic
+    step lines go to the log file only, and the bar shows the same numbers.
     """
     model.train()
     accumulation = cfg.grad_accum_steps
@@ -113,6 +117,8 @@ def train_one_epoch(
             first_bad, state.global_step + 1, state.first_nonfinite_step
         )
         state.batch_in_epoch = batch_index + 1
+        if progress is not None:
+            progress.update(1)
         if not is_update:
             continue
 
@@ -130,15 +136,24 @@ def train_one_epoch(
             state.check_finite(scaler.is_enabled())
             elapsed = time.perf_counter() - last_log_time
             samples = (state.global_step - last_log_step) * labels.size(0) * accumulation
+            loss_now = state.loss_sum.item() / max(state.seen, 1)
+            acc_now = state.correct.item() / max(state.seen, 1)
+            lr_now = optimizer.param_groups[0]["lr"]
             logger.info(
                 "epoch %d step %d  loss %.4f  acc %.3f  lr %.3g  %.0f samples/s",
                 state.epoch + 1,
                 state.global_step,
-                state.loss_sum.item() / max(state.seen, 1),
-                state.correct.item() / max(state.seen, 1),
-                optimizer.param_groups[0]["lr"],
+                loss_now,
+                acc_now,
+                lr_now,
                 samples / elapsed,
+                extra={"console": progress is None or isinstance(progress, NoProgressBar)},
             )
+            if progress is not None:
+                progress.set_postfix_str(
+                    f"loss {loss_now:.4f} acc {acc_now:.3f} lr {lr_now:.3g} "
+                    f"{samples / elapsed:.0f} samples/s"
+                )
             last_log_step, last_log_time = state.global_step, time.perf_counter()
         if after_step():
             break

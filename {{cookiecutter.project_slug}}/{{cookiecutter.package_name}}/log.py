@@ -6,6 +6,8 @@ each line tagged with its rank.
 
 import csv
 import logging
+import os
+import shutil
 import sys
 from logging.handlers import MemoryHandler
 from pathlib import Path
@@ -41,6 +43,9 @@ def setup_logging(log_file: Path | None = None, rank: int = 0) -> logging.Logger
     )
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
+    # Records logged with extra={"console": False} go to train.log only (e.g. the step
+    # lines that a progress bar already shows, or the whole resolved config).
+    console.addFilter(lambda record: getattr(record, "console", True))
     logger.addHandler(console)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     if rank == 0:
@@ -69,37 +74,94 @@ def attach_log_file(log_file: Path) -> None:
     logger.addHandler(file_handler)
 
 
-class MetricsCSV:
-    """`metrics.csv`: one row per finished epoch, with the columns of METRIC_COLUMNS."""
+class CSVLog:
+    """A CSV file that training appends rows to, one per epoch or per step.
 
-    def __init__(self, path: Path) -> None:
+    `keep_before(position)` drops rows whose `position_column` is at or past `position`:
+    a resumed run writes those rows again, so a run killed after writing a row but before
+    saving its checkpoint ends up with exactly one copy of every row.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...], position_column: str) -> None:
         self.path = path
+        self.columns = columns
+        self.position_column = position_column
 
-    def keep_epochs_before(self, epoch: int) -> None:
-        """Drop rows of `epoch` and later: a resumed run writes them again.
-
-        A run killed after writing an epoch's row but before saving its checkpoint
-        would otherwise repeat that row; this keeps exactly one row per epoch.
-        """
+    def keep_before(self, position: int) -> None:
         if not self.path.exists():
             return
-        with self.path.open(newline="", encoding="utf-8") as file:
-            rows = [row for row in csv.DictReader(file) if int(row["epoch"]) < epoch]
+        rows = [row for row in read_csv(self.path) if int(row[self.position_column]) < position]
         with self.path.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(file, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
 
-    def write(self, row: dict) -> None:
+    def write_rows(self, rows: list[dict]) -> None:
         new_file = not self.path.exists()
         with self.path.open("a", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(file, fieldnames=self.columns)
             if new_file:
                 writer.writeheader()
-            writer.writerow({key: _format(row[key]) for key in METRIC_COLUMNS})
+            writer.writerows({key: _format(row[key]) for key in self.columns} for row in rows)
+
+    def write(self, row: dict) -> None:
+        self.write_rows([row])
 
     def close(self) -> None:
         """Nothing to release: every write opens and closes the file."""
+
+
+class MetricsCSV(CSVLog):
+    """`metrics.csv`: one row per finished epoch, with the columns of METRIC_COLUMNS."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, METRIC_COLUMNS, position_column="epoch")
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        self.keep_before(epoch)
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def draws_progress_bar(rank: int) -> bool:
+    """A live bar only for a person watching: rank 0 writing to a terminal."""
+    return rank == 0 and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class NoProgressBar:
+    """Stands in for a tqdm bar where none is drawn (logs, CI, SLURM, other ranks)."""
+
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, initial: int, description: str, enabled: bool):
+    """A tqdm bar over an epoch's batches when `enabled`, else a stand-in drawing nothing."""
+    if not enabled:
+        return NoProgressBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=description,
+        unit="batch",
+        # The terminal's width, measured at the start of each epoch (a terminal that
+        # reports no size, such as some pseudo-terminals, gets 100 columns).
+        ncols=shutil.get_terminal_size((100, 24)).columns,
+        file=sys.stdout,
+    )
 
 
 def _format(value) -> str:

@@ -1,8 +1,18 @@
-"""TensorBoard scalars for every metric written to `metrics.csv` (tracker=tensorboard)."""
+"""TensorBoard: the metrics of `metrics.csv` as scalars, a few sample images and the model
+graph (tracker=tensorboard). View with `tensorboard --logdir runs`."""
 
+import logging
+import warnings
 from pathlib import Path
 
+import torch
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
+
+from .checkpoint import unwrap
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s")
 
 
 class TensorBoardWriter:
@@ -12,9 +22,25 @@ class TensorBoardWriter:
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, row: dict) -> None:
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s"):
+        for key in SCALARS:
             self.writer.add_scalar(key, row[key], global_step=row["step"])
         self.writer.flush()
+
+    def write_samples(self, images: torch.Tensor, count: int = 16) -> None:
+        """A grid of the first `count` input images, rescaled to [0, 1] for display."""
+        images = images[:count].detach().float().cpu()
+        low, high = images.amin(), images.amax()
+        self.writer.add_images("samples", (images - low) / (high - low + 1e-8), global_step=0)
+
+    def write_graph(self, model: nn.Module, example: torch.Tensor) -> None:
+        """The model graph, traced on one example batch; skipped with a note if tracing fails."""
+        try:
+            with warnings.catch_warnings():
+                # add_graph traces with torch.jit, which warns that it is deprecated.
+                warnings.simplefilter("ignore", FutureWarning)
+                self.writer.add_graph(unwrap(model), example[:1])
+        except Exception as error:  # tracing is best-effort: some models cannot be traced
+            logger.info("TensorBoard model graph skipped: %s", str(error).splitlines()[0])
 
     def close(self) -> None:
         self.writer.close()

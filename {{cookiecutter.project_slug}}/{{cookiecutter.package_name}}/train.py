@@ -14,6 +14,8 @@ import contextlib
 import datetime
 import logging
 import math
+import os
+import platform
 import random
 import signal
 import sys
@@ -48,9 +50,18 @@ from .distributed import (
 )
 {% endif %}
 from .engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
-from .log import MetricsCSV, attach_log_file, setup_logging
+from .log import (
+    CSVLog,
+    MetricsCSV,
+    attach_log_file,
+    draws_progress_bar,
+    progress_bar,
+    read_csv,
+    setup_logging,
+)
 from .model import build_model, check_model_name, count_parameters
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
+from .plots import plot_run
 {% if cookiecutter.tracker == "tensorboard" %}
 from .tensorboard_log import TensorBoardWriter
 {% endif %}
@@ -91,7 +102,25 @@ def resolve_run_dir(cfg: Config) -> Path:
         folder = checkpoint.parent
         return folder.parent if folder.name == "checkpoints" else folder
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.run.name}-{stamp}"
+    folder = Path("runs") / f"{cfg.run.name}-{stamp}"
+    suffix = 2
+    while folder.exists():  # two runs started in the same second never share a folder
+        folder = Path("runs") / f"{cfg.run.name}-{stamp}-{suffix}"
+        suffix += 1
+    return folder
+
+
+def point_latest_at(run_dir: Path) -> None:
+    """`runs/latest` -> this run's folder (a relative symlink, switched atomically)."""
+    latest = run_dir.parent / "latest"
+    temporary = run_dir.parent / f".latest.{os.getpid()}.tmp"
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(temporary, latest)
+    except OSError as error:  # e.g. a filesystem without symlinks: the pointer is a comfort
+        temporary.unlink(missing_ok=True)
+        logger.warning("could not point %s at this run: %s", latest, error)
 
 
 def find_resume(cfg: Config, checkpoints: CheckpointManager) -> tuple[Path, dict] | None:
@@ -186,9 +215,11 @@ def main(cfg: Config) -> int:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device, local_rank)
     logger.info(
-        "torch %s, device %s, %d threads, world size %d",
+        "python %s, torch %s, device %s%s, %d threads, world size %d",
+        platform.python_version(),
         torch.__version__,
         device,
+        f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "",
         torch.get_num_threads(),
         world_size,
     )
@@ -199,6 +230,12 @@ def main(cfg: Config) -> int:
     shard = dict(seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
     train_loader = build_loader(data.train, cfg.data, train=True, **shard)
     val_loader = build_loader(data.val, cfg.data, train=False, **shard)
+    if cfg.data.num_workers == 0 and not getattr(data.train, "supports_batch_indexing", False):
+        logger.warning(
+            "data.num_workers=0: every image is decoded in the training process; "
+            "data.num_workers=%d is usually much faster",
+            min(os.cpu_count() or 2, 8),
+        )
     train_batches = epoch_batch_sampler(train_loader)
     batches_per_epoch = train_batches.batches_per_epoch
     if batches_per_epoch == 0:
@@ -255,6 +292,8 @@ def main(cfg: Config) -> int:
         logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
 
     writers = []
+    lr_log = CSVLog(run_dir / "lr.csv", ("step", "lr"), position_column="step")
+    lr_trace = []  # (step, lr) since the last save; written with each checkpoint
     if is_main:
         # Only now, with data and model built without error, does the run folder appear.
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,8 +302,17 @@ def main(cfg: Config) -> int:
         metrics = MetricsCSV(run_dir / "metrics.csv")
         metrics.keep_epochs_before(state.epoch)
         writers.append(metrics)
+        lr_log.keep_before(state.global_step + 1)
+        if not cfg.run.dir:
+            point_latest_at(run_dir)
+        logger.info("resolved config:\n%s", to_yaml(cfg), extra={"console": False})
 {% if cookiecutter.tracker == "tensorboard" %}
-        writers.append(TensorBoardWriter(run_dir / "tensorboard"))
+        tensorboard = TensorBoardWriter(run_dir / "tensorboard")
+        writers.append(tensorboard)
+        if resume is None:
+            sample_images = next(iter(val_loader))[0]
+            tensorboard.write_samples(sample_images)
+            tensorboard.write_graph(model, sample_images.to(device))
 {% endif %}
 
     stop = GracefulStop()
@@ -277,6 +325,9 @@ def main(cfg: Config) -> int:
             model, optimizer, scheduler, scaler, state.as_dict(), to_dict(cfg), data.classes
         )
         checkpoints.save(snapshot, model, is_best)
+        if is_main:
+            lr_log.write_rows([{"step": step, "lr": lr} for step, lr in lr_trace])
+        lr_trace.clear()
 {% if cookiecutter.use_ddp %}
         barrier()  # nobody reads a checkpoint before rank 0 has finished writing it
 {% endif %}
@@ -294,6 +345,7 @@ def main(cfg: Config) -> int:
 {% endif %}
 
     def after_step() -> bool:
+        lr_trace.append((state.global_step, optimizer.param_groups[0]["lr"]))
         every = cfg.run.save_every_steps
         inside_epoch = state.batch_in_epoch < batches_per_epoch
         if every and state.global_step % every == 0 and inside_epoch:
@@ -306,6 +358,12 @@ def main(cfg: Config) -> int:
             epoch_start = time.perf_counter()
             seen_before = state.seen
             train_batches.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+            progress = progress_bar(
+                batches_per_epoch,
+                state.batch_in_epoch,
+                f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+                enabled=draws_progress_bar(rank),
+            )
             train_one_epoch(
                 model,
                 train_loader,
@@ -319,7 +377,9 @@ def main(cfg: Config) -> int:
                 device,
                 autocast,
                 after_step,
+                progress,
             )
+            progress.close()
             if state.batch_in_epoch < batches_per_epoch:
                 break  # stopped inside the epoch; saved below
 
@@ -373,6 +433,9 @@ def main(cfg: Config) -> int:
     for writer in writers:
         writer.close()
     elapsed = time.perf_counter() - run_start
+    if is_main:
+        plots = plot_run(run_dir)
+        logger.info("plots: %s", ", ".join(str(path) for path in plots) or "none yet")
     if stop.received is not None:
         logger.warning(
             "stopped by %s at step %d and saved; continue with: "
@@ -395,17 +458,25 @@ def main(cfg: Config) -> int:
             run_dir,
         )
     else:
-        logger.info(
-            "done in %.1f s: best val acc %.4f (epoch %d), checkpoints in %s",
-            elapsed,
-            state.best_val_acc,
-            state.best_epoch + 1,
-            checkpoints.folder,
-        )
+        log_summary(run_dir, state, elapsed, checkpoints.folder)
 {% if cookiecutter.use_ddp %}
     cleanup()
 {% endif %}
     return 0
+
+
+def log_summary(run_dir: Path, state: TrainState, elapsed: float, folder: Path) -> None:
+    rows = read_csv(run_dir / "metrics.csv")
+    speeds = [float(row["samples_per_s"]) for row in rows]
+    logger.info(
+        "done in %.1f s: best val acc %.4f at epoch %d, %.0f samples/s on average; "
+        "best checkpoint %s",
+        elapsed,
+        state.best_val_acc,
+        state.best_epoch + 1,
+        sum(speeds) / max(len(speeds), 1),
+        folder / "best.pt",
+    )
 
 
 def run(cfg: Config) -> int:

@@ -1,0 +1,52 @@
+"""PNG plots of a run, drawn from its `metrics.csv` and `lr.csv` at the end of training.
+
+matplotlib is imported only here, and only when plotting: it costs a second at start-up
+that training does not need.
+"""
+
+from pathlib import Path
+
+from .log import read_csv
+
+PLOTS = {
+    "loss.png": ("loss", ("train_loss", "val_loss")),
+    "accuracy.png": ("accuracy", ("train_acc", "val_acc")),
+}
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Write loss.png, accuracy.png (per epoch) and lr.png (per step); return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window, works without a display
+    import matplotlib.pyplot as plt
+
+    written = []
+    metrics = read_csv(run_dir / "metrics.csv")
+    if metrics:
+        epochs = [int(row["epoch"]) + 1 for row in metrics]
+        for file_name, (quantity, columns) in PLOTS.items():
+            figure, axes = plt.subplots(figsize=(6, 4))
+            for column in columns:
+                values = [float(row[column]) for row in metrics]
+                axes.plot(epochs, values, marker="o", label=column.replace("_", " "))
+            axes.set(xlabel="epoch", ylabel=quantity, title=f"{quantity} per epoch")
+            axes.grid(alpha=0.3)
+            axes.legend()
+            written.append(_save(figure, run_dir / file_name, plt))
+    learning_rates = read_csv(run_dir / "lr.csv")
+    if learning_rates:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        steps = [int(row["step"]) for row in learning_rates]
+        axes.plot(steps, [float(row["lr"]) for row in learning_rates], label="lr")
+        axes.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule")
+        axes.grid(alpha=0.3)
+        written.append(_save(figure, run_dir / "lr.png", plt))
+    return written
+
+
+def _save(figure, path: Path, plt) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
