@@ -42,7 +42,7 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
     if not as_bool(features.get("use_safetensors")):
         paths.append("tests/test_safetensors.py")
     if str(features.get("tracker", "")).strip().lower() != "tensorboard":
-        paths.append(f"{package}/tensorboard_log.py")
+        paths += [f"{package}/tensorboard_log.py", "tests/test_tensorboard.py"]
     return paths
 
 

@@ -311,7 +311,12 @@ FEATURES = [
     ("use_amp", True, False, ["{package}/amp.py"]),
     ("use_ddp", True, False, ["{package}/distributed.py", "tests/test_distributed.py"]),
     ("use_safetensors", True, False, ["tests/test_safetensors.py"]),
-    ("tracker", "tensorboard", "csv", ["{package}/tensorboard_log.py"]),
+    (
+        "tracker",
+        "tensorboard",
+        "csv",
+        ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"],
+    ),
 ]
 FEATURE_IDS = [feature[0] for feature in FEATURES]
 
@@ -406,6 +411,7 @@ def test_files_to_remove():
         "pkg/tensorboard_log.py",
         "tests/test_distributed.py",
         "tests/test_safetensors.py",
+        "tests/test_tensorboard.py",
     ]
     assert post_gen_project.files_to_remove({**features, **ALL_ON}) == []
     assert post_gen_project.files_to_remove({**features, **ALL_ON, "use_amp": "no"}) == [
@@ -421,6 +427,7 @@ def test_main_deletes_only_disabled_features(tmp_path, capsys):
         "pkg/model.py",
         "tests/test_distributed.py",
         "tests/test_safetensors.py",
+        "tests/test_tensorboard.py",
     ]
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def plot_run(run_dir: Path) -> list[Path]:
             axes.set(xlabel="epoch", ylabel=quantity, title=f"{quantity} per epoch")
             axes.grid(alpha=0.3)
             axes.legend()
-            written.append(_save(figure, run_dir / file_name, plt))
+            written.append(_save(figure, run_dir / file_name, plt, curves=columns))
     learning_rates = read_csv(run_dir / "lr.csv")
     if learning_rates:
         figure, axes = plt.subplots(figsize=(6, 4))
@@ -41,12 +41,14 @@ def plot_run(run_dir: Path) -> list[Path]:
         axes.plot(steps, [float(row["lr"]) for row in learning_rates], label="lr")
         axes.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule")
         axes.grid(alpha=0.3)
-        written.append(_save(figure, run_dir / "lr.png", plt))
+        written.append(_save(figure, run_dir / "lr.png", plt, curves=("lr",)))
     return written
 
 
-def _save(figure, path: Path, plt) -> Path:
+def _save(figure, path: Path, plt, curves: tuple[str, ...]) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    # The curve names go into the PNG's text metadata, so scripts (and the tests) can
+    # tell what a plot shows without looking at it.
+    figure.savefig(path, dpi=100, metadata={"Description": "curves: " + ", ".join(curves)})
     plt.close(figure)
     return path
