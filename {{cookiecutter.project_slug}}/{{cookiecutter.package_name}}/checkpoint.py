@@ -210,9 +210,10 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     _warn_if_safe_loading_is_disabled()
-    verify_file(path)
+    real = path.resolve()  # last.pt and best.pt are symbolic links to step files
+    verify_file(real)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(real, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[0]
         raise CheckpointError(
@@ -226,7 +227,7 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
 {% if cookiecutter.use_safetensors %}
     if checkpoint.get("model") is None and "weights_sha256" in checkpoint:
-        checkpoint["model"] = _load_paired_weights(path, checkpoint["weights_sha256"])
+        checkpoint["model"] = _load_paired_weights(real, checkpoint["weights_sha256"])
 {% endif %}
     if checkpoint.get("model") is None:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
@@ -236,10 +237,14 @@ def load_checkpoint(path: Path) -> dict:
 {% if cookiecutter.use_safetensors %}
 def save_safetensors(model: nn.Module, path: Path) -> None:
     """Model weights only, through the safetensors library (shared tensors handled)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
-    with atomic_path(path) as temporary:
-        save_model(unwrap(model), str(temporary), metadata={"format": "pt"})
+    try:
+        with atomic_path(path) as temporary:
+            save_model(unwrap(model), str(temporary), metadata={"format": "pt"})
+    except SafetensorError as error:  # e.g. a full disk; not an OSError subclass
+        raise OSError(f"safetensors: {error}") from None
 
 
 def load_safetensors(path: Path) -> dict:
@@ -310,9 +315,13 @@ class CheckpointManager:
 
     Every save writes `step-<N>.pt` (and with safetensors, the model weights as
     `step-<N>.safetensors`) with a `.sha256` beside it, then points `last.pt` (and
-    `best.pt` at a new best) at it through hard links, and finally deletes step files
-    beyond the newest `keep_last`. Only the main process writes.
+    `best.pt` at a new best) at it: a symbolic link, switched in one atomic rename, so an
+    alias never refers to half of one checkpoint and half of another. Step files beyond the
+    newest `keep_last` are deleted afterwards, except those an alias points to. Only the
+    main process writes.
     """
+
+    ALIASES = ("last", "best")
 
     def __init__(self, folder: Path, is_main: bool, keep_last: int = 3) -> None:
         self.folder = folder
@@ -322,9 +331,14 @@ class CheckpointManager:
             self._remove_orphans()
 
     def _remove_orphans(self) -> None:
-        """Delete temporary files left by a save that was killed half-way."""
+        """Delete what a killed save or clean-up left: temporary files, and the parts
+        (.sha256, .safetensors) of a step whose .pt is gone. No save runs at this point."""
         for orphan in self.folder.glob(".*.tmp"):
             orphan.unlink(missing_ok=True)
+        for part in self.folder.glob("step-*"):
+            stem = part.name.split(".")[0]
+            if not (self.folder / f"{stem}.pt").is_file():
+                part.unlink(missing_ok=True)
 
     def step_files(self) -> list[Path]:
         """The step checkpoints, newest first."""
@@ -334,8 +348,11 @@ class CheckpointManager:
 
     def candidates(self) -> list[Path]:
         """Checkpoints to resume from, best guess first: newest step file, ..., last.pt."""
+        found = self.step_files()
         last = self.folder / "last.pt"
-        return self.step_files() + ([last] if last.is_file() else [])
+        if last.is_file() and last.resolve() not in {path.resolve() for path in found}:
+            found.append(last)  # e.g. a copy made where symbolic links are not supported
+        return found
 
     def latest(self) -> Path | None:
         found = self.candidates()
@@ -374,11 +391,15 @@ class CheckpointManager:
             with atomic_path(path) as temporary:
                 torch.save(state, temporary)
             write_sidecar(path)
-            self._point("last", stem)
+            self._point("last", path)
             if is_best:
-                self._point("best", stem)
+                self._point("best", path)
             self._prune()
         except (OSError, RuntimeError) as error:
+{% if cookiecutter.use_safetensors %}
+            if not path.is_file():  # weights without their .pt would be an orphan
+                (self.folder / f"{stem}.safetensors").unlink(missing_ok=True)
+{% endif %}
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise CheckpointError(
                 f"could not write {path} ({reason}); the previous checkpoint is untouched. "
@@ -387,35 +408,53 @@ class CheckpointManager:
             ) from None
         return path
 
-    def _point(self, alias: str, stem: str) -> None:
-        """Make `<alias>.*` the same files as `<stem>.*`, each switch atomic."""
-        for suffix in _SUFFIXES:
-            source = self.folder / f"{stem}{suffix}"
-            if source.is_file():
-                _link_atomically(source, self.folder / f"{alias}{suffix}")
+    def _point(self, alias: str, path: Path) -> None:
+        """Make `<alias>.pt` a symbolic link to `path`, atomically (a copy where the
+        filesystem has no symbolic links)."""
+        target = self.folder / f"{alias}.pt"
+        temporary = self.folder / f".{alias}.pt.{os.getpid()}.tmp"
+        temporary.unlink(missing_ok=True)
+        try:
+            temporary.symlink_to(path.name)
+        except OSError:
+            shutil.copyfile(path, temporary)
+            with open(temporary, "rb+") as file:
+                os.fsync(file.fileno())
+        os.replace(temporary, target)
+        _fsync_folder(self.folder)
 
     def _prune(self) -> None:
-        """Delete step checkpoints older than the newest `keep_last` (last/best stay)."""
+        """Delete step checkpoints older than the newest `keep_last`, unless an alias
+        points at them; the .pt goes first, so no step file is ever left without parts."""
+        pointed = {
+            (self.folder / f"{alias}.pt").resolve()
+            for alias in self.ALIASES
+            if (self.folder / f"{alias}.pt").is_symlink()
+        }
         for old in self.step_files()[self.keep_last :]:
-            for suffix in _SUFFIXES:  # the .pt first: never a step file without its parts
+            if old.resolve() in pointed:
+                continue
+            for suffix in (".pt", ".safetensors", ".pt.sha256"):
                 (self.folder / f"{old.stem}{suffix}").unlink(missing_ok=True)
 
 
-_SUFFIXES = (".pt", ".safetensors", ".pt.sha256")
+def check_finite_weights(model: nn.Module, step: int) -> None:
+    """Refuse to save NaN or infinite weights or buffers (e.g. batch-norm statistics):
+    a checkpoint that cannot train is worse than the older one it would replace."""
+    from .engine import NonFiniteLossError
 
-
-def _link_atomically(source: Path, target: Path) -> None:
-    """`target` becomes a hard link to `source` (a copy where links are not supported)."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-    os.replace(temporary, target)
-    _fsync_folder(target.parent)
+    state = unwrap(model).state_dict()
+    bad = [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise NonFiniteLossError(
+            f"the model's {', '.join(bad[:5])} became NaN or infinite by optimizer step {step}; "
+            "the last checkpoint saved before it is kept. Lower optim.lr or set "
+            "train.grad_clip (e.g. 1.0), then resume with run.resume=auto"
+        )
 
 
 def training_state(

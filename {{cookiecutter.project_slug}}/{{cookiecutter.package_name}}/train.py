@@ -32,6 +32,7 @@ from .amp import amp_dtype, autocast_factory, build_grad_scaler
 from .checkpoint import (
     CheckpointError,
     CheckpointManager,
+    check_finite_weights,
     load_checkpoint,
     load_model_state,
     set_rng_state,
@@ -321,6 +322,7 @@ def main(cfg: Config) -> int:
     def save(is_best: bool = False) -> None:
         nonlocal last_saved_step
         state.check_finite(scaler.is_enabled())  # never save NaN weights over good ones
+        check_finite_weights(model, state.global_step)
         snapshot = training_state(
             model, optimizer, scheduler, scaler, state.as_dict(), to_dict(cfg), data.classes
         )
