@@ -39,7 +39,13 @@ def _subprocess_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict:
+    """The environment for child processes: one thread each, this project importable."""
+    return _subprocess_env()
+
+
+@pytest.fixture(scope="session")
 def run_python():
     """run_python(*args, timeout=120, env=None) -> `python ARGS` in the project root, captured."""
 
@@ -56,15 +62,70 @@ def run_python():
     return run
 
 
-@pytest.fixture
+def _read_metrics(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="session")
 def read_metrics():
     """read_metrics(run_dir) -> the rows of the run's metrics.csv, as dicts of strings."""
+    return _read_metrics
 
-    def read(run_dir: Path) -> list[dict]:
-        with (run_dir / "metrics.csv").open(newline="", encoding="utf-8") as file:
-            return list(csv.DictReader(file))
 
-    return read
+def assert_same(expected, actual, where: str = "") -> None:
+    """Nested dicts/lists compared exactly, tensors with torch.equal (dtype included)."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), where
+        assert expected.dtype == actual.dtype and torch.equal(expected, actual), where
+    elif isinstance(expected, dict):
+        assert set(expected) == set(actual), where
+        for key in expected:
+            assert_same(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(expected) == len(actual), where
+        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
+            assert_same(left, right, f"{where}[{index}]")
+    else:
+        assert expected == actual, where
+
+
+# Columns that measure time, and so differ between two otherwise identical runs.
+TIMING_COLUMNS = ("epoch_time_s", "samples_per_s")
+
+
+def _comparable_config(config: dict) -> dict:
+    """The settings that must agree for two runs to train identically."""
+    config = {key: value for key, value in config.items() if key != "run"}
+    config["data"] = {k: v for k, v in config["data"].items() if k != "num_workers"}
+    return config
+
+
+def _assert_same_run(expected_dir: Path, actual_dir: Path) -> None:
+    from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
+
+    expected = load_checkpoint(expected_dir / "checkpoints" / "last.pt")
+    actual = load_checkpoint(actual_dir / "checkpoints" / "last.pt")
+    assert set(expected) == set(actual)
+    for key in ("model", "optimizer", "scheduler", "scaler", "progress", "rng", "classes"):
+        assert_same(expected[key], actual[key], key)
+    assert _comparable_config(expected["config"]) == _comparable_config(actual["config"])
+
+    def without_timings(rows):
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+    expected_rows = without_timings(_read_metrics(expected_dir))
+    assert len(expected_rows) == expected["config"]["train"]["epochs"]
+    assert without_timings(_read_metrics(actual_dir)) == expected_rows
+
+
+@pytest.fixture(scope="session")
+def assert_same_run():
+    """assert_same_run(expected_dir, actual_dir): the final last.pt of both runs holds equal
+    tensors (model, optimizer, scaler, scheduler, RNG) and progress, and metrics.csv has
+    the same rows apart from the timing columns. Settings of run.* and data.num_workers
+    may differ."""
+    return _assert_same_run
 
 
 @pytest.fixture
@@ -83,10 +144,10 @@ def make_config(tmp_path):
     return make
 
 
-@pytest.fixture
-def small_overrides() -> list[str]:
+@pytest.fixture(scope="session")
+def small_overrides() -> tuple[str, ...]:
     """The `key=value` overrides of the small config (without run.dir)."""
-    return list(SMALL_OVERRIDES)
+    return SMALL_OVERRIDES
 
 
 @pytest.fixture

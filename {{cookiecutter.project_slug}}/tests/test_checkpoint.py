@@ -1,7 +1,16 @@
-"""Checkpoints: round trip, RNG states, prefixes, mismatches, corrupt and unsafe files."""
+"""Checkpoints: round trip, step files and their SHA-256 sidecars, last/best links, pruning,
+RNG states, prefixes, mismatches, corrupt and unsafe files, failed saves, export."""
 
+import hashlib
+import importlib.util
+import io
+import logging
 import os
 import random
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +21,7 @@ from {{ cookiecutter.package_name }}.checkpoint import (
     CheckpointError,
     CheckpointManager,
     atomic_path,
+    export_weights,
     load_checkpoint,
     load_model_state,
     load_weights,
@@ -32,6 +42,8 @@ from {{ cookiecutter.package_name }}.optim import (
     build_optimizer,
     build_scheduler,
 )
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def small_model(num_classes: int = 10) -> nn.Module:
@@ -76,9 +88,13 @@ def assert_tensors_equal(expected, actual, where: str = "") -> None:
 
 def test_save_and_load_round_trip(small_config, tmp_path):
     model, state = trained_state(small_config)
-    manager = CheckpointManager(tmp_path / "checkpoints", is_main=True)
-    path = manager.save(state, model, "last")
-    assert path == tmp_path / "checkpoints" / "last.pt" and manager.latest() == path
+    folder = tmp_path / "checkpoints"
+    manager = CheckpointManager(folder, is_main=True)
+    path = manager.save(state, model)
+    # Named after the global step; last.pt is (or points to) the same file; no best.pt.
+    assert path == folder / "step-00000006.pt" and manager.latest() == path
+    assert manager.candidates()[0] == path
+    assert os.path.samefile(path, folder / "last.pt") and not (folder / "best.pt").exists()
 
     loaded = load_checkpoint(path)
     assert_tensors_equal(state["model"], loaded["model"], "model")
@@ -86,9 +102,17 @@ def test_save_and_load_round_trip(small_config, tmp_path):
     assert loaded["scheduler"] == state["scheduler"]
     assert loaded["progress"] == state["progress"] and loaded["config"] == state["config"]
     assert loaded["classes"] == ["a", "b"]
+    assert_tensors_equal(state["model"], load_checkpoint(folder / "last.pt")["model"], "last")
     # The file holds plain types only: loadable without the project's code running.
     raw = torch.load(path, map_location="cpu", weights_only=True)
+{% if cookiecutter.use_safetensors %}
+    # The weights live in step-00000006.safetensors, whose SHA-256 the .pt records.
+    assert raw["model"] is None
+    weights = folder / "step-00000006.safetensors"
+    assert raw["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+{% else %}
     assert_tensors_equal(state["model"], raw["model"], "model")
+{% endif %}
     assert_tensors_equal(model.state_dict(), load_weights(path), "weights")
 
     fresh = small_model()
@@ -97,10 +121,23 @@ def test_save_and_load_round_trip(small_config, tmp_path):
     assert torch.equal(fresh.eval()(inputs), model.eval()(inputs))
 
 
+def test_sidecar_holds_the_sha256_in_sha256sum_format(small_config, tmp_path):
+    model, state = trained_state(small_config)
+    path = CheckpointManager(tmp_path, is_main=True).save(state, model)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    sidecar = tmp_path / "step-00000006.pt.sha256"
+    assert sidecar.read_text(encoding="utf-8") == f"{digest}  step-00000006.pt\n"
+    if shutil.which("sha256sum"):
+        check = subprocess.run(
+            ["sha256sum", "--check", sidecar.name], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_only_the_main_process_writes(small_config, tmp_path):
     model, state = trained_state(small_config)
     manager = CheckpointManager(tmp_path / "checkpoints", is_main=False)
-    manager.save(state, model, "last")
+    assert manager.save(state, model, is_best=True) == tmp_path / "checkpoints" / "step-00000006.pt"
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -185,14 +222,21 @@ def test_missing_and_unexpected_keys_are_listed():
     assert "head.bias" in str(error.value) and "extra.weight" in str(error.value)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random_bytes", "empty", "missing"])
-def test_damaged_file_raises_checkpoint_error_naming_it(small_config, tmp_path, damage):
+@pytest.mark.parametrize(
+    "damage", ["truncated", "flipped_byte", "random_bytes", "empty", "missing"]
+)
+def test_damaged_file_without_sidecar_raises_checkpoint_error_naming_it(
+    small_config, tmp_path, damage
+):
+    """Without a .sha256 beside it (a copied file), the zip's own checksums catch damage."""
     model, state = trained_state(small_config)
-    good = CheckpointManager(tmp_path, is_main=True).save(state, model, "good")
+    good = CheckpointManager(tmp_path / "checkpoints", is_main=True).save(state, model)
     path = tmp_path / f"{damage}.pt"
     content = good.read_bytes()
     if damage == "truncated":
         path.write_bytes(content[: len(content) // 2])
+    elif damage == "flipped_byte":
+        path.write_bytes(flip_a_tensor_byte(content))
     elif damage == "random_bytes":
         path.write_bytes(random.Random(0).randbytes(len(content)))
     elif damage == "empty":
@@ -200,6 +244,23 @@ def test_damaged_file_raises_checkpoint_error_naming_it(small_config, tmp_path, 
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path)
     assert str(path) in str(error.value)
+
+
+def flip_a_tensor_byte(content: bytes) -> bytes:
+    """Flip one bit inside the data of the largest tensor stored in a torch zip file
+    (neither torch nor safetensors notices such a change when loading)."""
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        largest = max(
+            (info for info in archive.infolist() if "/data/" in info.filename),
+            key=lambda info: info.file_size,
+        )
+        # Stored uncompressed: the data starts after the local header, name and extra field.
+        header = content[largest.header_offset : largest.header_offset + 30]
+        start = largest.header_offset + 30 + int.from_bytes(header[26:28], "little")
+        start += int.from_bytes(header[28:30], "little")
+    damaged = bytearray(content)
+    damaged[start + largest.file_size // 2] ^= 0x01
+    return bytes(damaged)
 
 
 def test_file_without_model_weights_is_refused(tmp_path):
@@ -257,32 +318,239 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"], "a temporary file was left"
 
 
+def with_step(state: dict, model: nn.Module, step: int) -> dict:
+    """`state` as at global step `step`, the model's head bias set to `step` to tell them apart."""
+    with torch.no_grad():
+        model.head.bias.fill_(step)
+    progress = {**state["progress"], "global_step": step}
+    return {**state, "model": model.state_dict(), "progress": progress}
+
+
+def folder_snapshot(folder: Path) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def full_disk_torch_save(obj, file, *args, **kwargs):
+    """torch.save on a full disk: part of the file is written, then torch raises."""
+    with open(file, "wb") as handle:
+        handle.write(b"PK\x03\x04 partial")
+    raise RuntimeError(
+        "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+        "writing file data/0: file write failed"
+    )
+
+
 def test_failed_save_raises_checkpoint_error_and_keeps_the_last_checkpoint(
     small_config, tmp_path, monkeypatch
 ):
     model, state = trained_state(small_config)
-    manager = CheckpointManager(tmp_path / "checkpoints", is_main=True)
-    path = manager.save(state, model, "last")
-    before = path.read_bytes()
-
-    def failing_save(obj, file):
-        with open(file, "wb") as handle:
-            handle.write(b"partial")
-        raise RuntimeError("unexpected pos 64")  # what torch raises on a full disk
-
-    monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(CheckpointError) as error:
-        manager.save(state, model, "last")
-    assert str(path) in str(error.value)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
-
-
-def test_manager_removes_orphaned_temporary_files(tmp_path):
     folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    orphan = folder / ".last.pt.12345.tmp"
-    orphan.write_bytes(b"half")
-    (folder / "last.pt").write_bytes(b"keep")
+    manager = CheckpointManager(folder, is_main=True)
+    manager.save(with_step(state, model, 6), model, is_best=True)
+    before = folder_snapshot(folder)
+
+    monkeypatch.setattr(torch, "save", full_disk_torch_save)
+    with pytest.raises(CheckpointError) as error:
+        manager.save(with_step(state, model, 8), model)
+    message = str(error.value)
+    assert str(folder / "step-00000008.pt") in message and "file write failed" in message
+    assert "run.resume=auto" in message  # what to do next
+    monkeypatch.undo()
+    # Nothing changed: no temporary file, no part of step 8, last.pt still step 6.
+    after = folder_snapshot(folder)
+    assert sorted(after) == sorted(before)
+    assert after == before
+    for name in ("last.pt", "best.pt"):
+        loaded = load_checkpoint(folder / name)
+        assert loaded["progress"]["global_step"] == 6
+        assert torch.equal(loaded["model"]["head.bias"], torch.full((10,), 6.0)), name
+
+
+def test_keep_last_prunes_old_step_files_but_last_and_best_stay(small_config, tmp_path):
+    model, state = trained_state(small_config)
+    folder = tmp_path / "checkpoints"
+    manager = CheckpointManager(folder, is_main=True, keep_last=2)
+    for step in range(1, 6):
+        manager.save(with_step(state, model, step), model, is_best=step == 2)
+    # The newest keep_last step files stay, and an older one only while best.pt needs it.
+    steps = [path.name for path in manager.step_files()]
+    assert steps[:2] == ["step-00000005.pt", "step-00000004.pt"]
+    assert steps[2:] in ([], ["step-00000002.pt"]), steps
+{% if cookiecutter.use_safetensors %}
+    suffixes = (".pt", ".pt.sha256", ".safetensors")
+{% else %}
+    suffixes = (".pt", ".pt.sha256")
+{% endif %}
+    names = {path.name for path in folder.iterdir()}
+    kept = {name.removesuffix(".pt") for name in steps}
+    assert {f"{stem}{suffix}" for stem in kept for suffix in suffixes} <= names
+    assert {name.split(".")[0] for name in names} <= kept | {"last", "best"}, names
+    for name, step in (("last.pt", 5), ("best.pt", 2), ("step-00000004.pt", 4)):
+        loaded = load_checkpoint(folder / name)
+        assert loaded["progress"]["global_step"] == step, name
+        assert torch.equal(loaded["model"]["head.bias"], torch.full((10,), float(step))), name
+
+
+def test_manager_removes_orphaned_temporary_files_at_start(small_config, tmp_path):
+    model, state = trained_state(small_config)
+    folder = tmp_path / "checkpoints"
+    CheckpointManager(folder, is_main=True).save(state, model)
+    before = folder_snapshot(folder)
+    orphans = [
+        folder / name
+        for name in (
+            ".step-00000009.pt.12345.tmp",
+            ".last.pt.12345.tmp",
+            ".step-00000009.pt.sha256.7.tmp",
+        )
+    ]
+    for orphan in orphans:
+        orphan.write_bytes(b"half")
+    CheckpointManager(folder, is_main=False)  # other ranks leave files alone
+    assert all(orphan.exists() for orphan in orphans)
     CheckpointManager(folder, is_main=True)
-    assert not orphan.exists() and (folder / "last.pt").read_bytes() == b"keep"
+    assert folder_snapshot(folder) == before
+
+
+def test_manager_finds_nothing_in_a_new_folder(tmp_path):
+    manager = CheckpointManager(tmp_path / "missing", is_main=True)
+    assert manager.candidates() == [] and manager.latest() is None
+    assert manager.load_newest_valid() is None
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.fixture
+def project_log(caplog, monkeypatch):
+    """caplog, seeing the project's logger (which stops propagation once logging is set up)."""
+    monkeypatch.setattr(logging.getLogger("{{ cookiecutter.package_name }}"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="{{ cookiecutter.package_name }}")
+    return caplog
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "truncated"])
+def test_damaged_step_file_is_caught_by_its_sidecar_and_skipped(
+    small_config, tmp_path, project_log, damage
+):
+    model, state = trained_state(small_config)
+    folder = tmp_path / "checkpoints"
+    manager = CheckpointManager(folder, is_main=True)
+    for step in (2, 4):
+        manager.save(with_step(state, model, step), model)
+    newest = folder / "step-00000004.pt"
+    content = newest.read_bytes()
+    if damage == "flipped_byte":
+        content = flip_a_tensor_byte(content)
+    else:
+        content = content[:-100]
+    with open(newest, "r+b") as file:  # in place: last.pt, the same file, is damaged too
+        file.truncate(0)
+        file.write(content)
+
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(newest)
+    assert str(newest) in str(error.value) and "SHA-256" in str(error.value)
+    path, loaded = manager.load_newest_valid()
+    assert path == folder / "step-00000002.pt"
+    assert torch.equal(loaded["model"]["head.bias"], torch.full((10,), 2.0))
+    warnings = [r.getMessage() for r in project_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipping" in warnings[0] and str(newest) in warnings[0]
+
+
+def test_no_valid_checkpoint_raises_naming_every_file(small_config, tmp_path):
+    model, state = trained_state(small_config)
+    folder = tmp_path / "checkpoints"
+    manager = CheckpointManager(folder, is_main=True)
+    manager.save(state, model)
+    (folder / "step-00000006.pt").write_bytes(b"")  # last.pt keeps the old inode: replace it
+    (folder / "last.pt").unlink()
+    (folder / "last.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError) as error:
+        manager.load_newest_valid()
+    message = str(error.value)
+    assert "step-00000006.pt" in message and "last.pt" in message and "run.resume=" in message
+
+
+def test_forcing_unsafe_loading_warns_and_still_refuses_malicious_files(
+    tmp_path, monkeypatch, project_log
+):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    sentinel = tmp_path / "sentinel"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": MakesSentinel(sentinel), "progress": {}}, path)
+    for load in (load_checkpoint, load_weights):
+        project_log.clear()
+        with pytest.raises(CheckpointError) as error:
+            load(path)
+        assert str(path) in str(error.value)
+        assert not sentinel.exists(), f"{load.__name__} ran code from the file"
+        warnings = [r.getMessage() for r in project_log.records if r.levelno == logging.WARNING]
+        assert any("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in warning for warning in warnings)
+
+
+def test_no_warning_when_safe_loading_is_not_forced_off(
+    small_config, tmp_path, monkeypatch, project_log
+):
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    model, state = trained_state(small_config)
+    load_checkpoint(CheckpointManager(tmp_path, is_main=True).save(state, model))
+    assert not project_log.records
+
+
+def load_export_script():
+    """export.py at the project root, as a module."""
+    spec = importlib.util.spec_from_file_location("export_script", PROJECT_ROOT / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_writes_weights_equal_to_the_checkpoint(small_config, tmp_path, run_python):
+    model, state = trained_state(small_config)
+    checkpoint = CheckpointManager(tmp_path / "run" / "checkpoints", is_main=True).save(
+        state, model
+    )
+    output = tmp_path / "exported" / "model.pt"
+    result = run_python("export.py", str(checkpoint), str(output))
+    assert result.returncode == 0, result.stderr
+    assert str(output) in result.stdout
+    weights = torch.load(output, weights_only=True)  # a plain state_dict
+    assert_tensors_equal(state["model"], weights, "exported")
+    assert_tensors_equal(state["model"], load_weights(output), "load_weights")
+    fresh = small_model()
+    fresh.load_state_dict(load_weights(output))
+
+
+def test_export_defaults_to_weights_in_the_run_folder(small_config, tmp_path, capsys):
+    model, state = trained_state(small_config)
+    checkpoint = CheckpointManager(tmp_path / "run" / "checkpoints", is_main=True).save(
+        state, model
+    )
+    export = load_export_script()
+    assert export.main([str(checkpoint)]) == 0
+    output = tmp_path / "run" / f"weights{export.WEIGHT_SUFFIXES[0]}"
+    assert str(output) in capsys.readouterr().out
+    assert_tensors_equal(state["model"], load_weights(output), "default output")
+    assert_tensors_equal(
+        state["model"], load_weights(export_weights(checkpoint, tmp_path / "w.pt"))
+    )
+
+
+@pytest.mark.parametrize("output", ["model.txt", "model", "model.pth"])
+def test_export_refuses_an_unknown_suffix_with_exit_2(tmp_path, run_python, output):
+    result = run_python("export.py", str(tmp_path / "any.pt"), str(tmp_path / output))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and ".pt" in result.stderr
+    assert not (tmp_path / output).exists()
+
+
+def test_export_of_a_corrupt_checkpoint_exits_1_naming_it(small_config, tmp_path, capsys):
+    model, state = trained_state(small_config)
+    checkpoint = CheckpointManager(tmp_path / "checkpoints", is_main=True).save(state, model)
+    checkpoint.write_bytes(flip_a_tensor_byte(checkpoint.read_bytes()))
+    export = load_export_script()
+    output = tmp_path / "weights.pt"
+    assert export.main([str(checkpoint), str(output)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and str(checkpoint) in error
+    assert not output.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert export.main([]) == 2 and export.main(["a", "b", "c"]) == 2

@@ -83,9 +83,11 @@ def test_loss_decreases_over_a_few_epochs(make_config, tmp_path, read_metrics):
     losses = [float(row["train_loss"]) for row in rows]
     assert losses[-1] < losses[0] - 0.01, f"training did not learn: {losses}"
     assert [int(row["step"]) for row in rows] == [16, 32, 48]
-    # Each epoch's metrics sum over that epoch only: the last one saw the training set once.
+    # The checkpoint of the last epoch points at the start of the next one, its sums reset.
     progress = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]
-    assert (progress["epoch"], progress["seen"], progress["global_step"]) == (2, 512, 48)
+    assert (progress["epoch"], progress["batch_in_epoch"], progress["global_step"]) == (3, 0, 48)
+    assert (progress["loss_sum"], progress["correct"], progress["seen"]) == (0.0, 0.0, 0)
+    assert progress["first_nonfinite_step"] == -1
 
 
 def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):
@@ -93,7 +95,25 @@ def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     progress = checkpoint["progress"]
     assert (progress["epoch"], progress["batch_in_epoch"], progress["global_step"]) == (0, 3, 3)
+    # The running sums of the epoch so far, as plain numbers: 3 batches of 32.
+    assert progress["seen"] == 3 * 32 and 0 <= progress["correct"] <= 3 * 32
+    assert isinstance(progress["loss_sum"], float) and progress["loss_sum"] > 0
     assert not (tmp_path / "run" / "metrics.csv").exists()  # no epoch was finished
+
+
+def test_save_every_steps_and_keep_last(make_config, tmp_path):
+    # 8 steps: saves at steps 3 and 6 inside the epoch, and at its end (step 8).
+    assert main(make_config("run.save_every_steps=3", "run.keep_last=2")) == 0
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in folder.glob("step-*.pt")) == [
+        "step-00000006.pt",
+        "step-00000008.pt",
+    ]
+    mid_epoch = load_checkpoint(folder / "step-00000006.pt")["progress"]
+    assert (mid_epoch["epoch"], mid_epoch["batch_in_epoch"]) == (0, 6)
+    for name in ("last.pt", "best.pt"):
+        progress = load_checkpoint(folder / name)["progress"]
+        assert (progress["epoch"], progress["global_step"]) == (1, 8), name
 
 
 def test_gradient_accumulation_takes_one_step_per_group(make_config, tmp_path):

@@ -333,7 +333,8 @@ class CheckpointManager:
     def _remove_orphans(self) -> None:
         """Delete what a killed save or clean-up left: temporary files, and the parts
         (.sha256, .safetensors) of a step whose .pt is gone. No save runs at this point."""
-        for orphan in self.folder.glob(".*.tmp"):
+        # Ours are .NAME.PID.tmp; the safetensors library writes through .tmpXXXXXX files.
+        for orphan in [*self.folder.glob(".*.tmp"), *self.folder.glob(".tmp*")]:
             orphan.unlink(missing_ok=True)
         for part in self.folder.glob("step-*"):
             stem = part.name.split(".")[0]

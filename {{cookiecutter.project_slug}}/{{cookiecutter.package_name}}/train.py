@@ -281,6 +281,10 @@ def main(cfg: Config) -> int:
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["progress"])
+{% if cookiecutter.use_ddp %}
+        if rank != 0:  # the checkpoint's running sums are the totals over all ranks
+            state.loss_sum, state.correct, state.seen = 0.0, 0.0, 0
+{% endif %}
         set_rng_state(checkpoint["rng"])
         logger.info(
             "resumed from %s: epoch %d, batch %d, step %d",
@@ -323,8 +327,20 @@ def main(cfg: Config) -> int:
         nonlocal last_saved_step
         state.check_finite(scaler.is_enabled())  # never save NaN weights over good ones
         check_finite_weights(model, state.global_step)
+        totals = state.as_dict()
+{% if cookiecutter.use_ddp %}
+        # Each rank sums its own share of the epoch: the checkpoint keeps the totals, which
+        # rank 0 alone takes back on resume (see there), so the epoch's metrics stay exact.
+        sums = torch.tensor(
+            [totals["loss_sum"], totals["correct"], totals["seen"]],
+            dtype=torch.float64,
+            device=device,
+        )
+        loss_sum, correct, seen = all_reduce_sum(sums).tolist()
+        totals.update(loss_sum=loss_sum, correct=correct, seen=int(seen))
+{% endif %}
         snapshot = training_state(
-            model, optimizer, scheduler, scaler, state.as_dict(), to_dict(cfg), data.classes
+            model, optimizer, scheduler, scaler, totals, to_dict(cfg), data.classes
         )
         checkpoints.save(snapshot, model, is_best)
         if is_main:
