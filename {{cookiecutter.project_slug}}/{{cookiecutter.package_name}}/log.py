@@ -91,10 +91,13 @@ class CSVLog:
         if not self.path.exists():
             return
         rows = [row for row in read_csv(self.path) if int(row[self.position_column]) < position]
-        with self.path.open("w", newline="", encoding="utf-8") as file:
+        # Rewritten through a temporary file: a kill at this moment keeps the old rows.
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with temporary.open("w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(temporary, self.path)
 
     def write_rows(self, rows: list[dict]) -> None:
         new_file = not self.path.exists()
