@@ -20,6 +20,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")  # files only, no window, works without a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     metrics = read_csv(run_dir / "metrics.csv")
@@ -31,6 +32,7 @@ def plot_run(run_dir: Path) -> list[Path]:
                 values = [float(row[column]) for row in metrics]
                 axes.plot(epochs, values, marker="o", label=column.replace("_", " "))
             axes.set(xlabel="epoch", ylabel=quantity, title=f"{quantity} per epoch")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.grid(alpha=0.3)
             axes.legend()
             written.append(_save(figure, run_dir / file_name, plt, curves=columns))
