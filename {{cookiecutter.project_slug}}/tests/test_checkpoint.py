@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same
 from torch import nn
 
 from {{ cookiecutter.package_name }}.checkpoint import (
@@ -70,22 +71,6 @@ def trained_state(small_config, model: nn.Module | None = None) -> tuple[nn.Modu
     return model, state
 
 
-def assert_tensors_equal(expected, actual, where: str = "") -> None:
-    """Recursively compare nested dicts/lists whose leaves are tensors or plain values."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor) and torch.equal(expected, actual), where
-    elif isinstance(expected, dict):
-        assert set(expected) == set(actual), where
-        for key in expected:
-            assert_tensors_equal(expected[key], actual[key], f"{where}.{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(expected) == len(actual), where
-        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
-            assert_tensors_equal(left, right, f"{where}[{index}]")
-    else:
-        assert expected == actual, where
-
-
 def test_save_and_load_round_trip(small_config, tmp_path):
     model, state = trained_state(small_config)
     folder = tmp_path / "checkpoints"
@@ -97,12 +82,12 @@ def test_save_and_load_round_trip(small_config, tmp_path):
     assert os.path.samefile(path, folder / "last.pt") and not (folder / "best.pt").exists()
 
     loaded = load_checkpoint(path)
-    assert_tensors_equal(state["model"], loaded["model"], "model")
-    assert_tensors_equal(state["optimizer"], loaded["optimizer"], "optimizer")
+    assert_same(state["model"], loaded["model"], "model")
+    assert_same(state["optimizer"], loaded["optimizer"], "optimizer")
     assert loaded["scheduler"] == state["scheduler"]
     assert loaded["progress"] == state["progress"] and loaded["config"] == state["config"]
     assert loaded["classes"] == ["a", "b"]
-    assert_tensors_equal(state["model"], load_checkpoint(folder / "last.pt")["model"], "last")
+    assert_same(state["model"], load_checkpoint(folder / "last.pt")["model"], "last")
     # The file holds plain types only: loadable without the project's code running.
     raw = torch.load(path, map_location="cpu", weights_only=True)
 {% if cookiecutter.use_safetensors %}
@@ -111,9 +96,9 @@ def test_save_and_load_round_trip(small_config, tmp_path):
     weights = folder / "step-00000006.safetensors"
     assert raw["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 {% else %}
-    assert_tensors_equal(state["model"], raw["model"], "model")
+    assert_same(state["model"], raw["model"], "model")
 {% endif %}
-    assert_tensors_equal(model.state_dict(), load_weights(path), "weights")
+    assert_same(model.state_dict(), load_weights(path), "weights")
 
     fresh = small_model()
     load_model_state(fresh, loaded["model"], path)
@@ -201,7 +186,7 @@ def test_load_model_state_accepts_prefixed_keys():
     source, target = small_model(), small_model()
     prefixed = {f"module._orig_mod.{key}": value for key, value in source.state_dict().items()}
     load_model_state(target, prefixed, "some.pt")
-    assert_tensors_equal(source.state_dict(), target.state_dict())
+    assert_same(source.state_dict(), target.state_dict())
 
 
 def test_wrong_class_count_names_the_key_and_both_shapes():
@@ -514,8 +499,8 @@ def test_export_writes_weights_equal_to_the_checkpoint(small_config, tmp_path, r
     assert result.returncode == 0, result.stderr
     assert str(output) in result.stdout
     weights = torch.load(output, weights_only=True)  # a plain state_dict
-    assert_tensors_equal(state["model"], weights, "exported")
-    assert_tensors_equal(state["model"], load_weights(output), "load_weights")
+    assert_same(state["model"], weights, "exported")
+    assert_same(state["model"], load_weights(output), "load_weights")
     fresh = small_model()
     fresh.load_state_dict(load_weights(output))
 
@@ -529,10 +514,8 @@ def test_export_defaults_to_weights_in_the_run_folder(small_config, tmp_path, ca
     assert export.main([str(checkpoint)]) == 0
     output = tmp_path / "run" / f"weights{export.WEIGHT_SUFFIXES[0]}"
     assert str(output) in capsys.readouterr().out
-    assert_tensors_equal(state["model"], load_weights(output), "default output")
-    assert_tensors_equal(
-        state["model"], load_weights(export_weights(checkpoint, tmp_path / "w.pt"))
-    )
+    assert_same(state["model"], load_weights(output), "default output")
+    assert_same(state["model"], load_weights(export_weights(checkpoint, tmp_path / "w.pt")))
 
 
 @pytest.mark.parametrize("output", ["model.txt", "model", "model.pth"])

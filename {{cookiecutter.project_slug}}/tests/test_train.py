@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_same
 
 {% if cookiecutter.use_amp %}
 from {{ cookiecutter.package_name }}.amp import (
@@ -28,23 +29,6 @@ from {{ cookiecutter.package_name }}.train import (
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "lr")
 # Columns that measure time, and so differ between two otherwise identical runs.
 TIMING_COLUMNS = ("epoch_time_s", "samples_per_s")
-
-
-def assert_same(expected, actual, where: str = "") -> None:
-    """Nested dicts/lists compared exactly, tensors with torch.equal."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), where
-        assert expected.dtype == actual.dtype and torch.equal(expected, actual), where
-    elif isinstance(expected, dict):
-        assert set(expected) == set(actual), where
-        for key in expected:
-            assert_same(expected[key], actual[key], f"{where}.{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(expected) == len(actual), where
-        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
-            assert_same(left, right, f"{where}[{index}]")
-    else:
-        assert expected == actual, where
 
 
 def test_one_epoch_smoke_run_writes_the_run_folder(small_config, tmp_path, read_metrics):
