@@ -204,16 +204,18 @@ def _warn_if_safe_loading_is_disabled() -> None:
         )
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Verify and load a checkpoint onto the CPU, or raise CheckpointError naming the file."""
-    path = Path(path)
+def _load_verified(path: Path):
+    """Verify `path` (SHA-256 or zip CRCs) and unpickle it safely onto the CPU.
+
+    Returns (resolved path, loaded object); raises CheckpointError naming the file.
+    """
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     _warn_if_safe_loading_is_disabled()
     real = path.resolve()  # last.pt and best.pt are symbolic links to step files
     verify_file(real)
     try:
-        checkpoint = torch.load(real, map_location="cpu", weights_only=True)
+        return real, torch.load(real, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[0]
         raise CheckpointError(
@@ -223,6 +225,17 @@ def load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Verify and load a checkpoint onto the CPU, or raise CheckpointError naming the file."""
+    path = Path(path)
+    real, checkpoint = _load_verified(path)
+    return _with_model_weights(path, real, checkpoint)
+
+
+def _with_model_weights(path: Path, real: Path, checkpoint) -> dict:
+    """`checkpoint` with its model weights in place, or CheckpointError if it has none."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
 {% if cookiecutter.use_safetensors %}
@@ -278,15 +291,10 @@ def load_weights(path: Path) -> dict:
     if path.suffix == ".safetensors":
         return load_safetensors(path)
 {% endif %}
-    _warn_if_safe_loading_is_disabled()
-    if path.is_file() and zipfile.is_zipfile(path):
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            loaded = None  # load_checkpoint below gives the full explanation
-        if isinstance(loaded, dict) and "progress" not in loaded and "model" not in loaded:
-            return loaded  # a weights-only file written by export.py
-    return load_checkpoint(path)["model"]
+    real, loaded = _load_verified(path)  # one verified load, whichever kind of file
+    if isinstance(loaded, dict) and "progress" not in loaded and "model" not in loaded:
+        return loaded  # a weights-only file written by export.py
+    return _with_model_weights(path, real, loaded)["model"]
 
 
 def export_weights(checkpoint_path: Path, output: Path) -> Path:
