@@ -183,10 +183,11 @@ def fork_training(argv: list[str], kill: str, log: Path, in_save=None) -> int:
 
 
 def flag_saves(in_save) -> None:
+    """in_save[0] is 1 while a save runs; in_save[1] becomes 1 at the first save."""
     original_save = CheckpointManager.save
 
     def save(self, *args, **kwargs):
-        in_save[0] = 1
+        in_save[0] = in_save[1] = 1
         try:
             return original_save(self, *args, **kwargs)
         finally:
@@ -276,15 +277,20 @@ def run_chaos(result_file: Path, kills: int, seed: int, argv: list[str]) -> None
     folder = Path(cfg.run.dir) / "checkpoints"
     warm_up()
     rng = random.Random(seed)
-    in_save = mmap.mmap(-1, 1)  # shared with the children: set while one is saving
+    in_save = mmap.mmap(-1, 2)  # shared with the children, see flag_saves
     records = []
     while len(records) < kills:
         pid = fork_training(argv, "none", result_file.with_suffix(".log"), in_save)
-        delay = rng.uniform(0.1, 0.4)
+        # The random moment counts from the child's first save, not from the fork: on a
+        # busy machine a child may need longer than the whole delay just to start.
+        started = time.monotonic()
+        while not in_save[1] and time.monotonic() - started < 60:
+            time.sleep(0.005)
+        delay = rng.uniform(0.0, 0.3)
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
         record = {"delay": round(delay, 3), "fate": reap(pid), "in_save": bool(in_save[0])}
-        in_save[0] = 0
+        in_save[0] = in_save[1] = 0
         records.append({**record, **inspect_folder(folder)})
     result_file.write_text(json.dumps(records, indent=1), encoding="utf-8")
 

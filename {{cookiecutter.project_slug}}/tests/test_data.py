@@ -83,7 +83,7 @@ def train_sampler(seed: int = 0, size: int = 100, batch_size: int = 10, rank=0, 
 
 def batches_of(sampler, epoch: int, start_batch: int = 0) -> list[list[int]]:
     sampler.set_epoch(epoch, start_batch=start_batch)
-    return [list(batch) for batch in sampler]
+    return [torch.as_tensor(batch).tolist() for batch in sampler]
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():

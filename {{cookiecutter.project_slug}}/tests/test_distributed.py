@@ -156,8 +156,8 @@ def test_two_ranks_split_training_and_validation_data():
         batches = epoch_batch_sampler(train_loader)
         batches.set_epoch(1)
         assert batches.batches_per_epoch == 64 // 2 // 8
-        train_seen += [index for batch in batches for index in batch]
+        train_seen += [index for batch in batches for index in batch.tolist()]
         val_loader = build_loader(data.val, cfg, train=False, **shard)
-        val_seen += [index for batch in epoch_batch_sampler(val_loader) for index in batch]
+        val_seen += [i for batch in epoch_batch_sampler(val_loader) for i in batch.tolist()]
     assert sorted(train_seen) == list(range(64))  # disjoint halves of one shuffled order
     assert sorted(val_seen) == list(range(21))  # every validation image once, no padding

@@ -6,6 +6,8 @@ is logged: a `.item()` per step would make the CPU wait for the GPU at every ste
 
 import contextlib
 import logging
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -59,6 +61,27 @@ class TrainState:
                 "checkpoint saved before it is kept. Lower optim.lr or set train.grad_clip "
                 "(e.g. 1.0), then resume with run.resume=auto"
             )
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile(model)`, or `model` itself with a warning where it cannot compile.
+
+    Compilation happens at the first forward pass; a graph that fails then runs eagerly
+    (dynamo's suppress_errors) instead of stopping the run.
+    """
+    import torch._dynamo
+
+    reason = None
+    if not torch._dynamo.is_dynamo_supported():
+        reason = f"torch.compile does not support this Python ({sys.version.split()[0]})"
+    elif device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        reason = "no C++ compiler (c++, g++ or clang++) on PATH; install one"
+    if reason:
+        logger.warning("train.compile: %s; training without it", reason)
+        return model
+    torch._dynamo.config.suppress_errors = True
+    logger.info("train.compile: the first step compiles the model (~20 s on a CPU)")
+    return torch.compile(model)
 
 
 def _plain(value):

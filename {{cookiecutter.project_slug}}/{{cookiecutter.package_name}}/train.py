@@ -50,7 +50,7 @@ from .distributed import (
     wrap_model,
 )
 {% endif %}
-from .engine import NonFiniteLossError, TrainState, evaluate, train_one_epoch
+from .engine import NonFiniteLossError, TrainState, compile_model, evaluate, train_one_epoch
 from .log import (
     CSVLog,
     MetricsCSV,
@@ -80,6 +80,9 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         raise ConfigError(f"train.device={name}: MPS is not available; use train.device=cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        # Input shapes are fixed, so cuDNN's one-off search for the fastest kernels pays.
+        torch.backends.cudnn.benchmark = True
     return device
 
 
@@ -228,7 +231,9 @@ def main(cfg: Config) -> int:
 
     data = build_datasets(cfg.data, cfg.seed)
     pin_memory = device.type == "cuda"
-    shard = dict(seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
+    shard = dict(
+        seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory, device=device
+    )
     train_loader = build_loader(data.train, cfg.data, train=True, **shard)
     val_loader = build_loader(data.val, cfg.data, train=False, **shard)
     if cfg.data.num_workers == 0 and not getattr(data.train, "supports_batch_indexing", False):
@@ -251,8 +256,12 @@ def main(cfg: Config) -> int:
     )
 
     model = build_model(cfg.model, len(data.classes), data.in_channels).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
     logger.info("model: %s, %d trainable / %d parameters", cfg.model.name, trainable, total)
+    if cfg.train.compile:
+        model = compile_model(model, device)
 {% if cookiecutter.use_ddp %}
     model = wrap_model(model, device, dist)
 {% endif %}
