@@ -128,10 +128,11 @@ def train_one_epoch(
             with autocast():
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-            scaler.scale(loss / accumulation).backward()
+            scaler.scale(loss / accumulation if accumulation > 1 else loss).backward()
 
         loss = loss.detach()
-        state.loss_sum += loss.double() * labels.size(0)
+        # One fused operation: the float64 sum gains loss * batch size (exact in float64).
+        state.loss_sum.add_(loss, alpha=labels.size(0))
         state.correct += (logits.detach().argmax(dim=1) == labels).sum()
         state.seen += labels.size(0)
         # Recorded on the device (no sync): checked only when logging or saving.
