@@ -267,64 +267,17 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-class TensorBatchSampler:
-    """Index batches of a seeded per-epoch permutation, as tensors: EpochBatchSampler's
-    interface without per-sample Python.
+class TensorBatchSampler(EpochBatchSampler):
+    """EpochBatchSampler's batches as index tensors, for datasets with batched indexing.
 
-    The order is computed exactly as DistributedSampler computes it (shuffled from
-    seed + epoch, padded by repeating the start, every `world_size`-th index from `rank`),
-    so runs, resumes and rank shards match those of a DataLoader over the same data.
-    Without `shuffle` (validation) it is an unpadded shard in order, as ShardSampler.
+    The sampler's order is turned into one tensor per epoch, and each batch is a slice of
+    it: no per-sample Python at each step, and the very batches EpochBatchSampler gives.
     """
 
-    def __init__(
-        self, length: int, batch_size: int, *, shuffle: bool, seed: int, rank: int, world_size: int
-    ) -> None:
-        self.length = length
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.start_batch = 0
-        if shuffle:
-            self.per_rank = math.ceil(length / world_size)
-        else:
-            self.per_rank = len(range(rank, length, world_size))
-        # Drop a ragged last training batch (batch norm dislikes tiny batches) unless it
-        # is the only one; validation keeps every sample.
-        self.drop_last = shuffle and self.per_rank > batch_size
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    @property
-    def batches_per_epoch(self) -> int:
-        if self.drop_last:
-            return self.per_rank // self.batch_size
-        return math.ceil(self.per_rank / self.batch_size)
-
-    def indices(self) -> torch.Tensor:
-        """This rank's sample indices for the current epoch, in order."""
-        if not self.shuffle:
-            return torch.arange(self.rank, self.length, self.world_size)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.length, generator=generator)
-        total = self.per_rank * self.world_size
-        if total > self.length:
-            repeats = [order] * (total // self.length) + [order[: total % self.length]]
-            order = torch.cat(repeats)
-        return order[self.rank : total : self.world_size]
-
     def __iter__(self):
-        indices = self.indices()
+        indices = torch.as_tensor(list(self.sampler), dtype=torch.long)
         for batch in range(self.start_batch, self.batches_per_epoch):
             yield indices[batch * self.batch_size : (batch + 1) * self.batch_size]
-
-    def __len__(self) -> int:
-        return max(self.batches_per_epoch - self.start_batch, 0)
 
 
 class InMemoryLoader:
@@ -361,17 +314,12 @@ def build_loader(
     """The batches of `dataset`: shuffled per epoch from `seed` when training, sharded over
     `world_size` processes. Datasets held whole in memory are sliced on `device` directly
     (InMemoryLoader); the others go through a DataLoader with `data.num_workers` workers."""
-    if train and len(dataset) < world_size:
-        raise ConfigError(
-            f"the training set has {len(dataset)} samples, fewer than the {world_size} "
-            "processes; use more data or fewer processes"
-        )
-    if getattr(dataset, "supports_batch_indexing", False):
-        batches = TensorBatchSampler(
-            len(dataset), cfg.batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size
-        )
-        return InMemoryLoader(dataset, batches, device or torch.device("cpu"))
     if train:
+        if len(dataset) < world_size:
+            raise ConfigError(
+                f"the training set has {len(dataset)} samples, fewer than the {world_size} "
+                "processes; use more data or fewer processes"
+            )
         sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
         )
@@ -380,6 +328,9 @@ def build_loader(
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
         drop_last = False
+    if getattr(dataset, "supports_batch_indexing", False):
+        batches = TensorBatchSampler(sampler, cfg.batch_size, drop_last)
+        return InMemoryLoader(dataset, batches, device or torch.device("cpu"))
     # Datasets read from files apply random transforms when training: seed them per sample.
     if train:
         dataset = SeededAugmentation(dataset, seed)
