@@ -64,22 +64,33 @@ STALL_TIMEOUT_S, STALL_MARGIN_S, TORCHRUN_KILL_GRACE_S = 5, 10, 30
 
 def _start(command: list[str], cwd: Path, env: dict, output: Path) -> subprocess.Popen:
     """`python COMMAND` with stdout and stderr going to OUTPUT.out and OUTPUT.err (files,
-    not pipes: nobody reads a pipe while the other jobs of the fixture run)."""
+    not pipes: nobody reads a pipe while the other jobs of the fixture run), in a process
+    group of its own (see _end)."""
     with open(f"{output}.out", "w") as stdout, open(f"{output}.err", "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, *command], cwd=cwd, env=env, stdout=stdout, stderr=stderr
+            [sys.executable, *command],
+            cwd=cwd,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
         )
     process.output = output
     return process
+
+
+def _end(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of a job: torchrun and the ranks it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
     try:
         process.wait(timeout=timeout)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _end(process)
     stdout, stderr = (Path(f"{process.output}.{kind}").read_text() for kind in ("out", "err"))
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
@@ -164,15 +175,14 @@ def two_process_runs(tmp_path_factory, small_overrides, subprocess_env):
         name: _start([*program, *small_overrides, *settings], root, env, root / name)
         for name, (program, settings) in commands.items()
     }
-    stall = {"pid": 0}
     try:
+        stall = {"pid": 0}
         if "stalled" in processes:
             stall = _stall_one_rank(processes["stalled"], root / "stalled")
         results = {name: _finish(process) for name, process in processes.items()}
     finally:
-        if stall["pid"]:  # torchrun should have killed it; make sure
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stall["pid"], signal.SIGKILL)
+        for process in processes.values():  # after an error above, leave nothing running
+            _end(process)
     return root, results, stall
 
 
@@ -336,7 +346,10 @@ def test_uneven_training_data_is_padded_like_distributed_sampler():
 
 
 def test_accumulation_all_reduces_gradients_only_on_the_updating_micro_batch(tmp_path):
-    """With grad_accum_steps=2, DDP's gradient all-reduce runs half as often (no_sync)."""
+    """With grad_accum_steps=2, DDP's gradient all-reduce runs half as often (no_sync).
+
+    A process group of one process, in this test process: DDP's reducer and communication
+    hook run as they would with more."""
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
     )
@@ -371,6 +384,14 @@ def test_accumulation_all_reduces_gradients_only_on_the_updating_micro_batch(tmp
                 contextlib.nullcontext,
             )
             calls[accumulation] = len(reduced)
+        # wrap_model passes train.find_unused_parameters on (off unless asked for).
+        two_ranks = DistributedContext(rank=0, world_size=2)
+        for wanted in (False, True):
+            wrapped = wrap_model(
+                nn.Linear(4, 3), torch.device("cpu"), two_ranks, find_unused_parameters=wanted
+            )
+            assert isinstance(wrapped, nn.parallel.DistributedDataParallel)
+            assert wrapped.find_unused_parameters is wanted
     finally:
         torch.distributed.destroy_process_group()
     assert calls[1] == 4 and calls[2] == 2, calls
