@@ -534,3 +534,14 @@ def test_each_rank_resumes_its_own_random_stream():
     single = {"rng": states[0]}  # a checkpoint of a run without DDP
     assert rng_of_rank(single, rank=0, world_size=1) is states[0]
     assert rng_of_rank(single, rank=1, world_size=2) is None
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    for name, value in {**TORCHRUN_ENVIRONMENT, "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    with pytest.raises(ConfigError, match="LOCAL_RANK=1 but only 1 CUDA GPUs are visible"):
+        init_distributed(timeout_s=5, device="cuda")
+    assert not torch.distributed.is_initialized()
