@@ -247,9 +247,10 @@ class GlobalBatchShardSampler(Sampler[int]):
 
     The epoch's order is one permutation drawn from (seed, epoch), the same for any number
     of processes. It is cut into global batches of `world_size * batch_size` samples, and
-    rank r takes the r-th run of `batch_size` consecutive samples of each. One process with
-    `train.grad_accum_steps` equal to the world size therefore trains on the very same
-    micro-batches as the ranks of a DDP run, batch norm statistics included (an interleaved
+    rank r takes the r-th run of `batch_size` consecutive samples of each (a ragged last
+    global batch is split evenly). One process with `train.grad_accum_steps` equal to the
+    world size therefore trains on the very same micro-batches as the ranks of a DDP run,
+    batch norm statistics included, at least over the whole global batches (an interleaved
     split, as DistributedSampler makes, would mix other samples into each micro-batch).
     Like DistributedSampler, the order is padded by repeating its start so that every rank
     gets the same number of samples; with one process it is the plain permutation.
