@@ -38,7 +38,7 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
     if not as_bool(features.get("use_amp")):
         paths.append(f"{package}/amp.py")
     if not as_bool(features.get("use_ddp")):
-        paths += [f"{package}/distributed.py", "tests/test_distributed.py"]
+        paths += [f"{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"]
     if not as_bool(features.get("use_safetensors")):
         paths.append("tests/test_safetensors.py")
     if str(features.get("tracker", "")).strip().lower() != "tensorboard":
@@ -47,7 +47,8 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
 
 
 def remove_files(root: Path, paths: list[str]) -> list[str]:
-    """Delete ``paths`` under ``root``; a path that is already absent is fine.
+    """Delete ``paths`` under ``root``, and the folders they leave empty (e.g. ``scripts/``);
+    a path that is already absent is fine.
 
     Returns the paths that were actually deleted.
     """
@@ -57,6 +58,8 @@ def remove_files(root: Path, paths: list[str]) -> list[str]:
         if path.is_file() or path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(relative)
+            if path.parent != root and not any(path.parent.iterdir()):
+                path.parent.rmdir()
     return removed
 
 

@@ -309,7 +309,12 @@ def test_main_prints_to_stderr_and_returns_status(capsys):
 # (toggle, value that turns the feature on, value that turns it off, files it owns)
 FEATURES = [
     ("use_amp", True, False, ["{package}/amp.py"]),
-    ("use_ddp", True, False, ["{package}/distributed.py", "tests/test_distributed.py"]),
+    (
+        "use_ddp",
+        True,
+        False,
+        ["{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"],
+    ),
     ("use_safetensors", True, False, ["tests/test_safetensors.py"]),
     (
         "tracker",
@@ -409,6 +414,7 @@ def test_files_to_remove():
         "pkg/amp.py",
         "pkg/distributed.py",
         "pkg/tensorboard_log.py",
+        "scripts/slurm.sbatch",
         "tests/test_distributed.py",
         "tests/test_safetensors.py",
         "tests/test_tensorboard.py",
@@ -425,6 +431,7 @@ def test_main_deletes_only_disabled_features(tmp_path, capsys):
         "pkg/distributed.py",
         "pkg/tensorboard_log.py",
         "pkg/model.py",
+        "scripts/slurm.sbatch",
         "tests/test_distributed.py",
         "tests/test_safetensors.py",
         "tests/test_tensorboard.py",
@@ -445,6 +452,7 @@ def test_main_deletes_only_disabled_features(tmp_path, capsys):
 
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py"))
     assert left == ["pkg/amp.py", "pkg/model.py", "tests/test_safetensors.py"]
+    assert not (tmp_path / "scripts").exists()  # emptied by its only file's removal
     assert "cd proj" in capsys.readouterr().out
 
 

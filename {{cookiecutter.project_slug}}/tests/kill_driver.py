@@ -6,6 +6,9 @@ uninterrupted run does. Modes:
 
     python tests/kill_driver.py once KILL [key=value ...]
         one training run (also one torchrun rank) that kills itself at KILL;
+    torchrun ... tests/kill_driver.py rank RANK KILL [key=value ...]
+        the same, but only rank RANK kills itself, and only in the first attempt of the
+        job (TORCHELASTIC_RESTART_COUNT=0): a job restarted by --max-restarts runs through;
     python tests/kill_driver.py plan PLAN.json
         runs of several segments each, in forked children of this one process, so torch
         is imported once for all of them; writes what happened to PLAN["result"];
@@ -316,6 +319,10 @@ def main(argv: list[str]) -> int:
     mode, *rest = argv
     if mode == "once":
         return train(rest[1:], rest[0])
+    if mode == "rank":
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        chosen = os.environ.get("RANK") == rest[0]
+        return train(rest[2:], rest[1] if first_attempt and chosen else "none")
     if mode == "plan":
         run_plan(Path(rest[0]))
         return 0

@@ -1,29 +1,38 @@
-"""DistributedDataParallel: two-process torchrun jobs (one killed and resumed), and the
-single-process fallbacks."""
+"""DistributedDataParallel: two-process torchrun jobs (the same result as one process, a
+killed rank restarted by torchrun, a stalled rank), errors, and single-process fallbacks."""
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed
 from torch import nn
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
-from {{ cookiecutter.package_name }}.config import DataConfig
+from {{ cookiecutter.package_name }}.config import ConfigError, DataConfig, TrainConfig
 from {{ cookiecutter.package_name }}.data import (
+    GlobalBatchShardSampler,
     build_datasets,
     build_loader,
     epoch_batch_sampler,
 )
 from {{ cookiecutter.package_name }}.distributed import (
     DistributedContext,
+    all_gather_object,
     all_reduce_sum,
     barrier,
     broadcast_object,
     init_distributed,
+    rank_seed,
     wrap_model,
 )
+from {{ cookiecutter.package_name }}.engine import TrainState, train_one_epoch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,55 +41,159 @@ TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 # Two CPU processes over gloo, even on a GPU machine.
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
 # 256 images over 2 processes in batches of 32: 4 optimizer steps per epoch, 8 in all.
-# An odd validation set: each image must count once, none padded in.
-DDP_SETTINGS = (
-    "data.val_size=63",
-    "train.epochs=2",
-    "model.dropout=0.2",
-    "run.save_every_steps=2",
-)
+# An odd validation set: each image must count once, none padded in. No dropout: its masks
+# are drawn per rank, so no one-process run could repeat them.
+DDP_SETTINGS = ("data.val_size=63", "train.epochs=2", "run.save_every_steps=2")
 KILL_AT = "step:7"  # inside epoch 1, one step after the checkpoint of step 6
+# The same global batch of 64 in one process: two micro-batches of 32, each exactly what
+# one rank trains on (see GlobalBatchShardSampler).
+ONE_PROCESS_SAME_GLOBAL_BATCH = ("train.grad_accum_steps=2",)
+# What the two-process run may differ by from the one-process run (measured: 0.0 for the
+# weights and the training loss; up to 0.01 for the validation loss). The batch norm
+# running statistics come from rank 0's micro-batches only (DDP broadcasts rank 0's
+# buffers), where one process updates them with both: they, and so the validation
+# metrics, differ a little; the trained weights do not depend on them.
+WEIGHT_TOLERANCE = 1e-6
+VAL_LOSS_TOLERANCE = 0.05
+BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+# The stalled job: when a rank stops answering, the other must fail within
+# train.ddp_timeout_s + STALL_MARGIN_S. torchrun then sends the stalled rank SIGTERM and,
+# as it does not react, SIGKILL after 30 s (torch 2.15 ignores --shutdown-timeout there).
+STALL_TIMEOUT_S, STALL_MARGIN_S, TORCHRUN_KILL_GRACE_S = 5, 10, 30
+
+
+def _start(command: list[str], cwd: Path, env: dict, output: Path) -> subprocess.Popen:
+    """`python COMMAND` with stdout and stderr going to OUTPUT.out and OUTPUT.err (files,
+    not pipes: nobody reads a pipe while the other jobs of the fixture run), in a process
+    group of its own (see _end)."""
+    with open(f"{output}.out", "w") as stdout, open(f"{output}.err", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=cwd,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    process.output = output
+    return process
+
+
+def _end(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of a job: torchrun and the ranks it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        _end(process)
+    stdout, stderr = (Path(f"{process.output}.{kind}").read_text() for kind in ("out", "err"))
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+# /proc lets the test find the ranks of a torchrun job (its child processes).
+HAS_PROC = Path("/proc/self/task").is_dir()
+
+
+def _rank_process(job: subprocess.Popen, rank: int) -> int:
+    """The pid of rank `rank` among the children of the torchrun process `job`."""
+    children = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text(encoding="utf-8")
+    for pid in children.split():
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environment:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} among the children of torchrun: {children}")
+
+
+def _stall_one_rank(job: subprocess.Popen, run_dir: Path) -> dict:
+    """Once `job` has saved a checkpoint, SIGSTOP rank 1 and wait for the job to end.
+
+    Returns the pid of the stopped rank, and the seconds from the stop until rank 0 logged
+    its error and until the job ended ("error_s", "exit_s"; None if it did not happen)."""
+    deadline = time.monotonic() + 200
+    while not any((run_dir / "checkpoints").glob("step-*.pt")):  # training is under way
+        if job.poll() is not None or time.monotonic() > deadline:
+            return {"pid": 0, "error_s": None, "exit_s": None}
+        time.sleep(0.1)
+    stopped = _rank_process(job, 1)
+    os.kill(stopped, signal.SIGSTOP)  # it stops answering, without dying
+    stalled_at, times = time.monotonic(), {"pid": stopped, "error_s": None, "exit_s": None}
+    limit = stalled_at + STALL_TIMEOUT_S + STALL_MARGIN_S + TORCHRUN_KILL_GRACE_S + 30
+    while job.poll() is None and time.monotonic() < limit:
+        log = (run_dir / "train.log").read_text(encoding="utf-8")
+        if times["error_s"] is None and "waited too long for another rank" in log:
+            times["error_s"] = time.monotonic() - stalled_at
+        time.sleep(0.1)
+    if job.poll() is not None:
+        times["exit_s"] = time.monotonic() - stalled_at
+    return times
 
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, small_overrides, subprocess_env):
-    """Two torchrun jobs side by side: one uninterrupted, one whose ranks SIGKILL
-    themselves at KILL_AT. Returns (root, {name: CompletedProcess})."""
+    """Four jobs side by side (on 2 cores, less time than one after another):
+    - straight: an uninterrupted torchrun job, in ROOT/straight;
+    - one: one process with the same global batch, in ROOT/one;
+    - restarted: the straight job under `torchrun --max-restarts=1`, where rank 1 SIGKILLs
+      itself at KILL_AT; started in ROOT without run.dir, so it lands in ROOT/runs/run-*;
+    - stalled: a long job of which one rank is SIGSTOPped once it has saved a checkpoint,
+      with train.ddp_timeout_s=STALL_TIMEOUT_S, in ROOT/stalled.
+    Returns (ROOT, {name: CompletedProcess}, what _stall_one_rank measured).
+    """
     root = tmp_path_factory.mktemp("ddp")
     (root / "tmp").mkdir()  # what killed processes leave behind stays in here
+    env = {**subprocess_env, **NO_GPU, "TMPDIR": str(root / "tmp")}
+    train = str(PROJECT_ROOT / "train.py")
+    driver = str(PROJECT_ROOT / "tests" / "kill_driver.py")
+    # name: (program and its first arguments, settings after the small overrides)
     commands = {
-        "straight": [*TORCHRUN, "train.py"],
-        "killed": [*TORCHRUN, "tests/kill_driver.py", "once", KILL_AT],
+        "straight": ([*TORCHRUN, train], [*DDP_SETTINGS, f"run.dir={root / 'straight'}"]),
+        "one": (
+            [train],
+            [*DDP_SETTINGS, *ONE_PROCESS_SAME_GLOBAL_BATCH, f"run.dir={root / 'one'}"],
+        ),
+        "restarted": (
+            [*TORCHRUN, "--max-restarts=1", driver, "rank", "1", KILL_AT],
+            DDP_SETTINGS,
+        ),
     }
+    if HAS_PROC:
+        commands["stalled"] = (
+            [*TORCHRUN, train],
+            [
+                "train.epochs=1000",
+                "run.save_every_steps=1",
+                f"train.ddp_timeout_s={STALL_TIMEOUT_S}",
+                f"run.dir={root / 'stalled'}",
+            ],
+        )
     processes = {
-        name: subprocess.Popen(
-            [sys.executable, *command, *small_overrides, *DDP_SETTINGS, f"run.dir={root / name}"],
-            cwd=PROJECT_ROOT,
-            env={**subprocess_env, **NO_GPU, "TMPDIR": str(root / "tmp")},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, command in commands.items()
+        name: _start([*program, *small_overrides, *settings], root, env, root / name)
+        for name, (program, settings) in commands.items()
     }
-    results = {}
-    for name, process in processes.items():
-        try:
-            stdout, stderr = process.communicate(timeout=300)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-        results[name] = subprocess.CompletedProcess(
-            process.args, process.returncode, stdout, stderr
-        )
-    return root, results
+    try:
+        stall = {"pid": 0}
+        if "stalled" in processes:
+            stall = _stall_one_rank(processes["stalled"], root / "stalled")
+        results = {name: _finish(process) for name, process in processes.items()}
+    finally:
+        for process in processes.values():  # after an error above, leave nothing running
+            _end(process)
+    return root, results, stall
+
+
+def _output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_torchrun_with_two_processes(two_process_runs, read_metrics):
-    root, results = two_process_runs
+    root, results, _ = two_process_runs
     result = results["straight"]
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, _output(result)
     assert "world size 2" in result.stdout
     run_dir = root / "straight"
     rows = read_metrics(run_dir)
@@ -92,32 +205,68 @@ def test_torchrun_with_two_processes(two_process_runs, read_metrics):
     assert checkpoint["progress"]["global_step"] == 8
     assert not any(key.startswith("module.") for key in checkpoint["model"])
     assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["progress"]["global_step"] in (4, 8)
+    # Each rank's own random stream (e.g. for dropout) is saved, and the two differ.
+    first, second = checkpoint["rng_per_rank"]
+    assert torch.equal(first["torch"], checkpoint["rng"]["torch"])
+    assert not torch.equal(first["torch"], second["torch"])
 
 
-def test_torchrun_job_killed_mid_epoch_resumes_exactly(
-    two_process_runs, run_python, small_overrides, assert_same_run
-):
-    root, results = two_process_runs
-    killed = results["killed"]
-    assert killed.returncode != 0, killed.stdout[-3000:]
-    run_dir = root / "killed"
-    steps = sorted(path.name for path in (run_dir / "checkpoints").glob("step-*.pt"))
-    assert steps[-1] == "step-00000006.pt", (steps, killed.stderr[-3000:])
-
-    resumed = run_python(
-        *TORCHRUN,
-        "train.py",
-        *small_overrides,
-        *DDP_SETTINGS,
-        f"run.dir={run_dir}",
-        "run.resume=auto",
-        timeout=300,
-        env={**NO_GPU, "TMPDIR": str(root / "tmp")},
+def test_two_processes_match_one_process_with_the_same_global_batch(two_process_runs, read_metrics):
+    root, results, _ = two_process_runs
+    for name in ("one", "straight"):
+        assert results[name].returncode == 0, _output(results[name])
+    one = load_checkpoint(root / "one" / "checkpoints" / "last.pt")
+    two = load_checkpoint(root / "straight" / "checkpoints" / "last.pt")
+    assert one["progress"]["global_step"] == two["progress"]["global_step"] == 8
+    weights = [name for name in one["model"] if not name.endswith(BATCH_NORM_STATISTICS)]
+    assert len(weights) > 10, weights
+    difference = max(
+        (one["model"][name].double() - two["model"][name].double()).abs().max().item()
+        for name in weights
     )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resumed from {run_dir / 'checkpoints' / 'step-00000006.pt'}" in resumed.stdout
+    assert difference <= WEIGHT_TOLERANCE, f"weights differ by {difference}"
+    rows = zip(read_metrics(root / "one"), read_metrics(root / "straight"), strict=True)
+    for row_one, row_two in rows:
+        assert row_one["step"] == row_two["step"]
+        assert abs(float(row_one["train_loss"]) - float(row_two["train_loss"])) <= 1e-6
+        assert row_one["train_acc"] == row_two["train_acc"]  # summed over both ranks
+        assert row_one["lr"] == row_two["lr"]
+        assert abs(float(row_one["val_loss"]) - float(row_two["val_loss"])) <= VAL_LOSS_TOLERANCE
+
+
+def test_killed_rank_is_restarted_by_torchrun_and_the_job_ends_as_if_uninterrupted(
+    two_process_runs, assert_same_run
+):
+    root, results, _ = two_process_runs
+    restarted = results["restarted"]
+    assert restarted.returncode == 0, _output(restarted)
+    # The first attempt lost rank 1 at step 7; torchrun started both ranks again, and the
+    # script found its own run folder and newest checkpoint without being told.
+    assert "torchrun restart 1: continuing from the newest checkpoint" in restarted.stdout
+    (run_dir,) = (root / "runs").glob("run-*")
+    newest = run_dir.relative_to(root) / "checkpoints" / "step-00000006.pt"
+    assert f"resumed from {newest}" in restarted.stdout
     assert results["straight"].returncode == 0
     assert_same_run(root / "straight", run_dir)
+    straight = load_checkpoint(root / "straight" / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for rank in range(2):  # every rank took back its own random stream
+        assert torch.equal(
+            straight["rng_per_rank"][rank]["torch"], resumed["rng_per_rank"][rank]["torch"]
+        )
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc to find the ranks of a job")
+def test_a_stalled_rank_fails_the_job_within_the_timeout(two_process_runs):
+    _, results, stall = two_process_runs
+    stalled = results["stalled"]
+    assert stall["pid"], _output(stalled)
+    assert stalled.returncode != 0, _output(stalled)
+    expected = f"waited too long for another rank (train.ddp_timeout_s={STALL_TIMEOUT_S})"
+    assert expected in stalled.stderr, _output(stalled)
+    assert stall["error_s"] is not None
+    assert stall["error_s"] < STALL_TIMEOUT_S + STALL_MARGIN_S, stall  # the message says why
+    assert stall["exit_s"] < STALL_TIMEOUT_S + STALL_MARGIN_S + TORCHRUN_KILL_GRACE_S, stall
 
 
 def test_without_a_process_group_everything_is_one_process(monkeypatch):
@@ -161,3 +310,238 @@ def test_two_ranks_split_training_and_validation_data():
         val_seen += [i for batch in epoch_batch_sampler(val_loader) for i in batch.tolist()]
     assert sorted(train_seen) == list(range(64))  # disjoint halves of one shuffled order
     assert sorted(val_seen) == list(range(21))  # every validation image once, no padding
+
+
+def test_each_rank_trains_on_its_own_slice_of_every_global_batch():
+    """Rank r's batch i is the r-th part of the one-process run's global batch i, in order:
+    the property that makes two processes equal one with grad_accum_steps=2."""
+    length, batch = 70, 8  # 4 whole global batches of 16, then a ragged rest of 6
+    orders_by_epoch = []
+    for epoch in (0, 1):
+        orders = []
+        for rank, world_size in ((0, 1), (0, 2), (1, 2)):
+            sampler = GlobalBatchShardSampler(length, batch, rank, world_size, seed=3)
+            sampler.set_epoch(epoch)
+            orders.append(list(sampler))
+        alone, first, second = orders
+        assert len(first) == len(second) == 35
+        for start in range(0, 64, 2 * batch):
+            step = start // 2
+            assert alone[start : start + batch] == first[step : step + batch]
+            assert alone[start + batch : start + 2 * batch] == second[step : step + batch]
+        assert first[32:] + second[32:] == alone[64:]  # the rest, split evenly
+        assert sorted(first + second) == list(range(length))
+        orders_by_epoch.append(alone)
+    assert orders_by_epoch[0] != orders_by_epoch[1], "set_epoch did not reshuffle"
+
+
+def test_uneven_training_data_is_padded_like_distributed_sampler():
+    shares = []
+    for rank in range(3):
+        sampler = GlobalBatchShardSampler(10, 2, rank, 3, seed=0)
+        shares.append(list(sampler))
+    assert [len(share) for share in shares] == [4, 4, 4]
+    together = sorted(sum(shares, []))
+    assert set(together) == set(range(10)) and len(together) == 12  # two repeated to pad
+
+
+def test_accumulation_all_reduces_gradients_only_on_the_updating_micro_batch(tmp_path):
+    """With grad_accum_steps=2, DDP's gradient all-reduce runs half as often (no_sync).
+
+    A process group of one process, in this test process: DDP's reducer and communication
+    hook run as they would with more."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        calls = {}
+        for accumulation in (1, 2):
+            torch.manual_seed(0)
+            model = nn.parallel.DistributedDataParallel(nn.Linear(4, 3))
+            reduced = []
+
+            def count(state, bucket, reduced=reduced):
+                reduced.append(bucket.index())
+                future = torch.futures.Future()
+                future.set_result(bucket.buffer())
+                return future
+
+            model.register_comm_hook(None, count)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(4)]
+            train_one_epoch(
+                model,
+                batches,
+                len(batches),
+                optimizer,
+                torch.amp.GradScaler("cpu", enabled=False),
+                scheduler,
+                False,
+                TrainState(),
+                TrainConfig(grad_accum_steps=accumulation),
+                torch.device("cpu"),
+                contextlib.nullcontext,
+            )
+            calls[accumulation] = len(reduced)
+        # wrap_model passes train.find_unused_parameters on (off unless asked for).
+        two_ranks = DistributedContext(rank=0, world_size=2)
+        for wanted in (False, True):
+            wrapped = wrap_model(
+                nn.Linear(4, 3), torch.device("cpu"), two_ranks, find_unused_parameters=wanted
+            )
+            assert isinstance(wrapped, nn.parallel.DistributedDataParallel)
+            assert wrapped.find_unused_parameters is wanted
+    finally:
+        torch.distributed.destroy_process_group()
+    assert calls[1] == 4 and calls[2] == 2, calls
+
+
+def test_gather_and_rank_seeds_without_a_process_group():
+    assert all_gather_object({"a": 1}) == [{"a": 1}]
+    seeds = {rank_seed(0, rank) for rank in range(4)} | {rank_seed(1, rank) for rank in range(4)}
+    assert len(seeds) == 8 and 0 not in seeds  # never the shared seed of the weights' init
+
+
+TORCHRUN_ENVIRONMENT = {
+    "RANK": "0",
+    "LOCAL_RANK": "0",
+    "WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29999",
+}
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"WORLD_SIZE": "2"}, "MASTER_ADDR, MASTER_PORT missing"),
+        ({"RANK": "1", "LOCAL_RANK": "1"}, "WORLD_SIZE"),
+        ({**TORCHRUN_ENVIRONMENT, "RANK": "one"}, "must be integers"),
+        ({**TORCHRUN_ENVIRONMENT, "RANK": "2"}, "outside WORLD_SIZE=2"),
+    ],
+)
+def test_ddp_without_torchrun_variables_is_a_clear_error(monkeypatch, environment, expected):
+    for name in TORCHRUN_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=expected) as error:
+        init_distributed(timeout_s=5, device="cpu")
+    assert "torchrun" in str(error.value)
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("unavailable", "device", "expected"),
+    [
+        ("is_available", "cpu", "no torch.distributed"),
+        ("is_gloo_available", "cpu", "no gloo backend"),
+        ("is_nccl_available", "cuda", "no nccl backend"),
+    ],
+)
+def test_a_missing_backend_is_a_clear_error(monkeypatch, unavailable, device, expected):
+    for name, value in TORCHRUN_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.distributed, unavailable, lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # nccl is for CUDA
+    with pytest.raises(ConfigError, match=expected):
+        init_distributed(timeout_s=5, device=device)
+    assert not torch.distributed.is_initialized()
+
+
+def test_ddp_from_plain_python_exits_2_with_one_line(run_python, small_overrides, tmp_path):
+    result = run_python(
+        "train.py", *small_overrides, f"run.dir={tmp_path / 'run'}", env={"WORLD_SIZE": "2"}
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: WORLD_SIZE set but"), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
+    two_ranks = DistributedContext(rank=0, world_size=2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(ConfigError, match="train.sync_batchnorm=true needs CUDA"):
+        wrap_model(model, torch.device("cpu"), two_ranks, sync_batchnorm=True)
+
+
+def test_more_processes_than_training_samples_is_a_clear_error():
+    cfg = DataConfig(train_size=3, val_size=3, image_size=8, batch_size=2)
+    data = build_datasets(cfg, seed=0)
+    with pytest.raises(ConfigError, match="3 samples, fewer than the 4 processes"):
+        build_loader(data.train, cfg, train=True, seed=0, rank=0, world_size=4)
+
+
+def test_slurm_script_starts_torchrun_on_every_node_with_the_job_rendezvous(tmp_path):
+    """scripts/slurm.sbatch run with stand-ins for srun and scontrol: the torchrun command
+    it would start on each node parses, and names the first node, the job and the run."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text("#!/bin/sh\nprintf 'node-a\\nnode-b\\n'\n")
+    (fake_bin / "srun").write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$OMP_NUM_THREADS" "$@" > "$SRUN_ARGUMENTS"\n'
+    )
+    for tool in fake_bin.iterdir():
+        tool.chmod(0o755)
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_NNODES": "2",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_SUBMIT_DIR": str(PROJECT_ROOT),
+    }
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    env.update(slurm, PATH=f"{fake_bin}{os.pathsep}{env['PATH']}")
+    env["SRUN_ARGUMENTS"] = str(tmp_path / "srun-arguments")
+    result = subprocess.run(
+        ["bash", str(PROJECT_ROOT / "scripts" / "slurm.sbatch"), "optim.lr=0.1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rendezvous at node-a:29500, run folder runs/slurm-4242" in result.stdout
+    threads, *arguments = (tmp_path / "srun-arguments").read_text().splitlines()
+    assert threads == "4"  # 16 cores shared by 4 processes
+    assert arguments[:4] == ["--kill-on-bad-exit=1", "python", "-m", "torch.distributed.run"]
+
+    from torch.distributed.run import get_args_parser
+
+    from {{ cookiecutter.package_name }}.cli import parse_command_line
+
+    torchrun = get_args_parser().parse_args(arguments[4:])
+    assert (torchrun.nnodes, torchrun.nproc_per_node) == ("2", "4")
+    assert (torchrun.rdzv_backend, torchrun.rdzv_endpoint) == ("c10d", "node-a:29500")
+    assert (torchrun.rdzv_id, torchrun.max_restarts) == ("4242", 3)
+    assert torchrun.training_script == "train.py"
+    cfg, _ = parse_command_line(torchrun.training_script_args)
+    assert (cfg.run.dir, cfg.run.resume, cfg.optim.lr) == ("runs/slurm-4242", "auto", 0.1)
+
+
+def test_each_rank_resumes_its_own_random_stream():
+    from {{ cookiecutter.package_name }}.train import rng_of_rank
+
+    states = [{"torch": torch.tensor([rank])} for rank in range(2)]
+    checkpoint = {"rng": states[0], "rng_per_rank": states}
+    assert rng_of_rank(checkpoint, rank=1, world_size=2) is states[1]
+    assert rng_of_rank(checkpoint, rank=0, world_size=2) is states[0]
+    assert rng_of_rank(checkpoint, rank=0, world_size=4) is None  # saved by 2, resumed by 4
+    single = {"rng": states[0]}  # a checkpoint of a run without DDP
+    assert rng_of_rank(single, rank=0, world_size=1) is states[0]
+    assert rng_of_rank(single, rank=1, world_size=2) is None
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    for name, value in {**TORCHRUN_ENVIRONMENT, "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    with pytest.raises(ConfigError, match="LOCAL_RANK=1 but only 1 CUDA GPUs are visible"):
+        init_distributed(timeout_s=5, device="cuda")
+    assert not torch.distributed.is_initialized()

@@ -120,6 +120,12 @@ class TrainConfig:
     ddp_timeout_s: int = setting(
         600, "seconds a rank waits for the others before the job fails", ge=1
     )
+    sync_batchnorm: bool = setting(
+        False, "DDP on CUDA: batch norm statistics over the global batch, not each rank's share"
+    )
+    find_unused_parameters: bool = setting(
+        False, "DDP: allow parameters that get no gradient in a step (slower; off unless needed)"
+    )
 {% endif %}
 
 

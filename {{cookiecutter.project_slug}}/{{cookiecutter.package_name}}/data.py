@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
 
 from .config import ConfigError, DataConfig
 from .shapes import SHAPE_CLASSES, make_shapes
@@ -230,7 +229,7 @@ class EpochBatchSampler(Sampler[list]):
         self.start_batch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if isinstance(self.sampler, DistributedSampler):
+        if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         self.epoch = epoch
         self.start_batch = start_batch
@@ -248,6 +247,51 @@ class EpochBatchSampler(Sampler[list]):
 
     def __len__(self) -> int:
         return max(self.batches_per_epoch - self.start_batch, 0)
+
+
+class GlobalBatchShardSampler(Sampler[int]):
+    """This process's share of a shuffled epoch: its own slice of every global batch.
+
+    The epoch's order is one permutation drawn from (seed, epoch), the same for any number
+    of processes. It is cut into global batches of `world_size * batch_size` samples, and
+    rank r takes the r-th run of `batch_size` consecutive samples of each (a ragged last
+    global batch is split evenly). One process with `train.grad_accum_steps` equal to the
+    world size therefore trains on the very same micro-batches as the ranks of a DDP run,
+    batch norm statistics included, at least over the whole global batches (an interleaved
+    split, as DistributedSampler makes, would mix other samples into each micro-batch).
+    Like DistributedSampler, the order is padded by repeating its start so that every rank
+    gets the same number of samples; with one process it is the plain permutation.
+    """
+
+    def __init__(self, length: int, batch_size: int, rank: int, world_size: int, seed: int):
+        self.length = length
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = 0
+        self.num_samples = math.ceil(length / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.length, generator=generator).tolist()
+        total = self.num_samples * self.world_size
+        padding = total - self.length
+        order += (order * math.ceil(padding / self.length))[:padding]
+        global_batch = self.batch_size * self.world_size
+        whole = total // global_batch * global_batch
+        share = []
+        for start in range(self.rank * self.batch_size, whole, global_batch):
+            share += order[start : start + self.batch_size]
+        tail = len(order[whole:]) // self.world_size  # the ragged last global batch
+        share += order[whole + self.rank * tail : whole + (self.rank + 1) * tail]
+        return iter(share)
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class ShardSampler(Sampler[int]):
@@ -320,9 +364,7 @@ def build_loader(
                 f"the training set has {len(dataset)} samples, fewer than the {world_size} "
                 "processes; use more data or fewer processes"
             )
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
-        )
+        sampler = GlobalBatchShardSampler(len(dataset), cfg.batch_size, rank, world_size, seed)
         # Drop a ragged last batch (batch norm dislikes tiny batches) unless it is the only one.
         drop_last = len(sampler) > cfg.batch_size
     else:

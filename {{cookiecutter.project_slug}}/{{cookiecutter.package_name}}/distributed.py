@@ -1,8 +1,8 @@
 """Multi-process training with DistributedDataParallel, launched by torchrun.
 
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for every process. Without them (a plain
-`python train.py`) everything here falls back to a single process, so one code path
-serves both.
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every
+process. Without them (a plain `python train.py`) everything here falls back to a single
+process, so one code path serves both.
 """
 
 import datetime
@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import ConfigError
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -37,30 +39,137 @@ def init_distributed(timeout_s: int, device: str = "auto") -> DistributedContext
 
     `device` is train.device: CUDA training uses nccl, anything else gloo.
     """
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistributedContext()
-    context = DistributedContext(
-        rank=int(os.environ["RANK"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        world_size=int(os.environ["WORLD_SIZE"]),
-    )
+    context = _context_from_environment()
+    if not context.enabled:
+        return context
     wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    use_nccl = wants_cuda and torch.cuda.is_available() and dist.is_nccl_available()
-    backend = "nccl" if use_nccl else "gloo"
-    if not dist.is_available() or not (use_nccl or dist.is_gloo_available()):
-        raise ConfigError("this torch build has no distributed backend (gloo or nccl)")
-    if use_nccl:
+    backend = _pick_backend(wants_cuda)
+    if backend == "nccl":
+        if context.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK={context.local_rank} but only {torch.cuda.device_count()} CUDA "
+                "GPUs are visible; start at most one process per GPU (--nproc_per_node)"
+            )
         torch.cuda.set_device(context.local_rank)
     # An explicit timeout: a rank that hangs fails the whole job instead of blocking forever.
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, timeout=timeout, **_store_of_this_attempt(context, timeout))
     return context
 
 
-def wrap_model(model: nn.Module, device: torch.device, context: DistributedContext) -> nn.Module:
+def _store_of_this_attempt(context: DistributedContext, timeout: datetime.timedelta) -> dict:
+    """init_process_group's store arguments: torchrun's own store under a prefix per attempt.
+
+    torchrun lends its rendezvous store to the workers and keeps it across restarts. After
+    a restart (--max-restarts), the ranks would read the addresses that the failed attempt
+    left there, try to reach dead processes, and fail or hang (pytorch/pytorch#135712).
+    Keys under `attempt-<restart count>` start empty in every attempt.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}  # rank 0 starts a fresh store in every attempt
+    shared = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        context.world_size,
+        is_master=False,
+        timeout=timeout,
+    )
+    return {
+        "store": dist.PrefixStore(f"attempt-{restart_count()}", shared),
+        "rank": context.rank,
+        "world_size": context.world_size,
+    }
+
+
+def _context_from_environment() -> DistributedContext:
+    """Rank and world size from torchrun's variables; one process when none is set."""
+    present = [name for name in TORCHRUN_VARIABLES[:3] if name in os.environ]
+    if not present or os.environ.get("WORLD_SIZE") == "1":
+        return DistributedContext()
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(present)} set but {', '.join(missing)} missing: start multi-process "
+            "training with torchrun (e.g. torchrun --standalone --nproc_per_node=2 train.py), "
+            "or unset these variables to train in one process"
+        )
+    try:
+        context = DistributedContext(
+            rank=int(os.environ["RANK"]),
+            local_rank=int(os.environ["LOCAL_RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
+    except ValueError:
+        values = ", ".join(f"{name}={os.environ[name]!r}" for name in TORCHRUN_VARIABLES[:3])
+        raise ConfigError(f"{values}: torchrun's variables must be integers") from None
+    if not 0 <= context.rank < context.world_size:
+        raise ConfigError(
+            f"RANK={context.rank} is outside WORLD_SIZE={context.world_size}; "
+            "let torchrun set these variables"
+        )
+    return context
+
+
+def _pick_backend(wants_cuda: bool) -> str:
+    if not dist.is_available():
+        raise ConfigError(
+            "this torch build has no torch.distributed; install a standard torch build, "
+            "or train in one process with python train.py"
+        )
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "train.device asks for CUDA but no GPU is visible; use train.device=cpu"
+            )
+        if not dist.is_nccl_available():
+            raise ConfigError(
+                "this torch build has no nccl backend for CUDA training; "
+                "use train.device=cpu (gloo) or a torch build with nccl"
+            )
+        return "nccl"
+    if not dist.is_gloo_available():
+        raise ConfigError(
+            "this torch build has no gloo backend for CPU training; "
+            "use a CUDA GPU (nccl) or a standard torch build"
+        )
+    return "gloo"
+
+
+def restart_count() -> int:
+    """How often torchrun (--max-restarts) has restarted this job's workers so far."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s own random stream (dropout), distinct for every rank."""
+    return (seed * 1_000_003 + rank + 1) % 2**63
+
+
+def wrap_model(
+    model: nn.Module,
+    device: torch.device,
+    context: DistributedContext,
+    sync_batchnorm: bool = False,
+    find_unused_parameters: bool = False,
+) -> nn.Module:
+    """`model` as a DistributedDataParallel replica (itself when running alone).
+
+    With `sync_batchnorm`, batch norm layers normalise with the statistics of the whole
+    global batch instead of this rank's share (torch supports it on CUDA only).
+    """
     if not context.enabled:
         return model
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError(
+                f"train.sync_batchnorm=true needs CUDA; torch's SyncBatchNorm does not run "
+                f"on {device.type}. Use train.sync_batchnorm=false"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -69,6 +178,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_object(value) -> list:
+    """Every rank's `value`, in rank order (`[value]` when running alone)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def broadcast_object(value):
@@ -83,6 +201,25 @@ def broadcast_object(value):
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def describe_collective_failure(error: BaseException, timeout_s: int) -> str | None:
+    """One line for an error of the process group (a rank stalled or died); None for others."""
+    if not dist.is_initialized() or not isinstance(error, RuntimeError):
+        return None
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else type(error).__name__
+    if isinstance(error, dist.DistError) or "timed out" in text.lower():
+        reason = "waited too long for another rank"
+    elif "connection" in text.lower() or "peer" in text.lower():
+        reason = "lost the connection to another rank"
+    else:
+        return None
+    return (
+        f"rank {dist.get_rank()} {reason} (train.ddp_timeout_s={timeout_s}): {first_line}. "
+        "Another process stalled or died: torchrun --max-restarts=N restarts the job from "
+        "its newest checkpoint, or continue it with run.resume=auto"
+    )
 
 
 def cleanup() -> None:

@@ -11,6 +11,9 @@ Run it through the entry point at the project root:
 {% if not cookiecutter.use_amp %}
 import contextlib
 {% endif %}
+{% if cookiecutter.use_ddp %}
+import dataclasses
+{% endif %}
 import datetime
 import logging
 import math
@@ -35,6 +38,9 @@ from .checkpoint import (
     check_finite_weights,
     load_checkpoint,
     load_model_state,
+{% if cookiecutter.use_ddp %}
+    rng_state,
+{% endif %}
     set_rng_state,
     training_state,
 )
@@ -42,11 +48,15 @@ from .config import Config, ConfigError, to_dict, to_yaml
 from .data import build_datasets, build_loader, epoch_batch_sampler
 {% if cookiecutter.use_ddp %}
 from .distributed import (
+    all_gather_object,
     all_reduce_sum,
     barrier,
     broadcast_object,
     cleanup,
+    describe_collective_failure,
     init_distributed,
+    rank_seed,
+    restart_count,
     wrap_model,
 )
 {% endif %}
@@ -143,6 +153,35 @@ def find_resume(cfg: Config, checkpoints: CheckpointManager) -> tuple[Path, dict
 
 
 {% if cookiecutter.use_ddp %}
+# In a default run folder made under torchrun: the id of the torchrun job that made it.
+JOB_ID_FILE = ".torchrun-job-id"
+
+
+def job_run_dir(cfg: Config) -> Path:
+    """The run folder, the same in every attempt of one torchrun job.
+
+    `torchrun --max-restarts=N` starts all workers again with the same arguments after one
+    fails. A default run.dir holds the start time, so a restart looks for the folder whose
+    JOB_ID_FILE names this job (torchrun's --rdzv-id; --standalone makes a unique one).
+    """
+    job_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if restart_count() > 0 and job_id and not cfg.run.dir and not cfg.run.resume:
+        markers = sorted(Path("runs").glob(f"*/{JOB_ID_FILE}"), key=os.path.getmtime)
+        for marker in reversed(markers):
+            if marker.parent.is_symlink():  # runs/latest
+                continue
+            if marker.read_text(encoding="utf-8").strip() == job_id:
+                return marker.parent
+    return resolve_run_dir(cfg)
+
+
+def rng_of_rank(checkpoint: dict, rank: int, world_size: int) -> dict | None:
+    """This rank's RNG state in `checkpoint`; None when it was saved by another number of
+    processes (the rank then starts a new stream of its own, see main)."""
+    per_rank = checkpoint.get("rng_per_rank") or [checkpoint["rng"]]
+    return per_rank[rank] if len(per_rank) == world_size else None
+
+
 def find_resume_on_all_ranks(
     cfg: Config, checkpoints: CheckpointManager, rank: int
 ) -> tuple[Path, dict] | None:
@@ -200,7 +239,11 @@ def main(cfg: Config) -> int:
 {% if cookiecutter.use_ddp %}
     dist = init_distributed(cfg.train.ddp_timeout_s, cfg.train.device)
     rank, local_rank, world_size = dist.rank, dist.local_rank, dist.world_size
-    run_dir = broadcast_object(resolve_run_dir(cfg) if rank == 0 else None)
+    run_dir = broadcast_object(job_run_dir(cfg) if rank == 0 else None)
+    if restart_count() > 0:
+        # torchrun restarted every worker after one failed: continue from the newest
+        # checkpoint of this run, whatever run.resume said at the first start.
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume="auto"))
 {% else %}
     rank, local_rank, world_size = 0, 0, 1
     run_dir = resolve_run_dir(cfg)
@@ -215,6 +258,10 @@ def main(cfg: Config) -> int:
 {% endif %}
     setup_logging(rank=rank)  # held in memory until the run folder is made, below
     logger.info("run folder: %s", run_dir)
+{% if cookiecutter.use_ddp %}
+    if restart_count() > 0:
+        logger.info("torchrun restart %d: continuing from the newest checkpoint", restart_count())
+{% endif %}
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device, local_rank)
@@ -263,7 +310,14 @@ def main(cfg: Config) -> int:
     if cfg.train.compile:
         model = compile_model(model, device)
 {% if cookiecutter.use_ddp %}
-    model = wrap_model(model, device, dist)
+    model = wrap_model(
+        model, device, dist, cfg.train.sync_batchnorm, cfg.train.find_unused_parameters
+    )
+    if dist.enabled:
+        # Every rank was seeded alike above, so all start from the same weights (DDP also
+        # copies rank 0's); from here on each draws its own random numbers, or all ranks
+        # would drop out the same units of their different samples.
+        seed_everything(rank_seed(cfg.seed, rank))
 {% endif %}
     optimizer = build_optimizer(cfg.optim, model)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
@@ -293,8 +347,18 @@ def main(cfg: Config) -> int:
 {% if cookiecutter.use_ddp %}
         if rank != 0:  # the checkpoint's running sums are the totals over all ranks
             state.loss_sum, state.correct, state.seen = 0.0, 0.0, 0
-{% endif %}
+        own_rng = rng_of_rank(checkpoint, rank, world_size)
+        if own_rng is not None:
+            set_rng_state(own_rng)
+        else:
+            logger.warning(
+                "the checkpoint was saved by another number of processes: the random "
+                "streams (dropout) start afresh, so this run will not repeat the original"
+            )
+            seed_everything(rank_seed(cfg.seed + state.global_step, rank))
+{% else %}
         set_rng_state(checkpoint["rng"])
+{% endif %}
         logger.info(
             "resumed from %s: epoch %d, batch %d, step %d",
             resume_path,
@@ -319,6 +383,11 @@ def main(cfg: Config) -> int:
         lr_log.keep_before(state.global_step + 1)
         if not cfg.run.dir:
             point_latest_at(run_dir)
+{% if cookiecutter.use_ddp %}
+            if "TORCHELASTIC_RUN_ID" in os.environ:  # for job_run_dir after a restart
+                job_id = os.environ["TORCHELASTIC_RUN_ID"]
+                (run_dir / JOB_ID_FILE).write_text(job_id, encoding="utf-8")
+{% endif %}
         logger.info("resolved config:\n%s", to_yaml(cfg), extra={"console": False})
 {% if cookiecutter.tracker == "tensorboard" %}
         tensorboard = TensorBoardWriter(run_dir / "tensorboard")
@@ -351,6 +420,9 @@ def main(cfg: Config) -> int:
         snapshot = training_state(
             model, optimizer, scheduler, scaler, totals, to_dict(cfg), data.classes
         )
+{% if cookiecutter.use_ddp %}
+        snapshot["rng_per_rank"] = all_gather_object(rng_state())  # each rank's own stream
+{% endif %}
         checkpoints.save(snapshot, model, is_best)
         if is_main:
             lr_log.write_rows([{"step": step, "lr": lr} for step, lr in lr_trace])
@@ -520,3 +592,12 @@ def run(cfg: Config) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint on disk is intact", file=sys.stderr)
         return 130
+{% if cookiecutter.use_ddp %}
+    except RuntimeError as error:
+        message = describe_collective_failure(error, cfg.train.ddp_timeout_s)
+        if message is None:
+            raise
+        logger.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+{% endif %}
