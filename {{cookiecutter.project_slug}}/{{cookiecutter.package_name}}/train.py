@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -192,8 +193,13 @@ class GracefulStop:
             signal.signal(signum, handler)
 
 
-def main(cfg: Config) -> int:
-    """Train with `cfg`; returns the process exit code."""
+def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int:
+    """Train with `cfg`; returns the process exit code.
+
+    `on_epoch_end(row)`, if given, is called after each epoch has been saved, with that
+    epoch's metrics.csv row (every process gets the same row). Returning True ends the run
+    there, cleanly: a sweep uses it to stop (prune) a trial whose validation metric lags.
+    """
 {% if cookiecutter.use_ddp %}
     dist = init_distributed(cfg.train.ddp_timeout_s, cfg.train.device)
     rank, local_rank, world_size = dist.rank, dist.local_rank, dist.world_size
@@ -370,6 +376,7 @@ def main(cfg: Config) -> int:
             save()
         return stop_requested()
 
+    stopped_early = False
     run_start = time.perf_counter()
     try:
         while state.epoch < cfg.train.epochs and not stop_requested():
@@ -443,6 +450,10 @@ def main(cfg: Config) -> int:
             # The checkpoint of a finished epoch points at the start of the next one.
             state.start_epoch(state.epoch + 1)
             save(is_best)
+            if on_epoch_end is not None and on_epoch_end(row):
+                logger.info("stopping after epoch %d: the caller asked to", state.epoch)
+                stopped_early = True
+                break
         if last_saved_step != state.global_step:
             save()  # stopped inside an epoch: the next run continues from this very batch
     finally:
@@ -466,7 +477,7 @@ def main(cfg: Config) -> int:
         cleanup()
 {% endif %}
         return 128 + stop.received
-    if state.epoch < cfg.train.epochs:
+    if state.epoch < cfg.train.epochs and not stopped_early:
         logger.info(
             "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with "
             "run.dir=%s run.resume=auto and a larger train.max_steps",
