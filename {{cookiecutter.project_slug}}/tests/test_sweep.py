@@ -12,9 +12,9 @@ from conftest import PROJECT_ROOT
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.sweep import (
+    Objective,
     load_sweep,
     main,
-    make_objective,
     parse_arguments,
 )
 
@@ -103,6 +103,8 @@ def test_sweep_writes_the_study_and_continues_it(
     assert len(grown) == 4
     earlier = {trial.number: (trial.params, trial.value) for trial in finished(study)}
     assert {t.number: (t.params, t.value) for t in grown if t.number in earlier} == earlier
+    # The continued sweeps drew new values, not those of the first trials again.
+    assert len({trial.params["optim.lr"] for trial in grown}) == len(grown)
     best = (folder / "best_trials.csv").read_text(encoding="utf-8").splitlines()
     assert best[0].startswith("trial,state,value,epochs,data.batch_size")
     assert len(best) == 1 + 4
@@ -110,24 +112,41 @@ def test_sweep_writes_the_study_and_continues_it(
         assert (folder / name).stat().st_size > 0, name
 
 
-def test_pruned_trial_ends_cleanly_and_keeps_its_run_folder(
-    tmp_path, small_overrides, read_metrics
-):
+def run_a_trial_that_is_pruned(tmp_path: Path, argv: list[str]) -> Path:
+    """One trial under a pruner that stops it at its first report; returns its run folder."""
     folder = tmp_path / "sweep"
-    arguments = parse_arguments(
-        [str(write_sweep(tmp_path)), *small_overrides, *TINY, "--dir", str(folder)]
-    )
-    # A validation accuracy never reaches 2: this pruner stops a trial at its first report.
+    arguments = parse_arguments([str(write_sweep(tmp_path)), *argv, "--dir", str(folder)])
+    # A validation accuracy never reaches 2.
     study = optuna.create_study(
         direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0)
     )
-    study.optimize(make_objective(load_sweep(arguments.sweep_file), arguments, folder), n_trials=1)
+    study.optimize(Objective(load_sweep(arguments.sweep_file), arguments, folder), n_trials=1)
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED
-    run_dir = Path(trial.user_attrs["run_dir"])
+    assert list(trial.intermediate_values) == [0]  # nothing reported after the pruning
+    return Path(trial.user_attrs["run_dir"])
+
+
+def test_pruned_trial_ends_cleanly_and_keeps_its_run_folder(
+    tmp_path, small_overrides, read_metrics
+):
+    run_dir = run_a_trial_that_is_pruned(tmp_path, [*small_overrides, *TINY])
     assert len(read_metrics(run_dir)) == 1
     progress = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
     assert progress["epoch"] == 1  # the end of epoch 1 was saved, then the run stopped
+{% if cookiecutter.use_ddp %}
+
+
+def test_trial_as_a_torchrun_job_is_pruned_by_sigterm(tmp_path, small_overrides, read_metrics):
+    # Many short epochs: the pruning after the first one comes long before the last.
+    longer = ("data.train_size=128", "data.val_size=32", "train.epochs=50")
+    argv = [*small_overrides, *longer, "--nproc-per-node", "2"]
+    run_dir = run_a_trial_that_is_pruned(tmp_path, argv)
+    assert 1 <= len(read_metrics(run_dir)) < 50
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "world size 2" in log and "stopped by SIGTERM" in log
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["epoch"] >= 1
+{% endif %}
 
 
 def space_with(entry: str) -> str:
@@ -153,6 +172,11 @@ BAD_INPUT = {
     ),
     "run.dir given": ([], ["run.dir=elsewhere"], "--dir"),
     "missing file": ([], ["missing.yaml"], "missing.yaml"),
+    "unknown option": ([], ["--trails", "3"], "--trails"),
+    "bad seed": ([], ["--seed", "-1"], "--seed"),
+{% if cookiecutter.use_ddp %}
+    "no processes": ([], ["--nproc-per-node", "0"], "--nproc-per-node"),
+{% endif %}
 }
 
 

@@ -19,7 +19,14 @@ import csv
 import json
 import math
 import os
+{% if cookiecutter.use_ddp %}
+import signal
+import subprocess
+{% endif %}
 import sys
+{% if cookiecutter.use_ddp %}
+import time
+{% endif %}
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +37,19 @@ from omegaconf import OmegaConf
 
 from .cli import DEFAULT_CONFIG
 from .config import ConfigError, _load_yaml, load_config
+{% if cookiecutter.use_ddp %}
+from .log import read_csv
+{% endif %}
 
 DEFAULT_SWEEP = DEFAULT_CONFIG.parent / "sweep.yaml"
+{% if cookiecutter.use_ddp %}
+TRAIN_SCRIPT = DEFAULT_CONFIG.parent.parent / "train.py"
+{% endif %}
 USAGE = """\
 usage: python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...] [--trials N] [--dir FOLDER]
+{% if cookiecutter.use_ddp %}
+                       [--nproc-per-node N]
+{% endif %}
 
 Runs an Optuna study over the search space of SWEEP.yaml (the YAML file with a `space:`
 section; default configs/sweep.yaml). Every trial trains with configs/default.yaml, then each
@@ -41,7 +57,19 @@ CONFIG.yaml, then the key=value overrides, then the trial's sampled values.
   --trials N    finished trials the study should reach (default: `trials` in SWEEP.yaml);
                 the same command again continues a stopped sweep
   --dir FOLDER  folder of the study (default: runs/sweeps/<name>)
+  --seed S      seed of the sampler (default: `seed` in SWEEP.yaml); give each of several
+                sweep processes that share one study its own
+{% if cookiecutter.use_ddp %}
+  --nproc-per-node N   run each trial as one torchrun job of N processes (default 1: each
+                       trial trains in this process)
+{% endif %}
 """
+# Options with a value, and what the value is.
+{% if cookiecutter.use_ddp %}
+OPTIONS = {"--trials": "N", "--dir": "FOLDER", "--seed": "S", "--nproc-per-node": "N"}
+{% else %}
+OPTIONS = {"--trials": "N", "--dir": "FOLDER", "--seed": "S"}
+{% endif %}
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 PRUNERS = ("median", "none")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -51,10 +79,6 @@ RESERVED_KEYS = ("run.dir", "run.resume")
 # is this old, so that another sweep on the same study may still be running its own trials.
 HEARTBEAT_INTERVAL_S = 30
 HEARTBEAT_GRACE_S = 90
-
-
-class TrialInterrupted(Exception):
-    """Training of a trial was stopped by Ctrl-C or SIGTERM: the whole sweep stops."""
 
 
 @dataclass
@@ -110,27 +134,25 @@ class Arguments:
     overrides: list[str]
     trials: int | None
     folder: Path | None
+    seed: int | None
+{% if cookiecutter.use_ddp %}
+    processes: int = 1
+{% endif %}
 
 
 def parse_arguments(argv: list[str]) -> Arguments:
     """Split the command line; the YAML file with a `space:` section is the sweep file."""
-    yaml_files, overrides, trials, folder = [], [], None, None
+    yaml_files, overrides, options = [], [], {}
     arguments = iter(argv)
     for argument in arguments:
-        if argument in ("--trials", "--dir"):
+        if argument in OPTIONS:
             value = next(arguments, None)
             if value is None:
-                raise ConfigError(f"{argument} needs a value, e.g. {argument} 10")
-            if argument == "--dir":
-                folder = Path(value)
-            elif not value.isdigit() or int(value) < 1:
-                raise ConfigError(f"--trials {value}: give a whole number of at least 1")
-            else:
-                trials = int(value)
+                raise ConfigError(f"{argument} needs a value: {argument} {OPTIONS[argument]}")
+            options[argument] = value
         elif argument.startswith("-"):
-            raise ConfigError(
-                f"unknown option {argument!r}; options: --trials N, --dir FOLDER, --help"
-            )
+            known = ", ".join(f"{name} {value}" for name, value in OPTIONS.items())
+            raise ConfigError(f"unknown option {argument!r}; options: {known}, --help")
         elif "=" in argument:
             overrides.append(argument)
         elif argument.endswith((".yaml", ".yml")):
@@ -153,8 +175,23 @@ def parse_arguments(argv: list[str]) -> Arguments:
             raise ConfigError(
                 f"{key} is set by sweep.py for each trial; choose the folder with --dir"
             )
-    sweep_file = sweep_files[0] if sweep_files else DEFAULT_SWEEP
-    return Arguments(sweep_file, train_files, overrides, trials, folder)
+    return Arguments(
+        sweep_file=sweep_files[0] if sweep_files else DEFAULT_SWEEP,
+        train_files=train_files,
+        overrides=overrides,
+        trials=_whole_number("--trials", options["--trials"]) if "--trials" in options else None,
+        folder=Path(options["--dir"]) if "--dir" in options else None,
+        seed=_whole_number("--seed", options["--seed"], low=0) if "--seed" in options else None,
+{% if cookiecutter.use_ddp %}
+        processes=_whole_number("--nproc-per-node", options.get("--nproc-per-node", "1")),
+{% endif %}
+    )
+
+
+def _whole_number(option: str, value: str, low: int = 1) -> int:
+    if not value.isdigit() or int(value) < low:
+        raise ConfigError(f"{option} {value}: give a whole number of at least {low}")
+    return int(value)
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -252,11 +289,13 @@ def as_override(key: str, value: Any) -> str:
 def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
     """The study stored in `folder/study.db`: created by the first run, continued after."""
     folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{(folder / 'study.db').resolve()}",
-        heartbeat_interval=HEARTBEAT_INTERVAL_S,
-        grace_period=HEARTBEAT_GRACE_S,
-    )
+    with warnings.catch_warnings():  # Optuna flags heartbeats as experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{(folder / 'study.db').resolve()}",
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=HEARTBEAT_GRACE_S,
+        )
     if sweep.pruner == "median":
         pruner = optuna.pruners.MedianPruner(
             n_startup_trials=sweep.pruner_startup_trials,
@@ -268,7 +307,6 @@ def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
         storage=storage,
         study_name=sweep.name,
         direction=sweep.direction,
-        sampler=optuna.samplers.TPESampler(seed=sweep.seed),
         pruner=pruner,
         load_if_exists=True,
     )
@@ -278,6 +316,9 @@ def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
             f"the study {sweep.name!r} in {folder} was made to {stored}, not to "
             f"{sweep.direction}; use another name or --dir"
         )
+    # Seeded from the trials so far as well: a continued sweep must not draw the values of
+    # its first trials again.
+    study.sampler = optuna.samplers.TPESampler(seed=sweep.seed + len(study.trials))
     return study
 
 
@@ -288,76 +329,147 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
-def make_objective(sweep: Sweep, arguments: Arguments, folder: Path):
-    """The function Optuna calls per trial: sample, train in-process, report each epoch."""
-    from .train import main as train
+class Objective:
+    """What Optuna calls for each trial: sample the values, train, report every epoch."""
 
-    files = [DEFAULT_CONFIG, *arguments.train_files]
+    def __init__(self, sweep: Sweep, arguments: Arguments, folder: Path) -> None:
+        self.sweep = sweep
+        self.arguments = arguments
+        self.folder = folder
+        # Non-zero once a trial was stopped by Ctrl-C, SIGTERM or a bad setting: the sweep
+        # stops with this exit code.
+        self.exit_code = 0
 
-    def objective(trial: optuna.Trial) -> float:
-        values = {param.key: param.suggest(trial) for param in sweep.space}
-        run_dir = folder / f"trial-{trial.number:04d}"
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = {param.key: param.suggest(trial) for param in self.sweep.space}
+        run_dir = self.folder / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        overrides = [as_override(key, value) for key, value in values.items()]
-        cfg = load_config(files, [*arguments.overrides, *overrides, f"run.dir={run_dir}"])
+        sampled = [as_override(key, value) for key, value in values.items()]
+        overrides = [*self.arguments.overrides, *sampled, f"run.dir={run_dir}"]
         history: list[float] = []
         pruned = False
 
         def report(row: dict) -> bool:
             nonlocal pruned
-            value = float(row[sweep.metric])
+            if pruned:  # a row written while the trial was already stopping
+                return True
+            value = float(row[self.sweep.metric])
             history.append(value)
             trial.report(value, step=int(row["epoch"]))
             pruned = trial.should_prune()
             return pruned
 
-        print(f"trial {trial.number}: {' '.join(overrides)} -> {run_dir}", flush=True)
-        code = train(cfg, on_epoch_end=report)
-        if code != 0:
-            raise TrialInterrupted(f"trial {trial.number} stopped with exit code {code}")
-        if not history:
-            raise ConfigError(
-                f"trial {trial.number} finished no epoch, so it has no {sweep.metric}; "
-                "remove train.max_steps or raise it"
+        print(f"trial {trial.number}: {' '.join(sampled)} -> {run_dir}", flush=True)
+{% if cookiecutter.use_ddp %}
+        if self.arguments.processes > 1:
+            code = train_with_torchrun(
+                self.arguments.train_files, overrides, run_dir, report, self.arguments.processes
             )
+        else:
+            code = train_in_process(self.arguments.train_files, overrides, report)
+{% else %}
+        code = train_in_process(self.arguments.train_files, overrides, report)
+{% endif %}
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(history)}")
-        return max(history) if sweep.direction == "maximize" else min(history)
+        if code == 0 and not history:
+            print(
+                f"error: trial {trial.number} finished no epoch, so it has no "
+                f"{self.sweep.metric}; remove train.max_steps or raise it",
+                file=sys.stderr,
+            )
+            code = 2
+        if code == 0:
+            return max(history) if self.sweep.direction == "maximize" else min(history)
+        # Exit code 1: this trial failed (e.g. its loss diverged), which says something about
+        # its values; the sweep goes on. Anything else (a bad setting, Ctrl-C, SIGTERM) stops it.
+        if code != 1:
+            self.exit_code = code
+            trial.study.stop()
+        return math.nan  # Optuna records the trial as failed
 
-    return objective
+
+def train_in_process(train_files: list[Path], overrides: list[str], report) -> int:
+    """Train one trial in this process; `report` gets every epoch's metrics row."""
+    from .train import run
+
+    try:
+        cfg = load_config([DEFAULT_CONFIG, *train_files], overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run(cfg, on_epoch_end=report)
+{% if cookiecutter.use_ddp %}
 
 
-def run_sweep(sweep: Sweep, arguments: Arguments, folder: Path, target: int) -> optuna.Study:
-    from .engine import NonFiniteLossError
+def train_with_torchrun(
+    train_files: list[Path], overrides: list[str], run_dir: Path, report, processes: int
+) -> int:
+    """Train one trial as one torchrun job of `processes` processes.
 
+    Its metrics.csv is read as it grows, and each new row goes to `report`; when that asks to
+    stop, the job gets SIGTERM, on which every rank finishes its step, saves and exits.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(TRAIN_SCRIPT),
+        *map(str, train_files),
+        *overrides,
+    ]
+    job = subprocess.Popen(command)
+    reported, stopping = 0, False
+    try:
+        while True:
+            ended = job.poll() is not None
+            rows = read_csv(run_dir / "metrics.csv")
+            for row in rows[reported:]:
+                if report(row) and not stopping and job.poll() is None:
+                    job.send_signal(signal.SIGTERM)
+                    stopping = True
+            reported = len(rows)
+            if ended:
+                return job.returncode
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # Ctrl-C reached the job too: let its ranks save
+        job.wait()
+        return 130
+{% endif %}
+
+
+def run_sweep(
+    sweep: Sweep, arguments: Arguments, folder: Path, target: int
+) -> tuple[optuna.Study, int]:
+    """Run trials until the study has `target` finished ones; returns it and the exit code."""
     study = open_study(sweep, folder)
     done = len(finished_trials(study))
     if done >= target:
-        print(
-            f"the study already has {done} finished trials; ask for more with --trials {done + 5}"
-        )
-        return study
+        print(f"the study already has {done} finished trials; ask for more with --trials N")
+        return study, 0
     print(f"study {sweep.name!r} in {folder}: {done} trials finished, running {target - done} more")
+    objective = Objective(sweep, arguments, folder)
     study.optimize(
-        make_objective(sweep, arguments, folder),
+        objective,
         n_trials=target - done,
         # Another sweep process may share the study: stop once the study as a whole is done.
         callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)],
-        # A diverging trial (NaN loss) is a result of its values: record it as failed, go on.
-        catch=(NonFiniteLossError,),
     )
-    return study
+    return study, objective.exit_code
 
 
-def best_trials_table(study: optuna.Study, limit: int = 5) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the finished trials, best first (all of them when limit is 0)."""
-    completed = [trial for trial in study.get_trials(deepcopy=False) if trial.value is not None]
+def best_trials_table(study: optuna.Study) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the finished trials: completed ones best first, then pruned ones."""
+    states = optuna.trial.TrialState
+    completed = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
     completed.sort(key=lambda trial: trial.value, reverse=study.direction.name == "MAXIMIZE")
-    pruned = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.PRUNED]
+    pruned = study.get_trials(deepcopy=False, states=(states.PRUNED,))
     params = sorted({key for trial in completed + pruned for key in trial.params})
     header = ["trial", "state", "value", "epochs", *params, "run_dir"]
     rows = []
-    for trial in (completed + pruned)[: limit or None]:
+    for trial in completed + pruned:
         epochs = len(trial.intermediate_values)
         value = "" if trial.value is None else f"{trial.value:.4f}"
         rows.append(
@@ -376,7 +488,7 @@ def _short(value: Any) -> str:
 
 def write_report(study: optuna.Study, folder: Path) -> list[Path]:
     """Print the best trials; write best_trials.csv and the plots. Returns the files."""
-    header, rows = best_trials_table(study, limit=0)
+    header, rows = best_trials_table(study)
     table = folder / "best_trials.csv"
     with table.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
@@ -433,24 +545,31 @@ def main(argv: list[str]) -> int:
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(
-                "sweep.py runs its trials in one process and cannot run under torchrun; "
-                "start it with python (see 'Sweeps' in README.md)"
+                "sweep.py starts its trials itself and cannot run under torchrun; "
+{% if cookiecutter.use_ddp %}
+                "for trials of N processes each, run python sweep.py --nproc-per-node N"
+{% else %}
+                "start it with python sweep.py"
+{% endif %}
             )
         arguments = parse_arguments(argv)
         sweep = load_sweep(arguments.sweep_file)
+        if arguments.seed is not None:
+            sweep.seed = arguments.seed
         check_space(sweep, arguments.train_files, arguments.overrides)
         folder = arguments.folder or Path("runs") / "sweeps" / sweep.name
-        target = arguments.trials or sweep.trials
-        study = run_sweep(sweep, arguments, folder, target)
+        study, exit_code = run_sweep(sweep, arguments, folder, arguments.trials or sweep.trials)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (TrialInterrupted, KeyboardInterrupt) as error:
+    except KeyboardInterrupt:
+        exit_code = 130
+    if exit_code != 0:
         print(
-            f"interrupted ({error or 'Ctrl-C'}); run the same command again to continue the study",
+            f"sweep stopped (exit code {exit_code}); the same command continues the study",
             file=sys.stderr,
         )
-        return 130
+        return exit_code
     files = write_report(study, folder)
     print(f"study: {folder / 'study.db'}; wrote {', '.join(path.name for path in files)}")
     return 0

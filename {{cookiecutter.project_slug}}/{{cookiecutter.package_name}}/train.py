@@ -508,10 +508,10 @@ def log_summary(run_dir: Path, state: TrainState, elapsed: float, folder: Path) 
     )
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int:
     """`main` with the project's errors turned into one clear line and an exit code."""
     try:
-        return main(cfg)
+        return main(cfg, on_epoch_end)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
