@@ -256,6 +256,8 @@ def _parse_param(path: Path, key: str, spec: Any) -> Param:
     numbers = (param.low, param.high) + ((param.step,) if param.step is not None else ())
     if not all(_is_number(number) for number in numbers):
         raise ConfigError(f"{where}: low, high and step must be numbers")
+    if not isinstance(param.log, bool):
+        raise ConfigError(f"{where}: log={param.log!r} must be true or false")
     if param.low > param.high:
         raise ConfigError(f"{where}: low={param.low} is above high={param.high}")
     if param.log and (param.low <= 0 or param.step is not None):
