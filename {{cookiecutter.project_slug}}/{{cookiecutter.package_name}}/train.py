@@ -451,7 +451,7 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
             state.start_epoch(state.epoch + 1)
             save(is_best)
             if on_epoch_end is not None and on_epoch_end(row):
-                logger.info("stopping after epoch %d: the caller asked to", state.epoch)
+                logger.info("stopping after epoch %d, as on_epoch_end asked", state.epoch)
                 stopped_early = True
                 break
         if last_saved_step != state.global_step:
