@@ -112,6 +112,29 @@ def test_sweep_writes_the_study_and_continues_it(
         assert (folder / name).stat().st_size > 0, name
 
 
+def test_ctrl_c_stops_the_sweep_with_exit_130(tmp_path, small_overrides, subprocess_env):
+    folder = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [sys.executable, "sweep.py", str(write_sweep(tmp_path)), *small_overrides, *TINY]
+        + ["train.epochs=50", "--dir", str(folder)],
+        cwd=PROJECT_ROOT,
+        env=subprocess_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (folder / "trial-0000" / "train.log").exists() and sweep.poll() is None:
+        assert time.monotonic() < deadline, "the first trial never started"
+        time.sleep(0.02)
+    sweep.send_signal(signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    assert "the same command continues the study" in stderr
+    (trial,) = load_study(folder).trials  # no further trial was started
+    assert trial.state == optuna.trial.TrialState.FAIL
+
+
 def run_a_trial_that_is_pruned(tmp_path: Path, argv: list[str]) -> Path:
     """One trial under a pruner that stops it at its first report; returns its run folder."""
     folder = tmp_path / "sweep"
