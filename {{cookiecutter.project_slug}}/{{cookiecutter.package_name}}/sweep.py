@@ -1,6 +1,6 @@
 """Hyperparameter sweeps with Optuna: a search space in YAML, one ordinary run per trial.
 
-    python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...] [--trials N] [--dir FOLDER]
+    python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...] --trials N [--dir FOLDER]
 
 The study lives in `<folder>/study.db` (SQLite; the folder defaults to `runs/sweeps/<name>`).
 `--trials N` is the number of finished trials the study should reach, so the same command
@@ -46,9 +46,11 @@ DEFAULT_SWEEP = DEFAULT_CONFIG.parent / "sweep.yaml"
 TRAIN_SCRIPT = DEFAULT_CONFIG.parent.parent / "train.py"
 {% endif %}
 USAGE = """\
-usage: python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...] [--trials N] [--dir FOLDER]
+usage: python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...]
 {% if cookiecutter.use_ddp %}
-                       [--nproc-per-node N]
+                       [--trials N] [--dir FOLDER] [--seed S] [--nproc-per-node N]
+{% else %}
+                       [--trials N] [--dir FOLDER] [--seed S]
 {% endif %}
 
 Runs an Optuna study over the search space of SWEEP.yaml (the YAML file with a `space:`
@@ -197,7 +199,7 @@ def _whole_number(option: str, value: str, low: int = 1) -> int:
 def load_sweep(path: Path) -> Sweep:
     """Read and check a sweep file; every problem is one ConfigError naming the entry."""
     raw = OmegaConf.to_container(_load_yaml(path))
-    known = {item for item in Sweep.__dataclass_fields__}
+    known = set(Sweep.__dataclass_fields__)
     for key in raw:
         if key not in known:
             raise ConfigError(f"{path}: unknown entry {key!r}; entries: {', '.join(sorted(known))}")
