@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import re
 {% if cookiecutter.use_ddp %}
 import signal
 import subprocess
@@ -203,8 +204,11 @@ def load_sweep(path: Path) -> Sweep:
     for key in raw:
         if key not in known:
             raise ConfigError(f"{path}: unknown entry {key!r}; entries: {', '.join(sorted(known))}")
-    if not isinstance(raw.get("name"), str) or not raw["name"].strip():
-        raise ConfigError(f"{path}: give the study a name, e.g. name: shapes-lr")
+    if not isinstance(raw.get("name"), str) or not re.fullmatch(r"[\w.-]+", raw["name"]):
+        raise ConfigError(
+            f"{path}: name={raw.get('name')!r} is not allowed; name the study with letters, "
+            "digits, '_', '-' and '.', e.g. name: shapes-lr"
+        )
     sweep = Sweep(**{key: value for key, value in raw.items() if key != "space"})
     choices = {"metric": METRICS, "direction": ("maximize", "minimize"), "pruner": PRUNERS}
     for key, allowed in choices.items():
