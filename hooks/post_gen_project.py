@@ -31,7 +31,7 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
     """Return the project-relative paths (POSIX style) owned by the features that are off.
 
     ``features`` holds the cookiecutter answers ``package_name``, ``use_amp``, ``use_ddp``,
-    ``use_safetensors`` and ``tracker``.
+    ``use_safetensors``, ``tracker``, ``use_sweeps`` and ``ci``.
     """
     package = features["package_name"]
     paths = []
@@ -43,6 +43,10 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
         paths.append("tests/test_safetensors.py")
     if str(features.get("tracker", "")).strip().lower() != "tensorboard":
         paths += [f"{package}/tensorboard_log.py", "tests/test_tensorboard.py"]
+    if not as_bool(features.get("use_sweeps")):
+        paths += ["sweep.py", f"{package}/sweep.py", "configs/sweep.yaml", "tests/test_sweep.py"]
+    if str(features.get("ci", "")).strip().lower() != "github":
+        paths += [".github/workflows/ci.yml", ".pre-commit-config.yaml"]
     return paths
 
 
@@ -58,12 +62,18 @@ def remove_files(root: Path, paths: list[str]) -> list[str]:
         if path.is_file() or path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(relative)
-            if path.parent != root and not any(path.parent.iterdir()):
-                path.parent.rmdir()
+            remove_empty_folders(root, path.parent)
     return removed
 
 
-def next_steps(project_slug: str, use_ddp: bool) -> str:
+def remove_empty_folders(root: Path, folder: Path) -> None:
+    """Delete ``folder`` and its parents up to ``root`` while they are empty (e.g. .github/)."""
+    while folder != root and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def next_steps(project_slug: str, use_ddp: bool, use_sweeps: bool = False) -> str:
     """Return the text telling the user how to start training."""
     lines = [
         f"Created {project_slug}. Next steps:",
@@ -77,13 +87,18 @@ def next_steps(project_slug: str, use_ddp: bool) -> str:
         lines.append(
             "  torchrun --standalone --nproc_per_node=2 train.py  # two processes with DDP"
         )
+    if use_sweeps:
+        lines.append(
+            "  python sweep.py --trials 20                      # search lr, weight decay, ..."
+        )
     return "\n".join(lines)
 
 
 def main(features: dict[str, Any], root: Path | None = None) -> int:
     """Remove the disabled features' files under ``root`` (default: cwd); print next steps."""
     remove_files(root if root is not None else Path.cwd(), files_to_remove(features))
-    print(next_steps(features["project_slug"], as_bool(features.get("use_ddp"))))
+    use_ddp, use_sweeps = as_bool(features.get("use_ddp")), as_bool(features.get("use_sweeps"))
+    print(next_steps(features["project_slug"], use_ddp, use_sweeps))
     return 0
 
 
@@ -108,6 +123,12 @@ if __name__ == "__main__":
 """,
         "tracker": r"""
 {{ cookiecutter.tracker | tojson }}
+""",
+        "use_sweeps": r"""
+{{ cookiecutter.use_sweeps | tojson }}
+""",
+        "ci": r"""
+{{ cookiecutter.ci | tojson }}
 """,
     }
     sys.exit(main({key: json.loads(text.strip()) for key, text in RENDERED.items()}))

@@ -14,17 +14,43 @@ FEATURES = {
     "use_ddp": [True, False],
     "use_safetensors": [True, False],
     "tracker": ["csv", "tensorboard"],
+    "use_sweeps": [True, False],
+    "ci": ["github", "none"],
 }
 COMBINATIONS = [
     dict(zip(FEATURES, values, strict=True)) for values in itertools.product(*FEATURES.values())
 ]
-DEFAULT = {"use_amp": True, "use_ddp": False, "use_safetensors": False, "tracker": "csv"}
-ALL_FEATURES = {"use_amp": True, "use_ddp": True, "use_safetensors": True, "tracker": "tensorboard"}
+# Answers that change none of the Python files that training runs: `ci` adds only a workflow
+# and a pre-commit config, `use_sweeps` adds sweep.py, its module, search space and tests.
+# test_bake_matrix proves it for every combination, so the training tests cover the other
+# answers' combinations once, with these at their defaults (16 instead of 64 smoke trains).
+TRAINING_NEUTRAL = {"use_sweeps": False, "ci": "github"}
+TRAIN_COMBINATIONS = [
+    combination
+    for combination in COMBINATIONS
+    if all(combination[key] == value for key, value in TRAINING_NEUTRAL.items())
+]
+DEFAULT = {
+    "use_amp": True,
+    "use_ddp": False,
+    "use_safetensors": False,
+    "tracker": "csv",
+    "use_sweeps": False,
+    "ci": "github",
+}
+ALL_FEATURES = {
+    "use_amp": True,
+    "use_ddp": True,
+    "use_safetensors": True,
+    "tracker": "tensorboard",
+    "use_sweeps": True,
+    "ci": "github",
+}
 
 
 def combination_id(combination: dict) -> str:
     parts = [name.removeprefix("use_") for name in FEATURES if combination[name] is True]
-    return "-".join(parts + [combination["tracker"]])
+    return "-".join(parts + [combination["tracker"], f"ci_{combination['ci']}"])
 
 
 def subprocess_env() -> dict:

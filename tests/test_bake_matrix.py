@@ -1,9 +1,11 @@
 """Every combination of the feature prompts bakes, lints clean and trains.
 
-For each of the 16 combinations: the bake succeeds with the asked-for answers (cookiecutter
+For each of the 64 combinations: the bake succeeds with the asked-for answers (cookiecutter
 silently drops a misspelt extra_context key, so the context is checked), no Jinja is left
-in any file, `ruff check` and `ruff format --check` pass with the baked pyproject.toml, a
-one-step smoke train writes `last.pt`, and a one-epoch run writes the whole run folder.
+in any file, and `ruff check` and `ruff format --check` pass with the baked pyproject.toml.
+`ci` and `use_sweeps` leave the training code untouched (proved here for every combination),
+so the 16 combinations of the other answers train: a one-step smoke train writes `last.pt`,
+and a one-epoch run writes the whole run folder.
 """
 
 import csv
@@ -18,6 +20,7 @@ from tests.conftest import (
     ALL_FEATURES,
     COMBINATIONS,
     DEFAULT,
+    TRAIN_COMBINATIONS,
     combination_id,
     run_python,
     subprocess_env,
@@ -33,6 +36,10 @@ SMALL_RUN = [
 ]
 
 combinations = pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+train_combinations = pytest.mark.parametrize("combination", TRAIN_COMBINATIONS, ids=combination_id)
+# Files owned by the sweeps feature (post_gen deletes them when it is off).
+SWEEP_FILES = {"sweep.py", "{package}/sweep.py", "configs/sweep.yaml", "tests/test_sweep.py"}
+CI_FILES = {".github/workflows/ci.yml", ".pre-commit-config.yaml"}
 
 
 def project_of(baked, combination):
@@ -52,9 +59,11 @@ def test_bake_uses_the_answers_given(baked, combination):
         "use_amp": package / "amp.py",
         "use_ddp": package / "distributed.py",
         "tracker": package / "tensorboard_log.py",
+        "use_sweeps": package / "sweep.py",
+        "ci": result.project_path / ".github" / "workflows" / "ci.yml",
     }
     for key, path in feature_files.items():
-        wanted = combination[key] in (True, "tensorboard")
+        wanted = combination[key] in (True, "tensorboard", "github")
         assert path.exists() == wanted, f"{path.name} present={path.exists()} with {key}"
 
 
@@ -65,7 +74,9 @@ def test_no_template_syntax_left(baked, combination):
     for path in project.rglob("*"):
         if path.is_file():
             text = path.read_text(encoding="utf-8")
-            leftovers += [f"{path.name}: {m}" for m in JINJA_MARKERS if m in text]
+            # `${{ ... }}` is a GitHub Actions expression, meant to survive rendering.
+            code = text.replace("${{", "")
+            leftovers += [f"{path.name}: {m}" for m in JINJA_MARKERS if m in code]
             if "\n\n\n\n" in text:
                 leftovers.append(f"{path.name}: three blank lines in a row")
     assert not leftovers
@@ -84,7 +95,34 @@ def test_ruff_check_and_format_are_clean(baked, combination):
         assert result.returncode == 0, f"ruff {command[0]}:\n{result.stdout}{result.stderr}"
 
 
-@combinations
+def project_files(project) -> dict[str, bytes]:
+    return {
+        path.relative_to(project).as_posix(): path.read_bytes()
+        for path in project.rglob("*")
+        if path.is_file()
+    }
+
+
+@train_combinations
+def test_ci_and_sweeps_answers_change_no_training_code(baked, combination):
+    """What lets the training tests skip the combinations of `ci` and `use_sweeps`."""
+    base = project_files(project_of(baked, combination))
+    package = baked(combination).context["package_name"]
+    assert not any(name.endswith(".py") for name in CI_FILES)
+    without_ci = project_files(project_of(baked, {**combination, "ci": "none"}))
+    # `ci` only adds its two non-Python files and a README section; all else is identical.
+    assert set(base) - set(without_ci) == CI_FILES and not set(without_ci) - set(base)
+    changed = {name for name in without_ci if base[name] != without_ci[name]}
+    assert changed <= {"README.md"}, changed
+
+    with_sweeps = project_files(project_of(baked, {**combination, "use_sweeps": True}))
+    owned = {name.format(package=package) for name in SWEEP_FILES}
+    assert set(with_sweeps) - set(base) == owned and not set(base) - set(with_sweeps)
+    changed = {name for name in base if base[name] != with_sweeps[name]}
+    assert changed <= {"README.md", "pyproject.toml"}, changed  # docs and the dependency
+
+
+@train_combinations
 def test_one_step_smoke_train_writes_last_checkpoint(baked, combination, tmp_path):
     project = project_of(baked, combination)
     run_dir = tmp_path / "smoke"
@@ -101,7 +139,7 @@ def test_one_step_smoke_train_writes_last_checkpoint(baked, combination, tmp_pat
         assert isinstance(checkpoint["model"], dict) and checkpoint["model"]
 
 
-@combinations
+@train_combinations
 def test_one_epoch_writes_the_run_folder(baked, combination, tmp_path):
     project = project_of(baked, combination)
     run_dir = tmp_path / "epoch"
@@ -118,7 +156,7 @@ def test_one_epoch_writes_the_run_folder(baked, combination, tmp_path):
     assert has_events == (combination["tracker"] == "tensorboard")
 
 
-DDP_COMBINATIONS = [c for c in COMBINATIONS if c["use_ddp"]]
+DDP_COMBINATIONS = [c for c in TRAIN_COMBINATIONS if c["use_ddp"]]
 
 
 @pytest.mark.parametrize("combination", DDP_COMBINATIONS, ids=combination_id)
@@ -147,7 +185,7 @@ def test_torchrun_two_processes(baked, combination, tmp_path):
 
 
 def test_bad_config_gives_one_line_and_exit_2(baked, tmp_path):
-    project = project_of(baked, COMBINATIONS[0])
+    project = project_of(baked, TRAIN_COMBINATIONS[0])
     run_dir = tmp_path / "never"
     cases = {
         "optim.lrr=0.1": "optim.lrr",

@@ -21,7 +21,14 @@ tomllib = pytest.importorskip("tomllib")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VALID_NAMES = {"project_slug": "demo_project", "package_name": "demo_pkg"}
-ALL_ON = {"use_amp": True, "use_ddp": True, "use_safetensors": True, "tracker": "tensorboard"}
+ALL_ON = {
+    "use_amp": True,
+    "use_ddp": True,
+    "use_safetensors": True,
+    "tracker": "tensorboard",
+    "use_sweeps": True,
+    "ci": "github",
+}
 
 # (bad value, word naming the problem in the message)
 REJECTED_NAMES = [
@@ -322,6 +329,13 @@ FEATURES = [
         "csv",
         ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"],
     ),
+    (
+        "use_sweeps",
+        True,
+        False,
+        ["sweep.py", "{package}/sweep.py", "configs/sweep.yaml", "tests/test_sweep.py"],
+    ),
+    ("ci", "github", "none", [".github/workflows/ci.yml", ".pre-commit-config.yaml"]),
 ]
 FEATURE_IDS = [feature[0] for feature in FEATURES]
 
@@ -337,6 +351,8 @@ def test_feature_files_absent_when_off(cookies, toggle, on, off, files):
     assert result.exception is None, result.exception
     for path in owned_paths(result.project_path, files):
         assert not path.exists(), f"{path.name} should be deleted when {toggle}={off!r}"
+    if toggle == "ci":
+        assert not (result.project_path / ".github").exists(), "an empty .github/ was left"
 
 
 @pytest.mark.parametrize(("toggle", "on", "off", "files"), FEATURES, ids=FEATURE_IDS)
@@ -376,6 +392,7 @@ def test_next_steps_are_printed(cookies, capfd, use_ddp):
     assert "python train.py\n" in out or "python train.py " in out
     assert "python train.py optim.lr=0.01 train.epochs=10" in out
     assert ("torchrun --standalone --nproc_per_node=2 train.py" in out) is use_ddp
+    assert "python sweep.py" not in out  # use_sweeps is off by default
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,15 +425,28 @@ def test_as_bool(value, expected):
 
 def test_files_to_remove():
     features = {"package_name": "pkg", "project_slug": "proj"}
-    all_off = {**features, "use_amp": False, "use_ddp": "no", "use_safetensors": "false"}
+    all_off = {
+        **features,
+        "use_amp": False,
+        "use_ddp": "no",
+        "use_safetensors": "false",
+        "use_sweeps": False,
+        "ci": "none",
+    }
 
     assert sorted(post_gen_project.files_to_remove({**all_off, "tracker": "csv"})) == [
+        ".github/workflows/ci.yml",
+        ".pre-commit-config.yaml",
+        "configs/sweep.yaml",
         "pkg/amp.py",
         "pkg/distributed.py",
+        "pkg/sweep.py",
         "pkg/tensorboard_log.py",
         "scripts/slurm.sbatch",
+        "sweep.py",
         "tests/test_distributed.py",
         "tests/test_safetensors.py",
+        "tests/test_sweep.py",
         "tests/test_tensorboard.py",
     ]
     assert post_gen_project.files_to_remove({**features, **ALL_ON}) == []
@@ -435,6 +465,10 @@ def test_main_deletes_only_disabled_features(tmp_path, capsys):
         "tests/test_distributed.py",
         "tests/test_safetensors.py",
         "tests/test_tensorboard.py",
+        "sweep.py",
+        "pkg/sweep.py",
+        ".github/workflows/ci.yml",
+        ".pre-commit-config.yaml",
     ]
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -446,12 +480,21 @@ def test_main_deletes_only_disabled_features(tmp_path, capsys):
         "use_ddp": False,
         "use_safetensors": True,
         "tracker": "csv",
+        "use_sweeps": True,
+        "ci": "none",
     }
 
     assert post_gen_project.main(features, root=tmp_path) == 0
 
-    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.py"))
-    assert left == ["pkg/amp.py", "pkg/model.py", "tests/test_safetensors.py"]
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [
+        "pkg/amp.py",
+        "pkg/model.py",
+        "pkg/sweep.py",
+        "sweep.py",
+        "tests/test_safetensors.py",
+    ]
+    assert not (tmp_path / ".github").exists()  # emptied folders go as well
     assert not (tmp_path / "scripts").exists()  # emptied by its only file's removal
     assert "cd proj" in capsys.readouterr().out
 
@@ -463,7 +506,7 @@ def test_main_tolerates_missing_files(tmp_path):
 
 
 def test_next_steps_text():
-    text = post_gen_project.next_steps("proj", use_ddp=True)
+    text = post_gen_project.next_steps("proj", use_ddp=True, use_sweeps=True)
 
     assert text.splitlines()[:3] == [
         "Created proj. Next steps:",
@@ -471,7 +514,9 @@ def test_next_steps_text():
         "  python -m pip install -e .",
     ]
     assert "torchrun --standalone --nproc_per_node=2 train.py" in text
+    assert "python sweep.py --trials 20" in text
     assert "torchrun" not in post_gen_project.next_steps("proj", use_ddp=False)
+    assert "sweep.py" not in post_gen_project.next_steps("proj", use_ddp=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,6 +85,26 @@ def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()  # no epoch was finished
 
 
+def test_on_epoch_end_sees_each_row_and_can_stop_the_run(make_config, tmp_path, read_metrics):
+    seen = []
+
+    def stop_after_second_epoch(row: dict) -> bool:
+        seen.append(row)
+        return len(seen) == 2
+
+    cfg = make_config("data.train_size=64", "train.epochs=4")
+    assert main(cfg, on_epoch_end=stop_after_second_epoch) == 0
+    assert [row["epoch"] for row in seen] == [0, 1]
+    rows = read_metrics(tmp_path / "run")
+    assert [float(row["val_loss"]) for row in rows] == pytest.approx(
+        [row["val_loss"] for row in seen], rel=1e-5
+    )
+    # Stopped cleanly after the save of epoch 2: resumable, plots drawn.
+    progress = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]
+    assert (progress["epoch"], progress["global_step"]) == (2, 4)
+    assert (tmp_path / "run" / "loss.png").is_file()
+
+
 def test_save_every_steps_and_keep_last(make_config, tmp_path):
     # 8 steps: saves at steps 3 and 6 inside the epoch, and at its end (step 8).
     assert main(make_config("run.save_every_steps=3", "run.keep_last=2")) == 0

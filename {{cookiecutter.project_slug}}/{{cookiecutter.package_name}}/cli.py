@@ -15,7 +15,7 @@ usage: python train.py [CONFIG.yaml ...] [key=value ...] [--print-config] [--hel
 Settings come from configs/default.yaml, then each CONFIG.yaml in order, then the
 key=value overrides (later wins). Examples:
   python train.py optim.lr=0.003 train.epochs=10
-  python train.py configs/my_experiment.yaml data.batch_size=64
+  python train.py configs/experiments/long_schedule.yaml data.batch_size=64
   python train.py run.dir=runs/first run.resume=auto     # continue a stopped run
 """
 

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -234,8 +235,13 @@ class GracefulStop:
             signal.signal(signum, handler)
 
 
-def main(cfg: Config) -> int:
-    """Train with `cfg`; returns the process exit code."""
+def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int:
+    """Train with `cfg`; returns the process exit code.
+
+    `on_epoch_end(row)`, if given, is called after each epoch has been saved, with that
+    epoch's metrics.csv row (every process gets the same row). Returning True ends the run
+    there, cleanly: a sweep uses it to stop (prune) a trial whose validation metric lags.
+    """
 {% if cookiecutter.use_ddp %}
     dist = init_distributed(cfg.train.ddp_timeout_s, cfg.train.device)
     rank, local_rank, world_size = dist.rank, dist.local_rank, dist.world_size
@@ -451,6 +457,7 @@ def main(cfg: Config) -> int:
             save()
         return stop_requested()
 
+    stopped_early = False
     run_start = time.perf_counter()
     try:
         while state.epoch < cfg.train.epochs and not stop_requested():
@@ -524,6 +531,10 @@ def main(cfg: Config) -> int:
             # The checkpoint of a finished epoch points at the start of the next one.
             state.start_epoch(state.epoch + 1)
             save(is_best)
+            if on_epoch_end is not None and on_epoch_end(row):
+                logger.info("stopping after epoch %d, as on_epoch_end asked", state.epoch)
+                stopped_early = True
+                break
         if last_saved_step != state.global_step:
             save()  # stopped inside an epoch: the next run continues from this very batch
     finally:
@@ -547,7 +558,7 @@ def main(cfg: Config) -> int:
         cleanup()
 {% endif %}
         return 128 + stop.received
-    if state.epoch < cfg.train.epochs:
+    if state.epoch < cfg.train.epochs and not stopped_early:
         logger.info(
             "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with "
             "run.dir=%s run.resume=auto and a larger train.max_steps",
@@ -578,10 +589,10 @@ def log_summary(run_dir: Path, state: TrainState, elapsed: float, folder: Path) 
     )
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int:
     """`main` with the project's errors turned into one clear line and an exit code."""
     try:
-        return main(cfg)
+        return main(cfg, on_epoch_end)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
