@@ -39,7 +39,7 @@ from .checkpoint import (
     training_state,
 )
 from .config import Config, ConfigError, to_dict, to_yaml
-from .data import build_datasets, build_loader, epoch_batch_sampler
+from .data import STATS_FILE, build_datasets, build_loader, epoch_batch_sampler, save_stats
 {% if cookiecutter.use_ddp %}
 from .distributed import (
     all_reduce_sum,
@@ -60,7 +60,7 @@ from .log import (
     read_csv,
     setup_logging,
 )
-from .model import build_model, check_model_name, count_parameters
+from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 {% if cookiecutter.tracker == "tensorboard" %}
@@ -226,7 +226,7 @@ def main(cfg: Config) -> int:
     )
     seed_everything(cfg.seed)
 
-    data = build_datasets(cfg.data, cfg.seed)
+    data = build_datasets(cfg.data, cfg.seed, stats_file=run_dir / STATS_FILE)
     pin_memory = device.type == "cuda"
     shard = dict(seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory)
     train_loader = build_loader(data.train, cfg.data, train=True, **shard)
@@ -250,9 +250,11 @@ def main(cfg: Config) -> int:
         batches_per_epoch,
     )
 
-    model = build_model(cfg.model, len(data.classes), data.in_channels).to(device)
-    trainable, total = count_parameters(model)
-    logger.info("model: %s, %d trainable / %d parameters", cfg.model.name, trainable, total)
+    model = build_model(cfg.model, len(data.classes), data.in_channels)
+    if is_main:  # counting FLOPs runs the model once on the CPU: once per job is enough
+        summary = model_summary(model, cfg.model.name, data.in_channels, cfg.data.image_size)
+        logger.info("%s", summary)
+    model = model.to(device)
 {% if cookiecutter.use_ddp %}
     model = wrap_model(model, device, dist)
 {% endif %}
@@ -304,6 +306,8 @@ def main(cfg: Config) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         attach_log_file(run_dir / "train.log")
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        if data.stats_source == "computed":
+            save_stats(run_dir / STATS_FILE, data)
         metrics = MetricsCSV(run_dir / "metrics.csv")
         metrics.keep_epochs_before(state.epoch)
         writers.append(metrics)
@@ -340,7 +344,14 @@ def main(cfg: Config) -> int:
         totals.update(loss_sum=loss_sum, correct=correct, seen=int(seen))
 {% endif %}
         snapshot = training_state(
-            model, optimizer, scheduler, scaler, totals, to_dict(cfg), data.classes
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            totals,
+            to_dict(cfg),
+            data.classes,
+            data.normalization(),
         )
         checkpoints.save(snapshot, model, is_best)
         if is_main:
