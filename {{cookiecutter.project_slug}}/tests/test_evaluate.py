@@ -12,7 +12,7 @@ from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.data import STATS_FILE
 from {{ cookiecutter.package_name }}.inference import resolve_checkpoint
-from {{ cookiecutter.package_name }}.train import main
+from {{ cookiecutter.package_name }}.train import main, run
 
 # Uneven classes, RGB PNGs and grayscale JPEGs mixed, 20 % of each class held out.
 RGB_IMAGES = {"circle": 8, "square": 6, "star": 10}
@@ -116,6 +116,22 @@ def test_a_corrupt_image_stops_training_with_one_line_naming_it(trained_run, run
     assert str(images / "square" / "broken.png") in result.stderr
     assert "data.skip_bad=true" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_an_image_that_fails_to_decode_in_a_worker_is_named_or_skipped(
+    tmp_path, make_config, capsys
+):
+    """The header of a JPEG cut short reads fine, so only decoding it in a DataLoader
+    worker finds the damage: still one line naming the file, or a skip with data.skip_bad."""
+    write_images(tmp_path / "images", {"a": 6, "b": 6}, suffix=".jpg")
+    victim = tmp_path / "images" / "a" / "002.jpg"
+    victim.write_bytes(victim.read_bytes()[:-200])
+    settings = [*IMAGE_SETTINGS, f"data.root={tmp_path / 'images'}", "data.num_workers=2"]
+    settings.append("train.epochs=1")
+    assert run(make_config(*settings)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and str(victim) in error
+    assert run(make_config(*settings, "data.skip_bad=true", run_dir=tmp_path / "skip")) == 0
 
 
 @pytest.mark.parametrize(

@@ -187,11 +187,19 @@ def image_transform(
 
 
 class ImageFiles(Dataset):
-    """Image files listed as (path, label) pairs, decoded with PIL when indexed."""
+    """Image files listed as (path, label) pairs, decoded with PIL when indexed.
 
-    def __init__(self, samples: list[tuple[Path, int]], classes: list[str]) -> None:
+    Files were checked when the list was made; one that still fails to decode (a JPEG cut
+    short, say) is an error naming it, or with `skip_bad` a warning, and the next file of
+    the list takes its place so that batches keep their size and the run its determinism.
+    """
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], classes: list[str], skip_bad: bool = False
+    ) -> None:
         self.samples = samples
         self.classes = classes
+        self.skip_bad = skip_bad
         self.targets = [label for _, label in samples]
         self.transform = None  # set by build_datasets
 
@@ -199,9 +207,19 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        image = open_image(path)
-        return (self.transform(image) if self.transform else image), label
+        if not 0 <= index < len(self.samples):
+            raise IndexError(index)  # ends iteration over the dataset, as for a list
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                image = open_image(path)
+            except DataError as error:
+                if not self.skip_bad:
+                    raise
+                logger.warning("skipping: %s", error)
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise DataError(f"none of the {len(self.samples)} images could be decoded")
 
 
 def open_image(path: Path):
@@ -278,7 +296,8 @@ def _image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], i
         "" if channels == 1 else "s",
         time.perf_counter() - started,
     )
-    return ImageFiles(train_samples, classes), ImageFiles(val_samples, classes), classes, channels
+    train = ImageFiles(train_samples, classes, cfg.skip_bad)
+    return train, ImageFiles(val_samples, classes, cfg.skip_bad), classes, channels
 
 
 def _scan_class_folders(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:

@@ -508,12 +508,22 @@ def log_summary(run_dir: Path, state: TrainState, elapsed: float, folder: Path) 
     )
 
 
+def one_line(error: Exception) -> str:
+    """The message of `error`, also when a DataLoader worker raised it: the loader then
+    re-raises it with the worker's traceback as its message, whose last line is the
+    original `ExceptionType: message`."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return str(error)
+
+
 def run(cfg: Config) -> int:
     """`main` with the project's errors turned into one clear line and an exit code."""
     try:
         return main(cfg)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except (CheckpointError, NonFiniteLossError) as error:
         logger.error("%s", error)
