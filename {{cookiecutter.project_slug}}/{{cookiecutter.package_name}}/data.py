@@ -437,8 +437,9 @@ def _normalization_stats(
         cached = json.loads(stats_file.read_text(encoding="utf-8"))
         if len(cached["mean"]) == channels:
             return tuple(cached["mean"]), tuple(cached["std"]), "cached"
+    plain = image_transform(cfg, channels, train=False)  # as evaluation sees them, unnormalised
     started = time.perf_counter()
-    mean, std, count = compute_stats(train, cfg, channels)
+    mean, std, count = compute_stats(train, plain, channels)
     logger.info(
         "normalisation: mean %s, std %s, computed from %d training images in %.1f s",
         [round(value, 4) for value in mean],
@@ -449,13 +450,13 @@ def _normalization_stats(
     return mean, std, "computed"
 
 
-def compute_stats(train: Dataset, cfg: DataConfig, channels: int):
+def compute_stats(train: Dataset, transform, channels: int):
     """Per-channel mean and std of up to STATS_IMAGES training images, spread evenly over
-    the set, as evaluation sees them (resized and centre-cropped). Returns (mean, std, count)."""
+    the set, each prepared by `transform` (to a tensor in [0, 1]). Returns (mean, std, count)."""
     count = min(len(train), STATS_IMAGES)
     indices = [i * len(train) // count for i in range(count)]
     saved_transform = train.transform
-    train.transform = image_transform(cfg, channels, train=False)
+    train.transform = transform
     sums = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     try:

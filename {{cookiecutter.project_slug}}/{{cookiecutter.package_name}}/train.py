@@ -11,6 +11,7 @@ Run it through the entry point at the project root:
 {% if not cookiecutter.use_amp %}
 import contextlib
 {% endif %}
+import dataclasses
 import datetime
 import logging
 import math
@@ -250,7 +251,9 @@ def main(cfg: Config) -> int:
         batches_per_epoch,
     )
 
-    model = build_model(cfg.model, len(data.classes), data.in_channels)
+    # A resumed run takes its weights from the checkpoint: model.weights is not even read.
+    model_cfg = dataclasses.replace(cfg.model, weights=None) if resume else cfg.model
+    model = build_model(model_cfg, len(data.classes), data.in_channels)
     if is_main:  # counting FLOPs runs the model once on the CPU: once per job is enough
         summary = model_summary(model, cfg.model.name, data.in_channels, cfg.data.image_size)
         logger.info("%s", summary)
