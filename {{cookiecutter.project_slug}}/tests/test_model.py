@@ -172,3 +172,16 @@ def test_flops_are_counted_on_one_sample_and_leave_the_model_as_it_was():
     assert "trainable / " in summary and "MFLOPs per sample, input 3x32x32" in summary
     for key, value in small.state_dict().items():
         assert torch.equal(value, before[key]), key  # batch-norm statistics untouched
+
+
+def test_training_starts_from_model_weights_and_a_resume_does_not_need_them(make_config, tmp_path):
+    path = tmp_path / "initial.pth"
+    save_small_resnet(path)
+    assert main(make_config(f"model.weights={path}")) == 0
+    log = tmp_path / "run" / "train.log"
+    assert f"initial weights from {path}" in log.read_text(encoding="utf-8")
+    path.unlink()  # the checkpoint holds the weights now
+    resumed = make_config(f"model.weights={path}", "train.epochs=2", "run.resume=auto")
+    assert main(resumed) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["progress"]["epoch"] == 2
