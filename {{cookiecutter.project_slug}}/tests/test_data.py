@@ -237,6 +237,14 @@ def test_skip_bad_leaves_out_an_unreadable_image_with_a_warning(tmp_path, caplog
     assert str(tmp_path / "a" / "broken.png") in caplog.text
 
 
+def test_images_much_smaller_than_the_crop_bring_a_warning(tmp_path, caplog):
+    write_images(tmp_path, {"a": 3, "b": 3}, size=12)
+    logging.getLogger("{{ cookiecutter.package_name }}").addHandler(caplog.handler)
+    bundle = build_datasets(images_config(tmp_path, image_size=32), seed=0)
+    assert bundle.train[0][0].shape == (3, 32, 32)  # scaled up, still usable
+    assert "6 images are smaller than half of data.image_size=32" in caplog.text
+
+
 def no_val_folder(root):
     write_images(root, {"a": 4, "b": 4})
 

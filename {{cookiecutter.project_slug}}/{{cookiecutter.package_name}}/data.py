@@ -268,9 +268,20 @@ def _image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], i
                 f"data.root={cfg.root!r}: classes {unknown} are in val/ but not in train/; "
                 "every validation class needs training images (check the folder names)"
             )
-    modes = set()
+    modes, tiny = set(), []
     for files in [*train_files.values(), *(val_files.values() if has_val else [])]:
-        files[:] = _check_images(files, cfg, modes)
+        files[:] = _check_images(files, cfg, modes, tiny)
+    if tiny:
+        path, (width, height) = tiny[0]
+        logger.warning(
+            "%d images are smaller than half of data.image_size=%d (e.g. %s, %dx%d) and are "
+            "scaled up a lot; a smaller data.image_size may suit them better",
+            len(tiny),
+            cfg.image_size,
+            path,
+            width,
+            height,
+        )
     _check_no_empty_class(train_folder, train_files)
     if has_val:
         _check_no_empty_class(root / "val", val_files)
@@ -339,8 +350,9 @@ def _check_no_empty_class(folder: Path, files: dict[str, list[Path]]) -> None:
             )
 
 
-def _check_images(paths: list[Path], cfg: DataConfig, modes: set) -> list[Path]:
-    """The readable images among `paths`; their PIL modes are added to `modes`.
+def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) -> list[Path]:
+    """The readable images among `paths`; their PIL modes are added to `modes`, and
+    (path, size) of those less than half as large as the crop to `tiny`.
 
     Only the header is decoded and the file's checksums verified (cheap); an image that
     fails is an error naming it, or with `data.skip_bad` a warning and it is left out.
@@ -367,6 +379,8 @@ def _check_images(paths: list[Path], cfg: DataConfig, modes: set) -> list[Path]:
                 f"data.image_size={cfg.image_size} with data.resize=0; use data.resize=null "
                 "to scale images first, or a smaller data.image_size"
             )
+        if 2 * min(size) < cfg.image_size:
+            tiny.append((path, size))
         modes.add(mode)
         good.append(path)
     return good
