@@ -88,7 +88,7 @@ def build_setup(model_name: str, overrides: list[str]) -> dict:
         generator = torch.Generator().manual_seed(cfg.seed)
         images = torch.randint(0, 256, (10_000, 1, 28, 28), dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, 10, (10_000,), generator=generator)
-        train_set = data.ShapesDataset(images, labels, [str(i) for i in range(10)])
+        train_set = data.ShapesDataset(images, labels, [str(i) for i in range(10)], (0.5,), (0.25,))
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
         cfg.data.batch_size = MLP_BATCH
     optimizer = optim.build_optimizer(cfg.optim, model)

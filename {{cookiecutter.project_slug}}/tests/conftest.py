@@ -128,6 +128,39 @@ def assert_same_run():
     return _assert_same_run
 
 
+def write_images(
+    root: Path,
+    counts: dict[str, int],
+    *,
+    mode: str = "RGB",
+    suffix: str = ".png",
+    size: int = 16,
+    first: int = 0,
+) -> list[Path]:
+    """root/<class>/<n><suffix>: `counts[class]` small images a model can learn to tell apart.
+
+    Class k has a bright horizontal band at its own height (kept by crops, flips and
+    grayscale conversion) and its own tint, plus seeded noise. Files are numbered from
+    `first`, so a second call can add images to a class. Returns the paths written.
+    """
+    from PIL import Image
+
+    written = []
+    for number, (name, count) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        noise = torch.Generator().manual_seed(1000 * number + first)
+        for index in range(first, first + count):
+            pixels = torch.randint(0, 60, (size, size, 3), generator=noise)
+            band = slice(number * size // 4 + 1, number * size // 4 + size // 4 + 1)
+            pixels[band] += 150
+            pixels[..., number % 3] += 40
+            image = Image.fromarray(pixels.clamp(0, 255).to(torch.uint8).numpy(), "RGB")
+            written.append(folder / f"{index:03d}{suffix}")
+            image.convert(mode).save(written[-1])
+    return written
+
+
 @pytest.fixture
 def make_config(tmp_path):
     """make_config(*overrides, run_dir=None) -> a validated small Config.

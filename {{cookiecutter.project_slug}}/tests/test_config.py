@@ -123,6 +123,24 @@ def test_load_config_raises_config_error(override):
         load_config([DEFAULT_CONFIG], [override])
 
 
+IMAGE_SETTING_ERRORS = {
+    ("data.resize=20", "data.image_size=32"): "data.resize=20 is smaller than",
+    ("data.mean=[0.5,0.5,0.5]",): "data.mean and data.std go together",
+    ("data.mean=[0.5,0.5]", "data.std=[0.2,0.2]"): "one number per channel",
+    ("data.mean=[0.5]", "data.std=[0.2]", "data.channels=3"): "data.channels=3",
+    ("data.mean=[0.5]", "data.std=[0]"): "data.std=[0.0]",
+    ("data.channels=2",): "choose 1 (grayscale), 3 (RGB) or null",
+    ("data.val_fraction=1",): "data.val_fraction",
+}
+
+
+@pytest.mark.parametrize("overrides", IMAGE_SETTING_ERRORS, ids=str)
+def test_image_settings_that_contradict_each_other_are_refused(overrides):
+    with pytest.raises(ConfigError) as error:
+        load_config([DEFAULT_CONFIG], list(overrides))
+    assert IMAGE_SETTING_ERRORS[overrides] in str(error.value)
+
+
 def test_yaml_overlays_stack_and_overrides_win(tmp_path):
     first = tmp_path / "first.yaml"
     first.write_text("optim:\n  lr: 0.5\n  weight_decay: 0.125\ndata:\n  batch_size: 16\n")

@@ -1,18 +1,23 @@
-"""Datasets and samplers: the built-in shapes, the image-folder source and batch order."""
+"""Datasets and samplers: the built-in shapes, the user's image folders and batch order."""
+
+import logging
+from collections import Counter
 
 import pytest
 import torch
-from PIL import Image
+from conftest import write_images
 
 from {{ cookiecutter.package_name }}.config import (
     ConfigError,
     DataConfig,
 )
 from {{ cookiecutter.package_name }}.data import (
+    STATS_FILE,
     ShardSampler,
     build_datasets,
     build_loader,
     epoch_batch_sampler,
+    save_stats,
 )
 from {{ cookiecutter.package_name }}.shapes import (
     SHAPE_CLASSES,
@@ -142,20 +147,14 @@ def test_validation_loader_keeps_order_and_every_sample():
     assert torch.equal(labels, dataset.labels)  # in order, nothing dropped or repeated
 
 
-def write_image_folder(root, layout: dict[str, list[str]]) -> None:
-    """root/<split>/<class>/<n>.png, three small coloured images per class."""
-    for split, classes in layout.items():
-        for number, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(3):
-                colour = (40 * number, 60 * index, 200)
-                Image.new("RGB", (20 + index, 18), colour).save(folder / f"{index}.png")
+def images_config(root, **changes) -> DataConfig:
+    return small_data(dataset="imagefolder", root=str(root), **changes)
 
 
 def test_image_folder_builds_datasets_with_the_classes(tmp_path):
-    write_image_folder(tmp_path, {"train": ["cat", "dog"], "val": ["dog"]})
-    cfg = small_data(dataset="imagefolder", root=str(tmp_path), image_size=16)
+    write_images(tmp_path / "train", {"cat": 3, "dog": 3})
+    write_images(tmp_path / "val", {"dog": 3})
+    cfg = images_config(tmp_path)
     bundle = build_datasets(cfg, seed=0)
     assert bundle.classes == ["cat", "dog"] and bundle.in_channels == 3
     assert len(bundle.train) == 6 and len(bundle.val) == 3
@@ -169,20 +168,157 @@ def test_image_folder_builds_datasets_with_the_classes(tmp_path):
     assert images.shape[1:] == (3, 16, 16) and set(labels.tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize("missing", ["train", "val"])
-def test_image_folder_without_a_split_raises_config_error_naming_it(tmp_path, missing):
-    present = "val" if missing == "train" else "train"
-    write_image_folder(tmp_path, {present: ["cat", "dog"]})
-    cfg = small_data(dataset="imagefolder", root=str(tmp_path))
+def test_one_folder_of_classes_is_split_stratified_and_seeded(tmp_path):
+    write_images(tmp_path, {"a": 10, "b": 5, "c": 20})
+    cfg = images_config(tmp_path, val_fraction=0.2)
+    bundle = build_datasets(cfg, seed=0)
+    assert bundle.classes == ["a", "b", "c"]
+    assert Counter(label for _, label in bundle.val.samples) == {0: 2, 1: 1, 2: 4}
+    train_files = {path for path, _ in bundle.train.samples}
+    val_files = {path for path, _ in bundle.val.samples}
+    assert not train_files & val_files and len(train_files | val_files) == 35
+    # The training seed plays no part; data.split_seed does.
+    assert build_datasets(cfg, seed=7).val.samples == bundle.val.samples
+    other = build_datasets(images_config(tmp_path, split_seed=1), seed=0)
+    assert other.val.samples != bundle.val.samples
+    # More images in one class leave the split of the other classes as it was.
+    write_images(tmp_path, {"a": 0, "b": 0, "c": 5}, first=20)
+    grown = build_datasets(cfg, seed=0)
+    assert split_of_a_and_b(grown) == split_of_a_and_b(bundle)
+
+
+def split_of_a_and_b(data):
+    return [(path, label) for path, label in data.val.samples if label < 2]
+
+
+def test_grayscale_rgb_and_mixed_folders_give_the_right_channels(tmp_path):
+    write_images(tmp_path / "gray", {"a": 4, "b": 4}, mode="L", suffix=".jpg")
+    gray = build_datasets(images_config(tmp_path / "gray"), seed=0)
+    assert gray.in_channels == 1 and gray.train[0][0].shape == (1, 16, 16)
+    write_images(tmp_path / "mixed", {"a": 4}, mode="L")
+    write_images(tmp_path / "mixed", {"b": 4}, mode="RGB", suffix=".jpeg")
+    mixed = build_datasets(images_config(tmp_path / "mixed"), seed=0)
+    assert mixed.in_channels == 3 and mixed.train[0][0].shape == (3, 16, 16)
+    forced = build_datasets(images_config(tmp_path / "mixed", channels=1), seed=0)
+    assert forced.in_channels == 1 and forced.val[0][0].shape == (1, 16, 16)
+
+
+def test_normalisation_is_computed_cached_or_given(tmp_path):
+    write_images(tmp_path / "images", {"a": 6, "b": 6})
+    cfg = images_config(tmp_path / "images", random_crop=False, flip=False)
+    stats_file = tmp_path / STATS_FILE
+    computed = build_datasets(cfg, seed=0, stats_file=stats_file)
+    assert computed.stats_source == "computed" and len(computed.mean) == 3
+    # Every training image was used: normalised, they have mean 0 and std 1 per channel.
+    pixels = torch.stack([image for image, _ in computed.train])
+    assert pixels.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (pixels.std(dim=(0, 2, 3), correction=0) - 1).abs().max() < 1e-3
+    save_stats(stats_file, computed)
+    cached = build_datasets(cfg, seed=0, stats_file=stats_file)
+    assert cached.stats_source == "cached" and cached.mean == pytest.approx(computed.mean)
+    given = images_config(tmp_path / "images", mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
+    bundle = build_datasets(given, seed=0, stats_file=stats_file)
+    assert bundle.stats_source == "config" and bundle.mean == (0.5, 0.5, 0.5)
+
+
+def test_shapes_use_fixed_statistics_and_write_no_file(tmp_path):
+    bundle = build_datasets(small_data(), seed=0, stats_file=tmp_path / STATS_FILE)
+    assert bundle.stats_source == "built-in" and not (tmp_path / STATS_FILE).exists()
+    given = build_datasets(small_data(mean=[0.0] * 3, std=[1.0] * 3), seed=0)
+    assert torch.equal(given.train[0][0], bundle.train.images[0].float() / 255)
+
+
+def test_skip_bad_leaves_out_an_unreadable_image_with_a_warning(tmp_path, caplog):
+    write_images(tmp_path, {"a": 5, "b": 5})
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
+    logging.getLogger("{{ cookiecutter.package_name }}").addHandler(caplog.handler)
+    bundle = build_datasets(images_config(tmp_path, skip_bad=True), seed=0)
+    assert len(bundle.train) + len(bundle.val) == 10
+    assert str(tmp_path / "a" / "broken.png") in caplog.text
+
+
+def test_images_much_smaller_than_the_crop_bring_a_warning(tmp_path, caplog):
+    write_images(tmp_path, {"a": 3, "b": 3}, size=12)
+    logging.getLogger("{{ cookiecutter.package_name }}").addHandler(caplog.handler)
+    bundle = build_datasets(images_config(tmp_path, image_size=32), seed=0)
+    assert bundle.train[0][0].shape == (3, 32, 32)  # scaled up, still usable
+    assert "6 images are smaller than half of data.image_size=32" in caplog.text
+
+
+def no_val_folder(root):
+    write_images(root, {"a": 4, "b": 4})
+
+
+def loose_images(root):
+    root.mkdir()
+    write_images(root, {"a": 2})
+    (root / "a" / "000.png").rename(root / "000.png")
+    (root / "a" / "001.png").rename(root / "001.png")
+    (root / "a").rmdir()
+
+
+def empty_class_folder(root):
+    write_images(root, {"a": 4})
+    (root / "b").mkdir()
+
+
+def no_images_at_all(root):
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "b" / "notes.txt").write_text("not an image")
+
+
+def unknown_val_class(root):
+    write_images(root / "train", {"cat": 3})
+    write_images(root / "val", {"cat": 3, "emu": 3})
+
+
+def corrupt_image(root):
+    write_images(root, {"a": 4, "b": 4})
+    (root / "b" / "002.png").write_bytes(b"\x89PNG truncated")
+
+
+def too_few_for_the_split(root):
+    write_images(root, {"a": 5, "lonely": 1})
+
+
+def val_without_train(root):
+    write_images(root / "val", {"a": 3})
+
+
+# setup(root), extra settings, words the one-line error must contain
+DATA_ERRORS = {
+    "missing-folder": (lambda root: None, {}, ["does not exist", "data.root"]),
+    "no-class-folders": (loose_images, {}, ["no class folders", "one sub-folder per class"]),
+    "empty-class-folder": (empty_class_folder, {}, ["class folder", "/b", "no usable images"]),
+    "no-images": (no_images_at_all, {}, ["no images in", ".png"]),
+    "val-class-not-in-train": (unknown_val_class, {}, ["emu", "not in train/"]),
+    "corrupt-image": (corrupt_image, {}, ["002.png", "not a readable image", "data.skip_bad"]),
+    "too-few-for-split": (too_few_for_the_split, {}, ["too few images", "lonely", "1 image"]),
+    "no-val-and-no-fraction": (no_val_folder, {"val_fraction": 0.0}, ["data.val_fraction"]),
+    "val-without-train": (val_without_train, {}, ["train", "does not"]),
+    "smaller-than-crop": (no_val_folder, {"resize": 0, "image_size": 24}, ["16x16", "crop"]),
+}
+
+
+@pytest.mark.parametrize("case", DATA_ERRORS)
+def test_each_data_mistake_gives_one_clear_error(tmp_path, case):
+    setup, settings, words = DATA_ERRORS[case]
+    root = tmp_path / "images"
+    setup(root)
     with pytest.raises(ConfigError) as error:
-        build_datasets(cfg, seed=0)
-    assert str(tmp_path / missing) in str(error.value)
+        build_datasets(images_config(root, **settings), seed=0)
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
 
 
-def test_image_folder_with_unknown_val_class_raises_config_error(tmp_path):
-    write_image_folder(tmp_path, {"train": ["cat"], "val": ["cat", "emu"]})
-    with pytest.raises(ConfigError, match="emu"):
-        build_datasets(small_data(dataset="imagefolder", root=str(tmp_path)), seed=0)
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_missing_torchvision_files_name_the_folder_and_the_setting(tmp_path, dataset):
+    with pytest.raises(ConfigError) as error:
+        build_datasets(small_data(dataset=dataset, root=str(tmp_path)), seed=0)
+    assert str(tmp_path) in str(error.value) and "data.download=true" in str(error.value)
 
 
 def test_unknown_dataset_raises_config_error():

@@ -1,8 +1,12 @@
-"""Models: output shapes, torchvision models by name, and freezing."""
+"""Models: output shapes, torchvision models by name, initial weights, freezing, summary."""
+
+import time
 
 import pytest
 import torch
+from torch import nn
 
+from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import (
     ConfigError,
     ModelConfig,
@@ -11,7 +15,10 @@ from {{ cookiecutter.package_name }}.model import (
     SmallResNet,
     build_model,
     count_parameters,
+    flops_per_sample,
+    model_summary,
 )
+from {{ cookiecutter.package_name }}.train import main
 
 
 @pytest.mark.parametrize("image_size", [16, 32, 40])
@@ -75,3 +82,106 @@ def test_frozen_parameters_get_no_gradient():
 def test_bad_freeze_prefix_raises_config_error():
     with pytest.raises(ConfigError, match="stemm"):
         build_model(ModelConfig(width=8, freeze=["stemm"]), num_classes=10, in_channels=3)
+
+
+def test_freeze_up_to_a_stage_freezes_everything_before_it_too():
+    model = build_model(ModelConfig(width=8, freeze=["up_to:stages.0"]), 10, in_channels=3)
+    for name, parameter in model.named_parameters():
+        frozen = name.startswith(("stem", "stages.0"))
+        assert parameter.requires_grad is not frozen, name
+    trainable, total = count_parameters(model)
+    assert 0 < trainable < total
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_model_smoke_trains_one_batch(make_config, tmp_path, name):
+    cfg = make_config(
+        f"model.name={name}",
+        "train.max_steps=1",
+        "data.train_size=8",
+        "data.val_size=4",
+        "data.batch_size=4",
+    )
+    assert main(cfg) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["progress"]["global_step"] == 1
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert f"model: {name}, " in log and "MFLOPs per sample, input 3x32x32" in log
+
+
+def save_small_resnet(path, width=8, num_classes=10):
+    source = build_model(ModelConfig(width=width), num_classes=num_classes, in_channels=3)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(source.state_dict(), str(path))
+    else:
+        torch.save(source.state_dict(), path)
+    return source
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_initial_weights_load_and_the_classifier_is_replaced(tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors", reason="the safetensors package is not installed")
+    path = tmp_path / f"weights{suffix}"
+    source = save_small_resnet(path)
+    model = build_model(ModelConfig(width=8, weights=str(path)), num_classes=4, in_channels=3)
+    assert torch.equal(model.stem[0].weight, source.stem[0].weight)
+    assert torch.equal(model.stages[2].conv2.weight, source.stages[2].conv2.weight)
+    assert model.head.weight.shape == (4, 32)  # a new classifier for 4 classes
+    gray = build_model(ModelConfig(width=8, weights=str(path)), num_classes=10, in_channels=1)
+    assert torch.equal(gray.stem[0].weight, source.stem[0].weight.sum(dim=1, keepdim=True))
+    assert torch.equal(gray.head.weight, source.head.weight)  # same class count: kept
+
+
+def test_weights_of_another_model_give_a_clear_error(tmp_path):
+    path = tmp_path / "wide.pth"
+    save_small_resnet(path, width=16)
+    with pytest.raises(ConfigError, match="does not fit model.name=small_resnet.*shapes differ"):
+        build_model(ModelConfig(width=8, weights=str(path)), num_classes=10, in_channels=3)
+    with pytest.raises(ConfigError, match="does not fit.*missing in the file"):
+        build_model(ModelConfig(name="resnet18", weights=str(path)), 10, in_channels=3)
+
+
+@pytest.mark.parametrize(
+    "file_name, content, words",
+    [
+        ("missing.pth", None, "does not exist"),
+        ("junk.pth", b"not weights", "corrupt"),
+        ("weights.npz", b"", "expected a .pth, .pt or .safetensors file"),
+    ],
+)
+def test_unusable_weights_file_gives_a_clear_error(tmp_path, file_name, content, words):
+    path = tmp_path / file_name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=words):
+        build_model(ModelConfig(width=8, weights=str(path)), num_classes=10, in_channels=3)
+
+
+def test_flops_are_counted_on_one_sample_and_leave_the_model_as_it_was():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    assert flops_per_sample(model, in_channels=3, image_size=2) == 2 * 12 * 5
+    assert model.training
+    small = build_model(ModelConfig(width=16), num_classes=10, in_channels=3)
+    before = {key: value.clone() for key, value in small.state_dict().items()}
+    started = time.perf_counter()
+    summary = model_summary(small, "small_resnet", in_channels=3, image_size=32)
+    assert time.perf_counter() - started < 0.5  # logged at every start: it must stay cheap
+    assert "trainable / " in summary and "MFLOPs per sample, input 3x32x32" in summary
+    for key, value in small.state_dict().items():
+        assert torch.equal(value, before[key]), key  # batch-norm statistics untouched
+
+
+def test_training_starts_from_model_weights_and_a_resume_does_not_need_them(make_config, tmp_path):
+    path = tmp_path / "initial.pth"
+    save_small_resnet(path)
+    assert main(make_config(f"model.weights={path}")) == 0
+    log = tmp_path / "run" / "train.log"
+    assert f"initial weights from {path}" in log.read_text(encoding="utf-8")
+    path.unlink()  # the checkpoint holds the weights now
+    resumed = make_config(f"model.weights={path}", "train.epochs=2", "run.resume=auto")
+    assert main(resumed) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["progress"]["epoch"] == 2

@@ -474,8 +474,13 @@ def training_state(
     progress: dict,
     config: dict,
     classes: list[str],
+    normalization: dict | None = None,
 ) -> dict:
-    """Everything a checkpoint holds, as plain types."""
+    """Everything a checkpoint holds, as plain types.
+
+    `normalization` holds the mean and std the inputs were normalised with: evaluate.py and
+    predict.py need them when the config left them to be computed from the data.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "model": unwrap(model).state_dict(),
@@ -486,5 +491,6 @@ def training_state(
         "rng": rng_state(),
         "config": config,
         "classes": list(classes),
+        "normalization": normalization or {},
         "versions": versions(),
     }

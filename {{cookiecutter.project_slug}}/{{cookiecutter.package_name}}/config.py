@@ -38,13 +38,49 @@ def setting(default: Any, help: str, **rules: Any) -> Any:
 class DataConfig:
     dataset: str = setting(
         "shapes",
-        "'shapes' (built-in, generated in memory), 'imagefolder' (data.root/train and "
-        "data.root/val class folders) or a torchvision dataset: cifar10, cifar100, mnist, "
-        "fashionmnist",
+        "'shapes' (built-in, generated in memory), 'imagefolder' (your images: data.root/train "
+        "and data.root/val class folders, or one folder of classes split by data.val_fraction) "
+        "or a torchvision dataset: cifar10, cifar100, mnist, fashionmnist",
     )
     root: str = setting("data", "folder of the data for imagefolder and torchvision datasets")
     download: bool = setting(False, "let torchvision datasets download into data.root")
+    val_fraction: float = setting(
+        0.2,
+        "imagefolder without a val/ folder: share of each class held out for validation "
+        "(a seeded, stratified split)",
+        ge=0,
+        lt=1,
+    )
+    split_seed: int = setting(
+        0, "imagefolder: seed of the train/val split (kept apart from `seed`)", ge=0
+    )
+    skip_bad: bool = setting(
+        False, "imagefolder: skip unreadable images with a warning instead of stopping"
+    )
+    channels: Optional[int] = setting(
+        None,
+        "image channels: 1 (grayscale) or 3 (RGB), images converted on load; null = the "
+        "data's own (imagefolder: 1 if every image is grayscale)",
+    )
     image_size: int = setting(32, "side of the square images fed to the model", ge=8)
+    resize: Optional[int] = setting(
+        None,
+        "images' shorter side is resized to this before cropping to data.image_size; "
+        "null = image_size * 1.14, 0 = no resize (crop the originals)",
+        ge=0,
+    )
+    random_crop: bool = setting(
+        True, "training: random crop (false: centre crop, as for evaluation)"
+    )
+    flip: bool = setting(True, "training: random horizontal flips")
+    mean: Optional[list[float]] = setting(
+        None,
+        "per-channel normalisation mean, e.g. [0.485,0.456,0.406]; null = computed once "
+        "from the training set and cached in the run folder",
+    )
+    std: Optional[list[float]] = setting(
+        None, "per-channel normalisation std; null together with data.mean"
+    )
     batch_size: int = setting(128, "samples per batch (per process under DDP)", ge=1)
     num_workers: int = setting(0, "DataLoader worker processes (0 loads in the main process)", ge=0)
     train_size: int = setting(10000, "shapes only: number of training images", ge=1)
@@ -58,7 +94,16 @@ class ModelConfig:
     )
     width: int = setting(16, "small_resnet only: channels of the first stage", ge=1)
     dropout: float = setting(0.0, "small_resnet only: dropout before the classifier", ge=0, lt=1)
-    freeze: list[str] = setting([], "parameter name prefixes to freeze, e.g. [stem, stages.0]")
+    weights: Optional[str] = setting(
+        None,
+        "initial weights from a local .pth/.pt or .safetensors file (never downloaded); "
+        "a classifier of another class count is replaced",
+    )
+    freeze: list[str] = setting(
+        [],
+        "parameters to freeze: name prefixes, e.g. [stem,stages.0], or up_to:PREFIX for "
+        "everything from the input up to and including PREFIX, e.g. [up_to:layer2]",
+    )
 
 
 @dataclass
@@ -182,6 +227,16 @@ def load_config(config_files: list[str | Path], overrides: list[str]) -> Config:
     merged = OmegaConf.structured(Config)
     for path in config_files:
         merged = _merge(merged, _load_yaml(Path(path)), source=str(path))
+    return _finish(merged, overrides)
+
+
+def load_saved_config(saved: dict[str, Any], overrides: list[str]) -> Config:
+    """The config a checkpoint was made with (see `to_dict`), `key=value` overrides on top."""
+    merged = _merge(OmegaConf.structured(Config), OmegaConf.create(saved), "the checkpoint")
+    return _finish(merged, overrides)
+
+
+def _finish(merged: Any, overrides: list[str]) -> Config:
     merged = _merge(merged, _parse_overrides(overrides), source="the command line")
     try:
         cfg = OmegaConf.to_object(merged)
@@ -221,6 +276,7 @@ def validate(cfg: Config) -> None:
             f"optim.betas={cfg.optim.betas} is not allowed; give two numbers in [0, 1), "
             "e.g. optim.betas=[0.9,0.999]"
         )
+    _validate_images(cfg.data)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(
             f"train.device={cfg.train.device!r} is not allowed; choose one of: "
@@ -230,6 +286,39 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"run.name={cfg.run.name!r} is not allowed; use letters, digits, '_', '-' and '.'"
         )
+
+
+def _validate_images(data: DataConfig) -> None:
+    """The image settings that depend on each other."""
+    if data.channels is not None and data.channels not in (1, 3):
+        raise ConfigError(
+            f"data.channels={data.channels} is not allowed; choose 1 (grayscale), 3 (RGB) "
+            "or null (the data's own)"
+        )
+    if data.resize and data.resize < data.image_size:
+        raise ConfigError(
+            f"data.resize={data.resize} is smaller than data.image_size={data.image_size}, "
+            f"so the crop would not fit; use data.resize>={data.image_size} or data.resize=null"
+        )
+    if (data.mean is None) != (data.std is None):
+        raise ConfigError(
+            "data.mean and data.std go together: give both (one number per channel) or "
+            "leave both null to compute them from the training set"
+        )
+    if data.mean is None:
+        return
+    if len(data.mean) != len(data.std) or len(data.mean) not in (1, 3):
+        raise ConfigError(
+            f"data.mean={data.mean} and data.std={data.std} need one number per channel "
+            "each: 3 for RGB, 1 for grayscale"
+        )
+    if data.channels is not None and len(data.mean) != data.channels:
+        raise ConfigError(
+            f"data.mean={data.mean} has {len(data.mean)} numbers but data.channels="
+            f"{data.channels}; give one number per channel"
+        )
+    if not all(value > 0 for value in data.std):
+        raise ConfigError(f"data.std={data.std} is not allowed; every value must be > 0")
 
 
 _RANGE_RULES = (
@@ -328,6 +417,8 @@ def _expected_type(key: str) -> str:
         "bool": "true or false",
         "str": "a string",
         "Optional[str]": "a string or null",
+        "Optional[int]": "an integer or null",
+        "Optional[list[float]]": "a list of numbers, e.g. [0.5,0.5,0.5], or null",
         "list[str]": "a list of strings, e.g. [a,b]",
         "list[int]": "a list of integers, e.g. [30,60]",
         "list[float]": "a list of numbers, e.g. [0.9,0.999]",

@@ -2,16 +2,25 @@
 
 Three sources, chosen by `data.dataset`:
 - `shapes`: the built-in dataset, generated in memory from the seed (see shapes.py);
-- `imagefolder`: the user's images in `data.root/train/<class>/` and `data.root/val/<class>/`;
+- `imagefolder`: the user's images, in `data.root/train/<class>/` and `data.root/val/<class>/`,
+  or in `data.root/<class>/` split into train and val by `data.val_fraction`;
 - a torchvision dataset by name (cifar10, cifar100, mnist, fashionmnist) stored in `data.root`.
+
+Image files are checked once when the dataset is built, so a broken file, an empty class
+folder or a wrong layout stops the run at once with one error naming the file or folder,
+instead of a traceback from a DataLoader worker an hour later.
 
 The order of samples comes only from (seed, epoch), through a seeded sampler, so a run can
 stop in the middle of an epoch and continue with exactly the batches it would have seen.
-torchvision is imported only for the sources that need it.
+torchvision and PIL are imported only for the sources that need them.
 """
 
 import itertools
+import json
+import logging
 import math
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +30,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from .config import ConfigError, DataConfig
 from .shapes import SHAPE_CLASSES, make_shapes
 
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
 # name -> (torchvision class, image channels)
 TORCHVISION_DATASETS = {
     "cifar10": ("CIFAR10", 3),
@@ -29,8 +40,18 @@ TORCHVISION_DATASETS = {
     "fashionmnist": ("FashionMNIST", 1),
 }
 DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+# PIL modes that hold one channel of intensity.
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+# The built-in shapes are normalised with fixed statistics: nothing to compute.
+SHAPES_MEAN, SHAPES_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+# Mean and std are estimated from this many training images, spread over the whole set.
+STATS_IMAGES = 500
+STATS_FILE = "normalization.json"
+
+
+class DataError(ConfigError):
+    """A problem with the data files; the message names the file or folder and the fix."""
 
 
 @dataclass
@@ -41,6 +62,13 @@ class DataBundle:
     val: Dataset
     classes: list[str]
     in_channels: int
+    mean: tuple[float, ...] = SHAPES_MEAN
+    std: tuple[float, ...] = SHAPES_STD
+    stats_source: str = "built-in"  # built-in, config, computed or cached
+
+    def normalization(self) -> dict:
+        """The statistics the images were normalised with, as saved in checkpoints."""
+        return {"mean": list(self.mean), "std": list(self.std)}
 
 
 class ShapesDataset(Dataset):
@@ -54,133 +82,422 @@ class ShapesDataset(Dataset):
 
     supports_batch_indexing = True
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: list[str],
+        mean: tuple[float, ...] = SHAPES_MEAN,
+        std: tuple[float, ...] = SHAPES_STD,
+    ) -> None:
         self.images = images
         self.labels = labels
         self.classes = classes
+        self.mean, self.std = tuple(mean), tuple(std)
+        # (x / 255 - mean) / std as x * scale - shift: two in-place operations, not four.
+        std_tensor = torch.tensor(std, device=images.device).view(-1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_tensor)
+        self.shift = torch.tensor(mean, device=images.device).view(-1, 1, 1) / std_tensor
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index):
-        # (x / 255 - 0.5) / 0.25 in two in-place operations instead of four.
-        images = self.images[index].float().mul_(4.0 / 255.0).sub_(2.0)
+        images = self.images[index].float().mul_(self.scale).sub_(self.shift)
         return images, self.labels[index]
 
     def to(self, device: torch.device) -> "ShapesDataset":
         """The same images and labels held on `device` (a no-op when already there)."""
-        return ShapesDataset(self.images.to(device), self.labels.to(device), self.classes)
+        images, labels = self.images.to(device), self.labels.to(device)
+        return ShapesDataset(images, labels, self.classes, self.mean, self.std)
 
 
-def build_datasets(cfg: DataConfig, seed: int) -> DataBundle:
+def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -> DataBundle:
+    """The training and validation sets named by `cfg.dataset`.
+
+    For image sources with `data.mean`/`data.std` null, the statistics are read from
+    `stats_file` when it exists, else computed from the training set (the caller saves
+    them there with `save_stats` once the run folder exists).
+    """
     if cfg.dataset == "shapes":
         return _shapes(cfg, seed)
     if cfg.dataset == "imagefolder":
-        return _image_folder(cfg)
-    if cfg.dataset in TORCHVISION_DATASETS:
-        return _torchvision_dataset(cfg)
-    raise ConfigError(
-        f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
-        f"{', '.join(DATASET_CHOICES)}"
-    )
+        train, val, classes, channels = _image_folder(cfg)
+    elif cfg.dataset in TORCHVISION_DATASETS:
+        train, val, classes, channels = _torchvision_dataset(cfg)
+    else:
+        raise ConfigError(
+            f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
+            f"{', '.join(DATASET_CHOICES)}"
+        )
+    mean, std, source = _normalization_stats(cfg, train, channels, stats_file)
+    train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)
+    val.transform = image_transform(cfg, channels, train=False, mean=mean, std=std)
+    return DataBundle(train, val, classes, channels, mean, std, source)
 
 
 def _shapes(cfg: DataConfig, seed: int) -> DataBundle:
+    if cfg.channels not in (None, 3):
+        raise ConfigError(
+            f"data.channels={cfg.channels}: the built-in shapes are RGB; use data.channels=null"
+        )
     classes = list(SHAPE_CLASSES)
+    mean, std, source = SHAPES_MEAN, SHAPES_STD, "built-in"
+    if cfg.mean is not None:
+        if len(cfg.mean) != 3:
+            raise ConfigError(f"data.mean={cfg.mean}: the built-in shapes need 3 numbers (RGB)")
+        mean, std, source = tuple(cfg.mean), tuple(cfg.std), "config"
     # Validation images come from a different seed, so they are new images, not copies.
-    train = ShapesDataset(*make_shapes(cfg.train_size, cfg.image_size, seed), classes)
-    val = ShapesDataset(*make_shapes(cfg.val_size, cfg.image_size, seed + 1_000_003), classes)
-    return DataBundle(train, val, classes, in_channels=3)
+    train_images = make_shapes(cfg.train_size, cfg.image_size, seed)
+    val_images = make_shapes(cfg.val_size, cfg.image_size, seed + 1_000_003)
+    train = ShapesDataset(*train_images, classes, mean, std)
+    val = ShapesDataset(*val_images, classes, mean, std)
+    return DataBundle(train, val, classes, 3, mean, std, source)
 
 
-def _to_rgb(image):
-    # A module-level function, not a lambda, so worker processes can unpickle it.
-    return image.convert("RGB")
+class ConvertMode:
+    """Convert a PIL image to `mode` ("L" or "RGB"); a class, so worker processes can
+    unpickle it."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, image):
+        return image if image.mode == self.mode else image.convert(self.mode)
 
 
-def _image_transforms(image_size: int, train: bool):
+def image_transform(
+    cfg: DataConfig,
+    channels: int,
+    train: bool,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+):
+    """PIL image -> normalised tensor: convert, resize, crop (random when training), flip.
+
+    Without `mean`, the tensor is left in [0, 1] (used to compute the statistics).
+    """
     from torchvision import transforms
 
-    if train:
-        steps = [
-            transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
-            transforms.RandomHorizontalFlip(),
-        ]
+    steps = [ConvertMode("L" if channels == 1 else "RGB")]
+    resize = cfg.resize if cfg.resize is not None else math.ceil(cfg.image_size * 1.14)
+    if resize:
+        steps.append(transforms.Resize(resize, antialias=True))
+    if train and cfg.random_crop:
+        steps.append(transforms.RandomCrop(cfg.image_size))
     else:
-        steps = [
-            transforms.Resize(math.ceil(image_size * 1.14), antialias=True),
-            transforms.CenterCrop(image_size),
-        ]
-    return transforms.Compose(
-        [
-            transforms.Lambda(_to_rgb),
-            *steps,
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+        steps.append(transforms.CenterCrop(cfg.image_size))
+    if train and cfg.flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps.append(transforms.ToTensor())
+    if mean is not None:
+        steps.append(transforms.Normalize(mean, std))
+    return transforms.Compose(steps)
 
 
-def _image_folder(cfg: DataConfig) -> DataBundle:
-    from torchvision.datasets import ImageFolder
+class ImageFiles(Dataset):
+    """Image files listed as (path, label) pairs, decoded with PIL when indexed.
 
-    root = Path(cfg.root)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise ConfigError(
-                f"data.root={cfg.root!r}: folder {root / split} does not exist; put one "
-                f"sub-folder per class in {root / 'train'} and {root / 'val'}"
-            )
+    Files were checked when the list was made; one that still fails to decode (a JPEG cut
+    short, say) is an error naming it, or with `skip_bad` a warning, and the next file of
+    the list takes its place so that batches keep their size and the run its determinism.
+    """
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], classes: list[str], skip_bad: bool = False
+    ) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.skip_bad = skip_bad
+        self.targets = [label for _, label in samples]
+        self.transform = None  # set by build_datasets
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self.samples):
+            raise IndexError(index)  # ends iteration over the dataset, as for a list
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                image = open_image(path)
+            except DataError as error:
+                if not self.skip_bad:
+                    raise
+                logger.warning("skipping: %s", error)
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise DataError(f"none of the {len(self.samples)} images could be decoded")
+
+
+def open_image(path: Path):
+    """The decoded image at `path`, or DataError naming the file."""
+    from PIL import Image
+
     try:
-        train = ImageFolder(str(root / "train"), transform=_image_transforms(cfg.image_size, True))
-        val = ImageFolder(str(root / "val"), transform=_image_transforms(cfg.image_size, False))
-    except (FileNotFoundError, RuntimeError) as error:
-        raise ConfigError(f"data.root={cfg.root!r}: {error}") from None
-    unknown = sorted(set(val.classes) - set(train.classes))
-    if unknown:
-        raise ConfigError(
-            f"data.root={cfg.root!r}: classes {unknown} are in val/ but not in train/; "
-            "every validation class needs training images"
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(
+            f"{path} is not a readable image ({_reason(error, path)}); replace or delete it, "
+            "or set data.skip_bad=true to skip unreadable images with a warning"
+        ) from None
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The first line of PIL's message, without the path that the error names already."""
+    text = str(error).strip().replace(f" '{path}'", "").replace(str(path), "the file")
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], int]:
+    """The user's images: root/train + root/val, or root/<class> (or root/train) split."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(
+            f"data.root={cfg.root!r}: folder {root.resolve()} does not exist; point data.root "
+            "at the folder that holds train/ and val/ (or one sub-folder per class)"
         )
-    # Validation labels must use the training class indices, even if val/ lacks a class.
-    val.class_to_idx = train.class_to_idx
-    val.samples = [(path, train.class_to_idx[val.classes[label]]) for path, label in val.samples]
-    val.targets = [label for _, label in val.samples]
-    return DataBundle(train, val, list(train.classes), in_channels=3)
+    has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
+    if has_val and not has_train:
+        raise DataError(
+            f"data.root={cfg.root!r}: {root / 'val'} exists but {root / 'train'} does not; "
+            "put the training images in train/<class>/ beside val/"
+        )
+    started = time.perf_counter()
+    train_folder = root / "train" if has_train else root
+    classes, train_files = _scan_class_folders(train_folder)
+    if has_val:
+        val_classes, val_files = _scan_class_folders(root / "val")
+        unknown = sorted(set(val_classes) - set(classes))
+        if unknown:
+            raise DataError(
+                f"data.root={cfg.root!r}: classes {unknown} are in val/ but not in train/; "
+                "every validation class needs training images (check the folder names)"
+            )
+    modes, tiny = set(), []
+    for files in [*train_files.values(), *(val_files.values() if has_val else [])]:
+        files[:] = _check_images(files, cfg, modes, tiny)
+    if tiny:
+        path, (width, height) = tiny[0]
+        logger.warning(
+            "%d images are smaller than half of data.image_size=%d (e.g. %s, %dx%d) and are "
+            "scaled up a lot; a smaller data.image_size may suit them better",
+            len(tiny),
+            cfg.image_size,
+            path,
+            width,
+            height,
+        )
+    _check_no_empty_class(train_folder, train_files)
+    if has_val:
+        _check_no_empty_class(root / "val", val_files)
+        train_samples = _labelled(train_files, classes)
+        val_samples = _labelled(val_files, classes)
+    else:
+        if cfg.val_fraction == 0:
+            raise DataError(
+                f"data.root={cfg.root!r} has no val/ folder and data.val_fraction=0; add "
+                f"{root / 'val'}/<class>/ folders or set data.val_fraction=0.2"
+            )
+        train_samples, val_samples = _split(train_files, classes, cfg, train_folder)
+    channels = cfg.channels or (1 if modes and modes <= set(GRAYSCALE_MODES) else 3)
+    logger.info(
+        "imagefolder %s: %d classes, %d train / %d val images (%s), %d channel%s, "
+        "checked in %.1f s",
+        root,
+        len(classes),
+        len(train_samples),
+        len(val_samples),
+        "train/ and val/" if has_val else f"{cfg.val_fraction:.0%} held out for validation",
+        channels,
+        "" if channels == 1 else "s",
+        time.perf_counter() - started,
+    )
+    train = ImageFiles(train_samples, classes, cfg.skip_bad)
+    return train, ImageFiles(val_samples, classes, cfg.skip_bad), classes, channels
 
 
-def _torchvision_dataset(cfg: DataConfig) -> DataBundle:
+def _scan_class_folders(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class names (sub-folder names, sorted) and each class's image files (recursively)."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    classes = sorted(entry.name for entry in entries if entry.is_dir())
+    if not classes:
+        loose = [entry for entry in entries if is_image_file(entry)]
+        where = f"holds {len(loose)} images but no class folders" if loose else "is empty"
+        raise DataError(
+            f"{folder} {where}; put the images in one sub-folder per class, e.g. "
+            f"{folder / 'cat' / '001.png'} (supported: {', '.join(IMAGE_SUFFIXES)})"
+        )
+    files = {
+        name: sorted(path for path in (folder / name).rglob("*") if is_image_file(path))
+        for name in classes
+    }
+    if not any(files.values()):
+        raise DataError(
+            f"no images in {folder}: its class folders ({', '.join(classes[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}) hold no files ending in "
+            f"{', '.join(IMAGE_SUFFIXES)}"
+        )
+    _check_no_empty_class(folder, files)
+    return classes, files
+
+
+def is_image_file(path: Path) -> bool:
+    hidden = path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_SUFFIXES and not hidden and path.is_file()
+
+
+def _check_no_empty_class(folder: Path, files: dict[str, list[Path]]) -> None:
+    for name, paths in files.items():
+        if not paths:
+            raise DataError(
+                f"class folder {folder / name} has no usable images; add some (supported: "
+                f"{', '.join(IMAGE_SUFFIXES)}) or remove the folder"
+            )
+
+
+def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) -> list[Path]:
+    """The readable images among `paths`; their PIL modes are added to `modes`, and
+    (path, size) of those less than half as large as the crop to `tiny`.
+
+    Only the header is decoded and the file's checksums verified (cheap); an image that
+    fails is an error naming it, or with `data.skip_bad` a warning and it is left out.
+    """
+    from PIL import Image
+
+    good = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                size, mode = image.size, image.mode
+                image.verify()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            if not cfg.skip_bad:
+                raise DataError(
+                    f"{path} is not a readable image ({_reason(error, path)}); replace or "
+                    "delete it, or set data.skip_bad=true to skip unreadable images with a warning"
+                ) from None
+            logger.warning("skipping %s: not a readable image (%s)", path, _reason(error, path))
+            continue
+        if not cfg.resize and cfg.resize is not None and min(size) < cfg.image_size:
+            raise DataError(
+                f"{path} is {size[0]}x{size[1]} pixels, smaller than the crop of "
+                f"data.image_size={cfg.image_size} with data.resize=0; use data.resize=null "
+                "to scale images first, or a smaller data.image_size"
+            )
+        if 2 * min(size) < cfg.image_size:
+            tiny.append((path, size))
+        modes.add(mode)
+        good.append(path)
+    return good
+
+
+def _labelled(files: dict[str, list[Path]], classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) pairs, labels being indices into the training classes."""
+    index = {name: label for label, name in enumerate(classes)}
+    return [(path, index[name]) for name in sorted(files) for path in files[name]]
+
+
+def _split(
+    files: dict[str, list[Path]], classes: list[str], cfg: DataConfig, folder: Path
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """A stratified split: each class gives `val_fraction` of its images (at least one) to
+    validation. Each class is shuffled by its own seeded generator, so adding a class or
+    images to one class leaves the split of the others as it was."""
+    train, val = [], []
+    for label, name in enumerate(classes):
+        paths = list(files[name])
+        held_out = max(1, round(len(paths) * cfg.val_fraction))
+        if len(paths) - held_out < 1:
+            raise DataError(
+                f"too few images for the split: class folder {folder / name} has "
+                f"{len(paths)} image{'s' if len(paths) != 1 else ''}, and data.val_fraction="
+                f"{cfg.val_fraction} needs at least 2 per class (one to train, one to "
+                "validate); add images, or give separate train/ and val/ folders"
+            )
+        random.Random(f"{cfg.split_seed}/{name}").shuffle(paths)
+        val += [(path, label) for path in sorted(paths[:held_out])]
+        train += [(path, label) for path in sorted(paths[held_out:])]
+    return train, val
+
+
+def _torchvision_dataset(cfg: DataConfig):
     import torchvision
 
-    class_name, channels = TORCHVISION_DATASETS[cfg.dataset]
+    class_name, native_channels = TORCHVISION_DATASETS[cfg.dataset]
     dataset_class = getattr(torchvision.datasets, class_name)
     splits = []
     for train in (True, False):
-        transform = _tensor_transforms(cfg.image_size, channels, train)
         try:
-            splits.append(
-                dataset_class(cfg.root, train=train, download=cfg.download, transform=transform)
-            )
+            splits.append(dataset_class(cfg.root, train=train, download=cfg.download))
         except RuntimeError as error:
             if "not found" not in str(error).lower():
                 raise
-            raise ConfigError(
-                f"data.dataset={cfg.dataset}: no {class_name} files in {Path(cfg.root).resolve()}; "
-                f"put them there or run once with data.download=true"
+            raise DataError(
+                f"data.dataset={cfg.dataset}: no {class_name} files in "
+                f"{Path(cfg.root).resolve()}; put them there, or run once with "
+                "data.download=true to download them (needs a network connection)"
             ) from None
-    return DataBundle(splits[0], splits[1], list(splits[0].classes), in_channels=channels)
+    channels = cfg.channels or native_channels
+    return splits[0], splits[1], list(splits[0].classes), channels
 
 
-def _tensor_transforms(image_size: int, channels: int, train: bool):
-    from torchvision import transforms
+def _normalization_stats(
+    cfg: DataConfig, train: Dataset, channels: int, stats_file: Path | None
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, where they came from): the config, the run folder's cache, or computed."""
+    if cfg.mean is not None:
+        if len(cfg.mean) != channels:
+            raise ConfigError(
+                f"data.mean={cfg.mean} has {len(cfg.mean)} numbers but the images have "
+                f"{channels} channel(s); give one number per channel, or set data.channels"
+            )
+        return tuple(cfg.mean), tuple(cfg.std), "config"
+    if stats_file is not None and stats_file.is_file():
+        cached = json.loads(stats_file.read_text(encoding="utf-8"))
+        if len(cached["mean"]) == channels:
+            return tuple(cached["mean"]), tuple(cached["std"]), "cached"
+    plain = image_transform(cfg, channels, train=False)  # as evaluation sees them, unnormalised
+    started = time.perf_counter()
+    mean, std, count = compute_stats(train, plain, channels)
+    logger.info(
+        "normalisation: mean %s, std %s, computed from %d training images in %.1f s",
+        [round(value, 4) for value in mean],
+        [round(value, 4) for value in std],
+        count,
+        time.perf_counter() - started,
+    )
+    return mean, std, "computed"
 
-    steps = [transforms.Resize(image_size, antialias=True)]
-    if train:
-        steps += [transforms.RandomCrop(image_size, padding=image_size // 8)]
-        if channels == 3:
-            steps += [transforms.RandomHorizontalFlip()]
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
-    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+def compute_stats(train: Dataset, transform, channels: int):
+    """Per-channel mean and std of up to STATS_IMAGES training images, spread evenly over
+    the set, each prepared by `transform` (to a tensor in [0, 1]). Returns (mean, std, count)."""
+    count = min(len(train), STATS_IMAGES)
+    indices = [i * len(train) // count for i in range(count)]
+    saved_transform = train.transform
+    train.transform = transform
+    sums = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    try:
+        for index in indices:
+            pixels = train[index][0].double().flatten(1)
+            sums += pixels.mean(dim=1)
+            squares += pixels.square().mean(dim=1)
+    finally:
+        train.transform = saved_transform
+    mean = sums / count
+    # A floor keeps a blank channel (e.g. an all-black test set) from dividing by zero.
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist()), count
+
+
+def save_stats(path: Path, data: DataBundle) -> None:
+    """Cache computed statistics in the run folder: a resumed run reads them back."""
+    path.write_text(json.dumps(data.normalization(), indent=2) + "\n", encoding="utf-8")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,6 +1,7 @@
 """Models: the project's own small residual CNN, and torchvision classifiers by name."""
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -107,12 +108,15 @@ def check_model_name(name: str) -> None:
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The model named by `cfg.name`, its classifier sized to `num_classes`, freezing applied."""
+    """The model named by `cfg.name`, its classifier sized to `num_classes`, initial weights
+    from `cfg.weights` if given, freezing applied."""
     check_model_name(cfg.name)
     if cfg.name == "small_resnet":
         model = SmallResNet(num_classes, in_channels, width=cfg.width, dropout=cfg.dropout)
     else:
         model = build_torchvision_model(cfg.name, num_classes, in_channels)
+    if cfg.weights:
+        load_initial_weights(model, Path(cfg.weights), cfg.name)
     freeze_parameters(model, cfg.freeze)
     return model
 
@@ -125,6 +129,96 @@ def build_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn
     if in_channels != 3:
         adapt_first_conv(model, in_channels)
     return model
+
+
+def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Start from the weights in a local file, e.g. torchvision's ImageNet `.pth`.
+
+    The classifier is kept freshly initialised when the file's has another class count (the
+    usual fine-tuning case), and a 3-channel first convolution is summed over its input
+    channels for grayscale models. Every other tensor must match by name and shape.
+    """
+    from .checkpoint import CheckpointError, load_weights, strip_prefixes
+
+    if not path.is_file():
+        raise ConfigError(f"model.weights={str(path)!r}: the file does not exist")
+    if path.suffix not in (".pth", ".pt", ".safetensors"):
+        raise ConfigError(f"model.weights={str(path)!r}: expected a .pth, .pt or .safetensors file")
+    try:
+        weights = strip_prefixes(_read_weights(path, load_weights))
+    except CheckpointError as error:
+        raise ConfigError(f"model.weights: {error}") from None
+    expected = model.state_dict()
+    head = set(_classifier_keys(model))
+    kept_head = []
+    for key in head:
+        if key in weights and weights[key].shape != expected[key].shape:
+            weights[key] = expected[key]  # another class count: keep the new classifier
+            kept_head.append(key)
+    for key, tensor in weights.items():
+        wanted = expected.get(key)
+        if wanted is not None and wanted.dim() == 4 and tensor.dim() == 4:
+            if tensor.shape[1] == 3 and wanted.shape[1] == 1 and tensor.shape[0] == wanted.shape[0]:
+                weights[key] = tensor.sum(dim=1, keepdim=True)  # RGB filters -> grayscale
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong_shape = [
+        f"{key} {tuple(weights[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in expected
+        if key in weights and weights[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if wrong_shape:
+            problems.append("shapes differ (file vs model): " + "; ".join(wrong_shape[:5]))
+        if missing:
+            problems.append(f"{len(missing)} missing in the file, e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} not in the model, e.g. {', '.join(unexpected[:3])}")
+        raise ConfigError(
+            f"model.weights={str(path)!r} does not fit model.name={name} (weights of another "
+            "model?): " + " | ".join(problems)
+        )
+    model.load_state_dict(weights)
+    logger.info(
+        "initial weights from %s%s",
+        path,
+        f" (classifier {', '.join(sorted(kept_head))} kept new for this class count)"
+        if kept_head
+        else "",
+    )
+
+
+def _read_weights(path: Path, load_weights) -> dict:
+    """The tensors of a weights file: the project's own loader (it verifies checksums and
+    reads checkpoints too), or the safetensors library for `.safetensors` files."""
+    if path.suffix != ".safetensors":
+        return load_weights(path)
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ConfigError(
+            f"model.weights={str(path)!r}: reading .safetensors needs the safetensors "
+            "package: pip install safetensors"
+        ) from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors raises its own error types for bad files
+        raise ConfigError(
+            f"model.weights={str(path)!r} is not a valid safetensors file ({error})"
+        ) from None
+
+
+def _classifier_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the last layer with parameters: the classifier of torchvision
+    models (a Linear, or SqueezeNet's 1x1 convolution) and of SmallResNet."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            last = name
+    if last is None:
+        return []
+    return [f"{last}.{key}" for key in dict(model.get_submodule(last).state_dict())]
 
 
 def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -147,20 +241,28 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     raise ConfigError("could not find the model's first 3-channel convolution to adapt")
 
 
-def freeze_parameters(model: nn.Module, prefixes: list[str]) -> None:
-    """Turn off gradients for every parameter whose name starts with one of `prefixes`."""
-    if not prefixes:
+def freeze_parameters(model: nn.Module, patterns: list[str]) -> None:
+    """Turn off gradients for the parameters named by `patterns`: each a name prefix, or
+    `up_to:PREFIX` for every parameter from the input up to and including PREFIX."""
+    if not patterns:
         return
     names = [name for name, _ in model.named_parameters()]
-    for prefix in prefixes:
-        if not any(name.startswith(prefix) for name in names):
+    frozen = set()
+    for pattern in patterns:
+        prefix = pattern.removeprefix("up_to:")
+        matches = [index for index, name in enumerate(names) if name.startswith(prefix)]
+        if not matches:
             top_level = sorted({name.split(".")[0] for name in names})
             raise ConfigError(
                 f"model.freeze: no parameter name starts with {prefix!r}; "
                 f"top-level parameter names are: {', '.join(top_level)}"
             )
+        if pattern.startswith("up_to:"):
+            frozen.update(names[: matches[-1] + 1])
+        else:
+            frozen.update(names[index] for index in matches)
     for name, parameter in model.named_parameters():
-        if any(name.startswith(prefix) for prefix in prefixes):
+        if name in frozen:
             parameter.requires_grad_(False)
 
 
@@ -169,3 +271,32 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def flops_per_sample(model: nn.Module, in_channels: int, image_size: int) -> int:
+    """Forward FLOPs of one image, counted by torch's FlopCounterMode on the CPU.
+
+    Counted in eval mode without gradients, so batch-norm statistics and RNG stay as they were.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    sample = torch.zeros(1, in_channels, image_size, image_size)
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(sample)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops()
+
+
+def model_summary(model: nn.Module, name: str, in_channels: int, image_size: int) -> str:
+    """One line: parameters (trainable / total), FLOPs per sample and the input shape."""
+    trainable, total = count_parameters(model)
+    flops = flops_per_sample(model, in_channels, image_size)
+    return (
+        f"model: {name}, {trainable:,} trainable / {total:,} parameters, "
+        f"{flops / 1e6:,.1f} MFLOPs per sample, input {in_channels}x{image_size}x{image_size}"
+    )

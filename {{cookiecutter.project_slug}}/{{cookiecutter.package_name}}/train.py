@@ -11,9 +11,7 @@ Run it through the entry point at the project root:
 {% if not cookiecutter.use_amp %}
 import contextlib
 {% endif %}
-{% if cookiecutter.use_ddp %}
 import dataclasses
-{% endif %}
 import datetime
 import logging
 import math
@@ -46,7 +44,7 @@ from .checkpoint import (
     training_state,
 )
 from .config import Config, ConfigError, to_dict, to_yaml
-from .data import build_datasets, build_loader, epoch_batch_sampler
+from .data import STATS_FILE, build_datasets, build_loader, epoch_batch_sampler, save_stats
 {% if cookiecutter.use_ddp %}
 from .distributed import (
     all_gather_object,
@@ -71,7 +69,7 @@ from .log import (
     read_csv,
     setup_logging,
 )
-from .model import build_model, check_model_name, count_parameters
+from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 {% if cookiecutter.tracker == "tensorboard" %}
@@ -282,7 +280,7 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
     )
     seed_everything(cfg.seed)
 
-    data = build_datasets(cfg.data, cfg.seed)
+    data = build_datasets(cfg.data, cfg.seed, stats_file=run_dir / STATS_FILE)
     pin_memory = device.type == "cuda"
     shard = dict(
         seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory, device=device
@@ -308,11 +306,15 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
         batches_per_epoch,
     )
 
-    model = build_model(cfg.model, len(data.classes), data.in_channels).to(device)
+    # A resumed run takes its weights from the checkpoint: model.weights is not even read.
+    model_cfg = dataclasses.replace(cfg.model, weights=None) if resume else cfg.model
+    model = build_model(model_cfg, len(data.classes), data.in_channels)
+    if is_main:  # counting FLOPs runs the model once on the CPU: once per job is enough
+        summary = model_summary(model, cfg.model.name, data.in_channels, cfg.data.image_size)
+        logger.info("%s", summary)
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainable, total = count_parameters(model)
-    logger.info("model: %s, %d trainable / %d parameters", cfg.model.name, trainable, total)
     if cfg.train.compile:
         model = compile_model(model, device)
 {% if cookiecutter.use_ddp %}
@@ -383,6 +385,8 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
         run_dir.mkdir(parents=True, exist_ok=True)
         attach_log_file(run_dir / "train.log")
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        if data.stats_source == "computed":
+            save_stats(run_dir / STATS_FILE, data)
         metrics = MetricsCSV(run_dir / "metrics.csv")
         metrics.keep_epochs_before(state.epoch)
         writers.append(metrics)
@@ -424,7 +428,14 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
         totals.update(loss_sum=loss_sum, correct=correct, seen=int(seen))
 {% endif %}
         snapshot = training_state(
-            model, optimizer, scheduler, scaler, totals, to_dict(cfg), data.classes
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            totals,
+            to_dict(cfg),
+            data.classes,
+            data.normalization(),
         )
 {% if cookiecutter.use_ddp %}
         snapshot["rng_per_rank"] = all_gather_object(rng_state())  # each rank's own stream
@@ -589,12 +600,22 @@ def log_summary(run_dir: Path, state: TrainState, elapsed: float, folder: Path) 
     )
 
 
+def one_line(error: Exception) -> str:
+    """The message of `error`, also when a DataLoader worker raised it: the loader then
+    re-raises it with the worker's traceback as its message, whose last line is the
+    original `ExceptionType: message`."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return str(error)
+
+
 def run(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int:
     """`main` with the project's errors turned into one clear line and an exit code."""
     try:
         return main(cfg, on_epoch_end)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except (CheckpointError, NonFiniteLossError) as error:
         logger.error("%s", error)

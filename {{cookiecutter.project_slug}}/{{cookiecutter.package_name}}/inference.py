@@ -1,0 +1,302 @@
+"""Using a trained checkpoint: evaluation on its validation set, predictions for image files.
+
+Both start from the checkpoint alone. It holds the config the run was made with (data and
+model settings), the class names and the normalisation statistics, so the images are
+prepared exactly as for validation during training. Used by evaluate.py and predict.py.
+"""
+
+{% if not cookiecutter.use_amp %}
+import contextlib
+{% endif %}
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+{% if cookiecutter.use_amp %}
+from .amp import amp_dtype, autocast_factory
+{% endif %}
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, strip_prefixes
+from .config import Config, ConfigError, load_saved_config
+from .data import (
+    IMAGE_SUFFIXES,
+    DataError,
+    build_datasets,
+    build_loader,
+    image_transform,
+    is_image_file,
+    open_image,
+)
+from .model import build_model
+from .train import pick_device
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
+# Top-5 accuracy is reported only when there are more classes than that.
+TOP_K = 5
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model, ready for inference, with what it needs to prepare inputs."""
+
+    model: nn.Module
+    cfg: Config
+    classes: list[str]
+    in_channels: int
+    checkpoint: Path
+    step: int
+    device: torch.device
+    autocast: object  # a zero-argument function returning a context manager
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(images.to(self.device)).float().cpu()
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint: `runs/X/checkpoints/best.pt` -> `runs/X`."""
+    folder = checkpoint.parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file as given, or for a run folder its best.pt (else last.pt)."""
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give a checkpoint file or a run folder")
+    if path.is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        for name in ("best.pt", "last.pt"):
+            if (folder / name).is_file():
+                return folder / name
+    raise CheckpointError(
+        f"{path} holds no checkpoints/best.pt or checkpoints/last.pt; give a run folder of "
+        "this project or a checkpoint file"
+    )
+
+
+def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
+    """The model of checkpoint `path` (verified), with its config and `key=value` overrides
+    (e.g. data.root=other/images to evaluate on other data, train.device=cpu)."""
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint.get("config"), dict) or not checkpoint.get("classes"):
+        raise CheckpointError(f"{path} holds no config or class names: not a training checkpoint")
+    cfg = load_saved_config(checkpoint["config"], overrides)
+    classes = list(checkpoint["classes"])
+    stats = checkpoint.get("normalization") or {}
+    if cfg.data.mean is None and stats:
+        cfg.data.mean, cfg.data.std = list(stats["mean"]), list(stats["std"])
+    cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
+    cfg.model.freeze = []
+    model = build_model(cfg.model, len(classes), in_channels=3)
+    in_channels = _input_channels(model, checkpoint["model"])
+    if in_channels != 3:
+        model = build_model(cfg.model, len(classes), in_channels)
+    load_model_state(model, checkpoint["model"], path)
+    device = pick_device(cfg.train.device, local_rank=0)
+    return TrainedModel(
+        model=model.to(device).eval(),
+        cfg=cfg,
+        classes=classes,
+        in_channels=in_channels,
+        checkpoint=path,
+        step=int(checkpoint.get("progress", {}).get("global_step", -1)),
+        device=device,
+        autocast=_autocast(cfg, device),
+    )
+
+
+def _input_channels(model: nn.Module, weights: dict) -> int:
+    """The input channels the checkpoint's model was built for (1 for grayscale)."""
+    # The model's first convolution weight is (out, in, kh, kw); the checkpoint holds the
+    # same key (prefixes of wrappers stripped), whatever order its keys are stored in.
+    first = next((key for key, value in model.state_dict().items() if value.dim() == 4), None)
+    weights = strip_prefixes(weights)
+    if first is None or first not in weights or weights[first].dim() != 4:
+        return 3  # not a convolutional model, or not this model: load_model_state explains
+    return int(weights[first].shape[1])
+
+
+def _autocast(cfg: Config, device: torch.device):
+    """The same autocast as training used, so the figures match the training log."""
+{% if cookiecutter.use_amp %}
+    return autocast_factory(amp_dtype(cfg.train, device), device)
+{% else %}
+    return contextlib.nullcontext
+{% endif %}
+
+
+@dataclass
+class Evaluation:
+    classes: list[str]
+    confusion: torch.Tensor  # confusion[true, predicted] = number of images
+    loss: float
+    top_k: float | None  # top-5 accuracy, None with 5 classes or fewer
+
+    @property
+    def images(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.confusion.diag().sum()) / max(self.images, 1)
+
+    def per_class(self) -> list[tuple[str, int, int, float | None]]:
+        """(class, images, correct, accuracy or None when the class has no images)."""
+        rows = []
+        for index, name in enumerate(self.classes):
+            count, correct = int(self.confusion[index].sum()), int(self.confusion[index, index])
+            rows.append((name, count, correct, correct / count if count else None))
+        return rows
+
+
+def evaluate_checkpoint(trained: TrainedModel) -> Evaluation:
+    """Accuracy, top-5, loss and the confusion matrix on the validation set of `trained.cfg`."""
+    cfg = trained.cfg
+    data = build_datasets(cfg.data, cfg.seed)
+    if data.classes != trained.classes:
+        raise ConfigError(
+            f"the classes of data.root={cfg.data.root!r} ({', '.join(data.classes[:10])}) "
+            f"differ from the checkpoint's ({', '.join(trained.classes[:10])}); evaluate on "
+            "data with the same class folders"
+        )
+    loader = build_loader(data.val, cfg.data, train=False, seed=cfg.seed)
+    classes = len(trained.classes)
+    confusion = torch.zeros(classes, classes, dtype=torch.int64)
+    loss_sum, in_top_k = 0.0, 0
+    for images, labels in loader:
+        logits = trained.logits(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        predicted = logits.argmax(dim=1)
+        confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+        if classes > TOP_K:
+            top = logits.topk(TOP_K, dim=1).indices
+            in_top_k += int((top == labels[:, None]).any(dim=1).sum())
+    count = max(int(confusion.sum()), 1)
+    top_k = in_top_k / count if classes > TOP_K else None
+    return Evaluation(list(trained.classes), confusion, loss_sum / count, top_k)
+
+
+def write_evaluation(result: Evaluation, trained: TrainedModel, folder: Path) -> list[Path]:
+    """metrics.json, per_class.csv, confusion_matrix.csv and confusion_matrix.png in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "checkpoint": str(trained.checkpoint),
+        "step": trained.step,
+        "images": result.images,
+        "accuracy": result.accuracy,
+        "top5_accuracy": result.top_k,
+        "loss": result.loss,
+    }
+    paths = [folder / name for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv")]
+    paths[0].write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    with paths[1].open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["class", "images", "correct", "accuracy"])
+        for name, count, correct, accuracy in result.per_class():
+            writer.writerow([name, count, correct, "" if accuracy is None else f"{accuracy:.6f}"])
+    with paths[2].open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["true \\ predicted", *result.classes])
+        for name, row in zip(result.classes, result.confusion.tolist(), strict=True):
+            writer.writerow([name, *row])
+    paths.append(plot_confusion(result, folder / "confusion_matrix.png"))
+    return paths
+
+
+def plot_confusion(result: Evaluation, path: Path) -> Path:
+    """The confusion matrix as an image: rows are true classes, columns predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window, works without a display
+    import matplotlib.pyplot as plt
+
+    classes = len(result.classes)
+    side = min(4 + 0.4 * classes, 30)
+    figure, axes = plt.subplots(figsize=(side, side))
+    axes.imshow(result.confusion.numpy(), cmap="Blues")
+    if classes <= 40:  # beyond that, names and counts would not be readable anyway
+        ticks = list(range(classes))
+        axes.set_xticks(ticks, result.classes, rotation=90)
+        axes.set_yticks(ticks, result.classes)
+        largest = max(int(result.confusion.max()), 1)
+        for (row, column), count in zip(
+            torch.cartesian_prod(torch.arange(classes), torch.arange(classes)).tolist(),
+            result.confusion.flatten().tolist(),
+            strict=True,
+        ):
+            if count:
+                colour = "white" if count > largest / 2 else "black"
+                axes.text(column, row, count, ha="center", va="center", color=colour)
+    axes.set(
+        xlabel="predicted class",
+        ylabel="true class",
+        title=f"confusion matrix: accuracy {result.accuracy:.4f} on {result.images} images",
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def image_files(target: Path) -> list[Path]:
+    """`target` itself, or the image files under the folder `target`, sorted."""
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise ConfigError(f"{target} does not exist; give an image file or a folder of images")
+    files = sorted(path for path in target.rglob("*") if is_image_file(path))
+    if not files:
+        raise ConfigError(f"no images in {target} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+@dataclass
+class Prediction:
+    file: Path
+    probabilities: torch.Tensor  # one per class
+
+
+def predict_files(trained: TrainedModel, files: list[Path]) -> list[Prediction]:
+    """Class probabilities for each readable file, a batch at a time; unreadable files are
+    skipped with a warning naming them."""
+    data = trained.cfg.data
+    transform = image_transform(data, trained.in_channels, False, data.mean, data.std)
+    predictions, batch = [], []
+    for position, path in enumerate(files):
+        try:
+            batch.append((path, transform(open_image(path))))
+        except DataError as error:
+            logger.warning("skipped: %s", error)
+        if batch and (len(batch) == data.batch_size or position == len(files) - 1):
+            logits = trained.logits(torch.stack([image for _, image in batch]))
+            for (image_path, _), row in zip(batch, logits.softmax(dim=1), strict=True):
+                predictions.append(Prediction(image_path, row))
+            batch = []
+    return predictions
+
+
+def write_predictions(predictions: list[Prediction], classes: list[str], path: Path) -> Path:
+    """A CSV: file, class, probability, and the top classes as `name=probability;...`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    top = min(TOP_K, len(classes))
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["file", "class", "probability", f"top{top}"])
+        for prediction in predictions:
+            values, indices = prediction.probabilities.topk(top)
+            ranked = ";".join(
+                f"{classes[index]}={value:.6f}"
+                for value, index in zip(values.tolist(), indices.tolist(), strict=True)
+            )
+            writer.writerow(
+                [prediction.file, classes[indices[0]], f"{values[0].item():.6f}", ranked]
+            )
+    return path
