@@ -1,7 +1,7 @@
 """configs/experiments/: every overlay loads, they stack in order, and the examples train."""
 
 import pytest
-from test_data import write_image_folder
+from conftest import write_images
 
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import Config, load_config, to_dict
@@ -44,7 +44,8 @@ def test_experiments_stack_in_order_and_overrides_win(run_python):
 
 
 def test_resnet18_imagefolder_experiment_trains(tmp_path, read_metrics):
-    write_image_folder(tmp_path / "images", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    for split in ("train", "val"):
+        write_images(tmp_path / "images" / split, {"cat": 3, "dog": 3}, size=32)
     small = [
         f"data.root={tmp_path / 'images'}",
         "data.image_size=32",
