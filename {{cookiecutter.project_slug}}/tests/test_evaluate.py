@@ -11,7 +11,11 @@ from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.data import STATS_FILE
-from {{ cookiecutter.package_name }}.inference import resolve_checkpoint
+from {{ cookiecutter.package_name }}.inference import (
+    evaluate_checkpoint,
+    load_trained,
+    resolve_checkpoint,
+)
 from {{ cookiecutter.package_name }}.train import main, run
 
 # Uneven classes, RGB PNGs and grayscale JPEGs mixed, 20 % of each class held out.
@@ -100,6 +104,15 @@ def test_predict_agrees_with_evaluate_on_the_validation_images(trained_run, run_
     right = sum(rows[str(path)]["class"] == classes[label] for path, label in val.samples)
     evaluated = json.loads((run_dir / "eval" / "last" / "metrics.json").read_text())
     assert right / len(val) == pytest.approx(evaluated["accuracy"], abs=1e-9)
+
+
+def test_top5_accuracy_with_more_than_five_classes(small_config, tmp_path, read_metrics):
+    assert main(small_config) == 0  # the built-in shapes: 10 classes
+    trained = load_trained(tmp_path / "run" / "checkpoints" / "last.pt", [])
+    result = evaluate_checkpoint(trained)
+    assert result.images == 64 and len(result.classes) == 10
+    assert result.accuracy == pytest.approx(float(read_metrics(tmp_path / "run")[-1]["val_acc"]))
+    assert result.top_k is not None and result.accuracy <= result.top_k <= 1
 
 
 def test_a_run_folder_means_its_best_checkpoint(trained_run):
