@@ -86,26 +86,33 @@ def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> 
     """Load weights into `model`, or raise one error listing every mismatched key and shape."""
     state_dict = strip_prefixes(state_dict)
     expected = unwrap(model).state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state_dict and state_dict[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if wrong_shape:
-            problems.append("shapes differ: " + "; ".join(wrong_shape[:10]))
-        if missing:
-            problems.append("missing in checkpoint: " + ", ".join(missing[:10]))
-        if unexpected:
-            problems.append("not in model: " + ", ".join(unexpected[:10]))
+    problems = state_dict_mismatches(expected, state_dict, "checkpoint")
+    if problems:
         raise CheckpointError(
             f"{source} does not fit this model (another model.name or class count?): "
             + " | ".join(problems)
         )
     unwrap(model).load_state_dict(state_dict)
+
+
+def state_dict_mismatches(expected: dict, found: dict, source: str) -> list[str]:
+    """Why `found` does not load into a model whose state dict is `expected`: one phrase
+    per kind of mismatch (shapes, missing keys, extra keys); empty when it fits."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = [
+        f"{key}: {source} {tuple(found[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in found and found[key].shape != expected[key].shape
+    ]
+    problems = []
+    if wrong_shape:
+        problems.append("shapes differ: " + "; ".join(wrong_shape[:10]))
+    if missing:
+        problems.append(f"{len(missing)} missing in the {source}: " + ", ".join(missing[:10]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} not in the model: " + ", ".join(unexpected[:10]))
+    return problems
 
 
 def rng_state() -> dict:

@@ -138,7 +138,7 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
     usual fine-tuning case), and a 3-channel first convolution is summed over its input
     channels for grayscale models. Every other tensor must match by name and shape.
     """
-    from .checkpoint import CheckpointError, load_weights, strip_prefixes
+    from .checkpoint import CheckpointError, load_weights, state_dict_mismatches, strip_prefixes
 
     if not path.is_file():
         raise ConfigError(f"model.weights={str(path)!r}: the file does not exist")
@@ -160,21 +160,8 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
         if wanted is not None and wanted.dim() == 4 and tensor.dim() == 4:
             if tensor.shape[1] == 3 and wanted.shape[1] == 1 and tensor.shape[0] == wanted.shape[0]:
                 weights[key] = tensor.sum(dim=1, keepdim=True)  # RGB filters -> grayscale
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong_shape = [
-        f"{key} {tuple(weights[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in expected
-        if key in weights and weights[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if wrong_shape:
-            problems.append("shapes differ (file vs model): " + "; ".join(wrong_shape[:5]))
-        if missing:
-            problems.append(f"{len(missing)} missing in the file, e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} not in the model, e.g. {', '.join(unexpected[:3])}")
+    problems = state_dict_mismatches(expected, weights, "file")
+    if problems:
         raise ConfigError(
             f"model.weights={str(path)!r} does not fit model.name={name} (weights of another "
             "model?): " + " | ".join(problems)
