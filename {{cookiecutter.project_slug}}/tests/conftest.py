@@ -189,6 +189,14 @@ def small_config(make_config):
     return make_config()
 
 
+@pytest.fixture
+def project_log(caplog, monkeypatch):
+    """caplog, seeing the project's logger (which stops propagation once logging is set up)."""
+    monkeypatch.setattr(logging.getLogger("{{ cookiecutter.package_name }}"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="{{ cookiecutter.package_name }}")
+    return caplog
+
+
 @pytest.fixture(autouse=True)
 def close_log_files():
     """Close the file handlers that an in-process training run leaves on the project logger."""

@@ -404,14 +404,6 @@ def test_manager_finds_nothing_in_a_new_folder(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.fixture
-def project_log(caplog, monkeypatch):
-    """caplog, seeing the project's logger (which stops propagation once logging is set up)."""
-    monkeypatch.setattr(logging.getLogger("{{ cookiecutter.package_name }}"), "propagate", True)
-    caplog.set_level(logging.WARNING, logger="{{ cookiecutter.package_name }}")
-    return caplog
-
-
 @pytest.mark.parametrize("damage", ["flipped_byte", "truncated"])
 def test_damaged_step_file_is_caught_by_its_sidecar_and_skipped(
     small_config, tmp_path, project_log, damage

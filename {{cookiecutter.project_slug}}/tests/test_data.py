@@ -1,6 +1,5 @@
 """Datasets and samplers: the built-in shapes, the user's image folders and batch order."""
 
-import logging
 from collections import Counter
 
 import pytest
@@ -229,21 +228,19 @@ def test_shapes_use_fixed_statistics_and_write_no_file(tmp_path):
     assert torch.allclose(given.train[0][0], expected, rtol=0, atol=1e-6)
 
 
-def test_skip_bad_leaves_out_an_unreadable_image_with_a_warning(tmp_path, caplog):
+def test_skip_bad_leaves_out_an_unreadable_image_with_a_warning(tmp_path, project_log):
     write_images(tmp_path, {"a": 5, "b": 5})
     (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
-    logging.getLogger("{{ cookiecutter.package_name }}").addHandler(caplog.handler)
     bundle = build_datasets(images_config(tmp_path, skip_bad=True), seed=0)
     assert len(bundle.train) + len(bundle.val) == 10
-    assert str(tmp_path / "a" / "broken.png") in caplog.text
+    assert str(tmp_path / "a" / "broken.png") in project_log.text
 
 
-def test_images_much_smaller_than_the_crop_bring_a_warning(tmp_path, caplog):
+def test_images_much_smaller_than_the_crop_bring_a_warning(tmp_path, project_log):
     write_images(tmp_path, {"a": 3, "b": 3}, size=12)
-    logging.getLogger("{{ cookiecutter.package_name }}").addHandler(caplog.handler)
     bundle = build_datasets(images_config(tmp_path, image_size=32), seed=0)
     assert bundle.train[0][0].shape == (3, 32, 32)  # scaled up, still usable
-    assert "6 images are smaller than half of data.image_size=32" in caplog.text
+    assert "6 images are smaller than half of data.image_size=32" in project_log.text
 
 
 def no_val_folder(root):

@@ -4,8 +4,6 @@ Speed itself is measured by the template's benchmarks, never here; these tests c
 each fast path gives the same training as the plain one, or falls back with a warning.
 """
 
-import logging
-
 import pytest
 import torch
 
@@ -84,14 +82,13 @@ def test_channels_last_training_matches_the_plain_layout(make_config, tmp_path):
         assert torch.allclose(value.float(), weights[False][key].float(), atol=1e-4), key
 
 
-def test_compile_falls_back_with_a_warning_where_it_cannot_compile(monkeypatch, caplog):
+def test_compile_falls_back_with_a_warning_where_it_cannot_compile(monkeypatch, project_log):
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     model = SmallResNet(num_classes=3, width=4)
-    with caplog.at_level(logging.WARNING):
-        assert compile_model(model, torch.device("cpu")) is model
-    assert "train.compile" in caplog.text and "training without it" in caplog.text
+    assert compile_model(model, torch.device("cpu")) is model
+    assert "train.compile" in project_log.text and "training without it" in project_log.text
 
 
 def test_compiled_model_saves_the_plain_weights(monkeypatch):
