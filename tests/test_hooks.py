@@ -15,20 +15,13 @@ from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 
 from hooks import post_gen_project, pre_gen_project
+from tests.conftest import ALL_FEATURES
 
 # Not a plain import: isort groups tomllib by the configured target version (stdlib from 3.11).
 tomllib = pytest.importorskip("tomllib")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VALID_NAMES = {"project_slug": "demo_project", "package_name": "demo_pkg"}
-ALL_ON = {
-    "use_amp": True,
-    "use_ddp": True,
-    "use_safetensors": True,
-    "tracker": "tensorboard",
-    "use_sweeps": True,
-    "ci": "github",
-}
 
 # (bad value, word naming the problem in the message)
 REJECTED_NAMES = [
@@ -346,7 +339,7 @@ def owned_paths(project: Path, files: list[str]) -> list[Path]:
 
 @pytest.mark.parametrize(("toggle", "on", "off", "files"), FEATURES, ids=FEATURE_IDS)
 def test_feature_files_absent_when_off(cookies, toggle, on, off, files):
-    result = bake(cookies, **{**ALL_ON, toggle: off})
+    result = bake(cookies, **{**ALL_FEATURES, toggle: off})
 
     assert result.exception is None, result.exception
     for path in owned_paths(result.project_path, files):
@@ -449,8 +442,8 @@ def test_files_to_remove():
         "tests/test_sweep.py",
         "tests/test_tensorboard.py",
     ]
-    assert post_gen_project.files_to_remove({**features, **ALL_ON}) == []
-    assert post_gen_project.files_to_remove({**features, **ALL_ON, "use_amp": "no"}) == [
+    assert post_gen_project.files_to_remove({**features, **ALL_FEATURES}) == []
+    assert post_gen_project.files_to_remove({**features, **ALL_FEATURES, "use_amp": "no"}) == [
         "pkg/amp.py"
     ]
 
@@ -538,7 +531,7 @@ def hostile_bake(cookies_session):
     result = cookies_session.bake(
         extra_context={
             **VALID_NAMES,
-            **ALL_ON,
+            **ALL_FEATURES,
             "project_name": HOSTILE_NAME_INPUT,
             "description": HOSTILE_DESCRIPTION,
             "author_name": HOSTILE_AUTHOR,

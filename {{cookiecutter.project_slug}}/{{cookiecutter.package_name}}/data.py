@@ -673,7 +673,6 @@ def build_loader(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    pin_memory: bool = False,
     device: torch.device | None = None,
 ):
     """The batches of `dataset`: shuffled per epoch from `seed` when training, sharded over
@@ -700,7 +699,8 @@ def build_loader(
     batch_sampler = EpochBatchSampler(sampler, cfg.batch_size, drop_last, with_epoch=train)
     common = dict(
         num_workers=cfg.num_workers,
-        pin_memory=pin_memory,
+        # Page-locked batches copy to a GPU without blocking the training step.
+        pin_memory=device is not None and device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
         # The loader draws worker seeds from this generator, never from the global RNG,
         # so loading does not shift the random stream of the training itself.

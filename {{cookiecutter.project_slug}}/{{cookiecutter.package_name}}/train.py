@@ -281,10 +281,7 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
     seed_everything(cfg.seed)
 
     data = build_datasets(cfg.data, cfg.seed, stats_file=run_dir / STATS_FILE)
-    pin_memory = device.type == "cuda"
-    shard = dict(
-        seed=cfg.seed, rank=rank, world_size=world_size, pin_memory=pin_memory, device=device
-    )
+    shard = dict(seed=cfg.seed, rank=rank, world_size=world_size, device=device)
     train_loader = build_loader(data.train, cfg.data, train=True, **shard)
     val_loader = build_loader(data.val, cfg.data, train=False, **shard)
     if cfg.data.num_workers == 0 and not getattr(data.train, "supports_batch_indexing", False):
