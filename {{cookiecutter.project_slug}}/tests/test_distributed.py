@@ -28,6 +28,7 @@ from {{ cookiecutter.package_name }}.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
+    describe_collective_failure,
     init_distributed,
     rank_seed,
     wrap_model,
@@ -395,6 +396,39 @@ def test_accumulation_all_reduces_gradients_only_on_the_updating_micro_batch(tmp
     finally:
         torch.distributed.destroy_process_group()
     assert calls[1] == 4 and calls[2] == 2, calls
+
+
+@pytest.mark.parametrize(
+    ("gloo_message", "reason"),
+    [
+        ("Application timeout caused pair closure", "waited too long for another rank"),
+        (
+            "[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv "
+            "operation to complete",
+            "waited too long for another rank",
+        ),
+        (
+            "[gloo/transport/tcp/pair.cc:534] Read error [127.0.0.1]:41234: Connection reset "
+            "by peer",
+            "lost the connection to another rank",
+        ),
+        ("Connection closed by peer [127.0.0.1]:29500", "lost the connection to another rank"),
+    ],
+)
+def test_process_group_failures_are_described_in_one_line(tmp_path, gloo_message, reason):
+    """The messages gloo raised when a rank stalled or died (seen in the stall test)."""
+    assert describe_collective_failure(RuntimeError(gloo_message), 5) is None  # no group yet
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        message = describe_collective_failure(RuntimeError(gloo_message), 5)
+        unrelated = describe_collective_failure(RuntimeError("shape mismatch in conv1"), 5)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert message.startswith(f"rank 0 {reason} (train.ddp_timeout_s=5): ")
+    assert gloo_message.splitlines()[0] in message and "run.resume=auto" in message
+    assert unrelated is None
 
 
 def test_gather_and_rank_seeds_without_a_process_group():

@@ -209,9 +209,12 @@ def describe_collective_failure(error: BaseException, timeout_s: int) -> str | N
         return None
     text = str(error).strip()
     first_line = text.splitlines()[0] if text else type(error).__name__
-    if isinstance(error, dist.DistError) or "timed out" in text.lower():
+    lowered = text.lower()
+    # gloo words a timeout two ways: "Timed out waiting 5000ms for recv operation" while it
+    # waits itself, "Application timeout caused pair closure" when the wait ended elsewhere.
+    if isinstance(error, dist.DistError) or "timed out" in lowered or "timeout" in lowered:
         reason = "waited too long for another rank"
-    elif "connection" in text.lower() or "peer" in text.lower():
+    elif "connection" in lowered or "peer" in lowered:
         reason = "lost the connection to another rank"
     else:
         return None
