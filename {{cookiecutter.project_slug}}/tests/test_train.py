@@ -20,6 +20,11 @@ from {{ cookiecutter.package_name }}.config import (
 {% endif %}
     load_config,
 )
+from {{ cookiecutter.package_name }}.engine import (
+    MAX_PENDING_BATCHES,
+    NonFiniteLossError,
+    TrainState,
+)
 from {{ cookiecutter.package_name }}.shapes import SHAPE_CLASSES
 from {{ cookiecutter.package_name }}.train import (
     main,
@@ -72,6 +77,72 @@ def test_loss_decreases_over_a_few_epochs(make_config, tmp_path, read_metrics):
     assert (progress["epoch"], progress["batch_in_epoch"], progress["global_step"]) == (3, 0, 48)
     assert (progress["loss_sum"], progress["correct"], progress["seen"]) == (0.0, 0.0, 0)
     assert progress["first_nonfinite_step"] == -1
+
+
+def _recorded_batches(count: int, seed: int = 0) -> list[tuple]:
+    """(loss, logits, labels) of `count` batches of uneven sizes, as the loop records them."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for index in range(count):
+        size = 3 + index % 5
+        loss = torch.rand((), generator=generator) * 10 ** (index % 7 - 3)
+        logits = torch.randn(size, 4, generator=generator)
+        labels = torch.randint(0, 4, (size,), generator=generator)
+        batches.append((loss, logits, labels))
+    return batches
+
+
+def _record(state: TrainState, batches: list[tuple], fold_after: set[int]) -> None:
+    for index, (loss, logits, labels) in enumerate(batches):
+        state.record(loss, logits, labels)
+        state.global_step += 1
+        if index in fold_after:
+            state.fold_pending()
+    state.fold_pending()
+
+
+def test_running_sums_do_not_depend_on_where_they_are_folded():
+    """A resumed run folds at other steps than an uninterrupted one: the sums must agree
+    to the last bit, and equal the sums of a loop that adds every batch at once."""
+    batches = _recorded_batches(2 * MAX_PENDING_BATCHES + 9)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for loss, logits, labels in batches:
+        loss_sum += float(loss) * labels.size(0)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        seen += labels.size(0)
+    folds = {
+        "every batch": set(range(len(batches))),
+        "only at the end and when too many pend": set(),
+        "at odd places": {0, 6, 7, 50, 101},
+    }
+    for where, fold_after in folds.items():
+        state = TrainState()
+        _record(state, batches, fold_after)
+        assert (state.loss_sum, state.correct, state.seen) == (loss_sum, correct, seen), where
+        assert state.first_nonfinite_step == -1 and not state.pending
+
+
+def test_pending_batches_are_folded_before_they_pile_up():
+    state = TrainState()
+    for loss, logits, labels in _recorded_batches(MAX_PENDING_BATCHES - 1):
+        state.record(loss, logits, labels)
+    assert len(state.pending) == MAX_PENDING_BATCHES - 1 and state.loss_sum == 0.0
+    state.record(*_recorded_batches(1)[0])
+    assert not state.pending and state.loss_sum > 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_the_first_nonfinite_loss_is_reported_with_its_optimizer_step(bad):
+    batches = _recorded_batches(10)
+    for index in (4, 7):  # recorded before optimizer steps 5 and 8
+        batches[index] = (torch.tensor(bad), *batches[index][1:])
+    state = TrainState()
+    _record(state, batches, fold_after={2})
+    assert state.first_nonfinite_step == 5
+    with pytest.raises(NonFiniteLossError, match="at optimizer step 5;"):
+        state.check_finite(fp16_scaler_enabled=False)
+    state.check_finite(fp16_scaler_enabled=True)  # a scaler skips such steps by design
+    assert state.as_dict()["first_nonfinite_step"] == 5
 
 
 def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):

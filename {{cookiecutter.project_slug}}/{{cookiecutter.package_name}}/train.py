@@ -497,8 +497,8 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
             if state.batch_in_epoch < batches_per_epoch:
                 break  # stopped inside the epoch; saved below
 
-            train_totals = torch.stack(
-                [state.loss_sum, state.correct, torch.tensor(state.seen).to(state.correct)]
+            train_totals = torch.tensor(
+                [state.loss_sum, state.correct, state.seen], dtype=torch.float64, device=device
             )
             val_totals = evaluate(model, val_loader, device, autocast)
 {% if cookiecutter.use_ddp %}
