@@ -736,8 +736,8 @@ def check_cache_fits(size: int, device: torch.device, copies: int = 1) -> None:
         return
     each = f" ({copies} processes, a copy each)" if copies > 1 else ""
     raise ConfigError(
-        f"data.cache=true needs {size * copies / 2**20:,.0f} MB for the decoded images"
-        f"{each}, but {device} has {available / 2**20:,.0f} MB available; set "
+        f"data.cache=true needs {size * copies / 2**20:,.1f} MB for the decoded images"
+        f"{each}, but {device} has {available / 2**20:,.1f} MB available; set "
         "data.cache=false, or a smaller data.resize (the cache holds squares of that side)"
     )
 
