@@ -1,6 +1,7 @@
 """Datasets and samplers: the built-in shapes, the user's image folders and batch order."""
 
 import random
+import struct
 from collections import Counter
 
 import pytest
@@ -365,6 +366,32 @@ def test_cached_images_equal_the_uncached_tensors_bit_for_bit(tmp_path, resize, 
         assert labels.tolist() == uncached.targets
     loader = build_loader(cached.val, images_config(tmp_path, batch_size=4), train=False, seed=0)
     assert torch.equal(torch.cat([images for images, _ in loader]), expected)
+
+
+def write_mnist_files(root, train: int, test: int) -> None:
+    """MNIST's four raw files, filled with noise: what torchvision's MNIST reads."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, count in (("train", train), ("t10k", test)):
+        noise = torch.Generator().manual_seed(count)
+        images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8, generator=noise)
+        labels = torch.arange(count, dtype=torch.uint8) % 10
+        header = struct.pack(">IIII", 2051, count, 28, 28)
+        (raw / f"{name}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
+        header = struct.pack(">II", 2049, count)
+        (raw / f"{name}-labels-idx1-ubyte").write_bytes(header + labels.numpy().tobytes())
+
+
+def test_cache_serves_a_torchvision_dataset_as_its_files_would(tmp_path):
+    write_mnist_files(tmp_path, train=30, test=10)
+    settings = dict(dataset="mnist", root=str(tmp_path), random_crop=False, flip=False)
+    files = build_datasets(small_data(**settings), seed=0)
+    cached = build_datasets(small_data(**settings, cache=True), seed=0)
+    assert isinstance(cached.train, CachedImages) and len(cached.train) == 30
+    assert cached.in_channels == 1 and cached.mean == files.mean and cached.std == files.std
+    expected = torch.stack([files.val[index][0] for index in range(10)])
+    images, labels = cached.val[torch.arange(10)]
+    assert torch.equal(images, expected) and labels.tolist() == [i % 10 for i in range(10)]
 
 
 def position_coded(count: int, side: int) -> CachedImages:
