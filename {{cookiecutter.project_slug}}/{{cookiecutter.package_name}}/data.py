@@ -550,8 +550,9 @@ class CachedImages(Dataset):
     Indexing (one index or a batch of them) gives the centre crops of side `crop`,
     normalised: what evaluation sees. `augmented` gives a training batch, randomly cropped
     and flipped. Either is a few tensor operations per batch, instead of PIL and the
-    torchvision transforms per image; the arithmetic is ToTensor's and Normalize's, so
-    the results equal the uncached path's tensors bit for bit (see decode_images).
+    torchvision transforms per image. The squares are placed by CropSquare and the
+    arithmetic is ToTensor's and Normalize's, so the centre crops equal the uncached
+    path's tensors bit for bit.
     """
 
     supports_batch_indexing = True
