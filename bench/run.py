@@ -26,6 +26,7 @@ TEMPLATE = Path(__file__).resolve().parent.parent
 CONTENDERS = Path(__file__).resolve().parent / "contenders.py"
 CNN = ["--warmup", "10", "--steps", "50"]
 MLP = ["--warmup", "100", "--steps", "2000"]
+LOADER = ["--warmup", "10", "--steps", "300"]  # batches without a model: many, to be timed well
 FOLDER_IMAGES_PER_CLASS = 200
 
 
@@ -131,7 +132,15 @@ MEASURES = [
         lambda r: best(r, [f"loader-folder-w{w}" for w in (0, 1, 2)]) / samples(r, "engine-cnn"),
     ),
     Measure(
-        "6c. default data.num_workers (0) / best of 0, 1, 2 (ImageFolder training)",
+        "6c. data headroom, 32x32 ImageFolder with data.cache=true: loader / model",
+        "x",
+        2.0,
+        2.0,
+        True,
+        lambda r: samples(r, "loader-folder-cache") / samples(r, "engine-cnn"),
+    ),
+    Measure(
+        "6d. default data.num_workers (0) / best of 0, 1, 2 (ImageFolder training)",
         "x",
         0.95,
         0.95,
@@ -139,7 +148,7 @@ MEASURES = [
         lambda r: samples(r, "engine-folder-w0") / best(r, WORKER_JOBS),
     ),
     Measure(
-        "6d. default threads / best of 1, 2 (CNN training)",
+        "6e. default threads / best of 1, 2 (CNN training)",
         "x",
         0.95,
         0.95,
@@ -172,12 +181,15 @@ def jobs_for(project: Path, folder: Path, python: str) -> dict:
         "lightning-mlp": [*contender, "lightning", "mlp", *MLP],
         "engine-cnn-t1": [*contender, "engine", "cnn", *CNN, "--threads", "1"],
         "engine-cnn-t2": [*contender, "engine", "cnn", *CNN, "--threads", "2"],
-        "loader-cnn": [*contender, "loader", "cnn", "--warmup", "10", "--steps", "300"],
+        "loader-cnn": [*contender, "loader", "cnn", *LOADER],
     }
     for workers in (0, 1, 2):
         workers_set = [*on_folder, f"data.num_workers={workers}"]
         jobs[f"loader-folder-w{workers}"] = [*contender, "loader", "cnn", *CNN, *workers_set]
         jobs[f"engine-folder-w{workers}"] = [*contender, "engine", "cnn", *CNN, *workers_set]
+    # The images decoded once into memory (not timed), then cropped and flipped per batch.
+    cached = [*on_folder, "data.cache=true"]
+    jobs["loader-folder-cache"] = [*contender, "loader", "cnn", *LOADER, *cached]
     runners = {
         name: (lambda command=command: run_contender(command)) for name, command in jobs.items()
     }

@@ -1,10 +1,13 @@
 """Datasets and samplers: the built-in shapes, the user's image folders and batch order."""
 
+import random
+import struct
 from collections import Counter
 
 import pytest
 import torch
 from conftest import write_images
+from PIL import Image
 
 from {{ cookiecutter.package_name }}.config import (
     ConfigError,
@@ -12,10 +15,12 @@ from {{ cookiecutter.package_name }}.config import (
 )
 from {{ cookiecutter.package_name }}.data import (
     STATS_FILE,
+    CachedImages,
     ShardSampler,
     build_datasets,
     build_loader,
     epoch_batch_sampler,
+    sample_seed,
     save_stats,
 )
 from {{ cookiecutter.package_name }}.shapes import (
@@ -322,3 +327,197 @@ def test_missing_torchvision_files_name_the_folder_and_the_setting(tmp_path, dat
 def test_unknown_dataset_raises_config_error():
     with pytest.raises(ConfigError, match="nosuchdata"):
         build_datasets(small_data(dataset="nosuchdata"), seed=0)
+
+
+def write_odd_sized_images(root, mode: str = "RGB") -> None:
+    """root/{train,val}/{a,b}/*.png: noise of many sizes, wider or taller, some square, so
+    that every rounding of a resize or crop shows."""
+    noise = random.Random(0)
+    for split, count in (("train", 9), ("val", 5)):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                width, height = noise.randint(16, 41), noise.randint(16, 41)
+                if index == 0:
+                    height = width
+                pixels = noise.randbytes(width * height * 3)
+                image = Image.frombytes("RGB", (width, height), pixels).convert(mode)
+                image.save(root / split / name / f"{index}.png")
+
+
+@pytest.mark.parametrize(("resize", "mode"), [(None, "RGB"), (0, "RGB"), (21, "RGB"), (33, "L")])
+def test_cached_images_equal_the_uncached_tensors_bit_for_bit(tmp_path, resize, mode):
+    """Centre crops (evaluation's, and training's without random crops and flips) and the
+    normalisation statistics, for any aspect ratio: the cache resizes with the same PIL
+    call and computes as ToTensor and Normalize do."""
+    write_odd_sized_images(tmp_path, mode)
+    settings = dict(resize=resize, random_crop=False, flip=False)
+    files = build_datasets(images_config(tmp_path, **settings), seed=0)
+    cached = build_datasets(images_config(tmp_path, cache=True, **settings), seed=0)
+    assert isinstance(cached.val, CachedImages) and cached.in_channels == files.in_channels
+    assert cached.stats_source == "computed"
+    assert cached.mean == files.mean and cached.std == files.std
+    for name in ("train", "val"):
+        uncached, memory = getattr(files, name), getattr(cached, name)
+        assert len(memory) == len(uncached)
+        expected = torch.stack([uncached[index][0] for index in range(len(uncached))])
+        images, labels = memory[torch.arange(len(memory))]  # one batch: all of them
+        assert images.dtype == torch.float32 and torch.equal(images, expected)
+        assert labels.tolist() == uncached.targets
+    loader = build_loader(cached.val, images_config(tmp_path, batch_size=4), train=False, seed=0)
+    assert torch.equal(torch.cat([images for images, _ in loader]), expected)
+
+
+def write_mnist_files(root, train: int, test: int) -> None:
+    """MNIST's four raw files, filled with noise: what torchvision's MNIST reads."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, count in (("train", train), ("t10k", test)):
+        noise = torch.Generator().manual_seed(count)
+        images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8, generator=noise)
+        labels = torch.arange(count, dtype=torch.uint8) % 10
+        header = struct.pack(">IIII", 2051, count, 28, 28)
+        (raw / f"{name}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
+        header = struct.pack(">II", 2049, count)
+        (raw / f"{name}-labels-idx1-ubyte").write_bytes(header + labels.numpy().tobytes())
+
+
+def test_cache_serves_a_torchvision_dataset_as_its_files_would(tmp_path):
+    write_mnist_files(tmp_path, train=30, test=10)
+    settings = dict(dataset="mnist", root=str(tmp_path), random_crop=False, flip=False)
+    files = build_datasets(small_data(**settings), seed=0)
+    cached = build_datasets(small_data(**settings, cache=True), seed=0)
+    assert isinstance(cached.train, CachedImages) and len(cached.train) == 30
+    assert cached.in_channels == 1 and cached.mean == files.mean and cached.std == files.std
+    expected = torch.stack([files.val[index][0] for index in range(10)])
+    images, labels = cached.val[torch.arange(10)]
+    assert torch.equal(images, expected) and labels.tolist() == [i % 10 for i in range(10)]
+
+
+def position_coded(count: int, side: int) -> CachedImages:
+    """Images whose pixels tell where they came from: channel 0 the row, 1 the column,
+    2 the image; with mean 0 and std 1, a crop shows its origin as value * 255."""
+    rows = torch.arange(side).view(1, side, 1).expand(count, side, side)
+    columns = torch.arange(side).view(1, 1, side).expand(count, side, side)
+    number = torch.arange(count).view(count, 1, 1).expand(count, side, side)
+    images = torch.stack([rows, columns, number], dim=1).to(torch.uint8)
+    labels = torch.arange(count) % 2
+    return CachedImages(images, labels, ["a", "b"], 8, (0.0,) * 3, (1.0,) * 3)
+
+
+def origins(images: torch.Tensor) -> torch.Tensor:
+    return (images * 255).round().long()
+
+
+def epoch_batches(loader, epoch: int, start_batch: int = 0) -> list:
+    epoch_batch_sampler(loader).set_epoch(epoch, start_batch)
+    return list(loader)
+
+
+def test_cached_training_crops_and_flips_stay_in_bounds_and_vary():
+    dataset = position_coded(count=40, side=12)
+    cfg = small_data(batch_size=8)
+    loader = build_loader(dataset, cfg, train=True, seed=0)
+    seen, flipped, augmentations = set(), set(), {}
+    for epoch in (0, 1):
+        for images, labels in epoch_batches(loader, epoch):
+            assert images.shape == (8, 3, 8, 8) and images.dtype == torch.float32
+            pixels = origins(images)
+            for image, label in zip(pixels, labels, strict=True):
+                number = int(image[2, 0, 0])
+                assert (image[2] == number).all() and label == number % 2
+                rows, columns = image[0, :, 0], image[1, 0, :]
+                top, left = int(rows[0]), int(columns.min())
+                # A window of the source: consecutive rows, columns forwards or mirrored.
+                assert torch.equal(image[0], rows.view(-1, 1).expand(8, 8))
+                assert torch.equal(image[1], columns.view(1, -1).expand(8, 8))
+                assert torch.equal(rows, torch.arange(top, top + 8))
+                steps = torch.arange(left, left + 8)
+                is_flipped = bool(columns[0] > columns[-1])
+                assert torch.equal(columns, steps.flip(0) if is_flipped else steps)
+                assert 0 <= top <= 4 and 0 <= left <= 4
+                seen.add((top, left))
+                flipped.add(is_flipped)
+                augmentations.setdefault(number, []).append((top, left, is_flipped))
+    assert len(seen) > 10 and flipped == {True, False}
+    # The same image gets other crops and flips in another epoch (nearly always).
+    changed = [number for number, (first, second) in augmentations.items() if first != second]
+    assert len(changed) >= 30
+
+
+def test_cached_augmentation_follows_seed_epoch_and_indices_only():
+    dataset = position_coded(count=40, side=12)
+    cfg = small_data(batch_size=8)
+    straight = [epoch_batches(build_loader(dataset, cfg, train=True, seed=0), e) for e in (0, 1)]
+    torch.manual_seed(123)  # the global RNG plays no part
+    loader = build_loader(dataset, cfg, train=True, seed=0)
+    for epoch in (1, 0):
+        # Started in the middle of the epoch, as a resumed run is: the very same batches.
+        resumed = epoch_batches(loader, epoch, start_batch=2)
+        for (images, labels), (expected, expected_labels) in zip(
+            resumed, straight[epoch][2:], strict=True
+        ):
+            assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
+    indices = torch.tensor([5, 3, 17])
+    batch = [
+        dataset.augmented(indices, torch.Generator().manual_seed(sample_seed(0, 1, 5)), True, True)
+        for _ in range(2)
+    ]
+    assert torch.equal(batch[0][0], batch[1][0])
+    other_seed = epoch_batches(build_loader(dataset, cfg, train=True, seed=1), 0)
+    assert not torch.equal(other_seed[0][0], straight[0][0][0])
+    plain = small_data(batch_size=8, random_crop=False, flip=False)
+    for images, _ in epoch_batches(build_loader(dataset, plain, train=True, seed=0), 0):
+        assert torch.equal(images, dataset[origins(images)[:, 2, 0, 0]][0])
+
+
+def test_cached_micro_batches_of_two_ranks_equal_one_process_accumulating_two():
+    """Each rank's batch is a slice of the global batch and is augmented from its own first
+    index, so 2 ranks see exactly the micro-batches of 1 process with grad_accum_steps=2."""
+    dataset = position_coded(count=48, side=12)
+    cfg = small_data(batch_size=8)
+    alone = epoch_batches(build_loader(dataset, cfg, train=True, seed=0), 1)
+    ranks = [
+        epoch_batches(build_loader(dataset, cfg, train=True, seed=0, rank=r, world_size=2), 1)
+        for r in (0, 1)
+    ]
+    assert len(alone) == 6 and len(ranks[0]) == len(ranks[1]) == 3
+    for step in range(3):
+        for rank in (0, 1):
+            assert torch.equal(ranks[rank][step][0], alone[2 * step + rank][0])
+
+
+def test_cache_leaves_out_an_image_that_fails_to_decode_or_names_it(tmp_path, project_log):
+    """A JPEG missing its last 50 bytes passes the check of the files (a few more missing
+    would not); decoding it for the cache finds the damage, in a worker too: one line naming
+    it, or with data.skip_bad a warning and one image less."""
+    write_images(tmp_path, {"a": 6, "b": 6}, suffix=".jpg")
+    victim = tmp_path / "a" / "002.jpg"
+    victim.write_bytes(victim.read_bytes()[:-50])
+    for workers in (0, 2):
+        with pytest.raises(ConfigError) as error:
+            build_datasets(images_config(tmp_path, cache=True, num_workers=workers), seed=0)
+        message = str(error.value)
+        assert "\n" not in message and str(victim) in message and "data.skip_bad" in message
+    bundle = build_datasets(images_config(tmp_path, cache=True, skip_bad=True), seed=0)
+    assert len(bundle.train) + len(bundle.val) == 11
+    assert f"skipping: {victim} is not a readable image" in project_log.text
+
+
+def test_cache_larger_than_the_memory_is_a_clear_error(tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }} import data
+
+    write_images(tmp_path, {"a": 5, "b": 5})
+    monkeypatch.setattr(data, "available_memory", lambda device: 2**20 // 10)
+    with pytest.raises(ConfigError) as error:
+        build_datasets(images_config(tmp_path, image_size=16, resize=640, cache=True), seed=0)
+    message = str(error.value)  # 10 images of 3x640x640 bytes
+    assert "needs 11.7 MB" in message and "cpu has 0.1 MB available" in message
+    assert "data.cache=false" in message and "data.resize" in message
+    # The training device is checked too, before the images are moved there.
+    monkeypatch.setattr(
+        data, "available_memory", lambda device: 0 if device.type == "meta" else 2**40
+    )
+    bundle = build_datasets(images_config(tmp_path, cache=True), seed=0)
+    with pytest.raises(ConfigError, match="meta has 0.0 MB available"):
+        bundle.train.to(torch.device("meta"))

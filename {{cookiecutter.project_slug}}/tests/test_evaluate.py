@@ -115,6 +115,53 @@ def test_top5_accuracy_with_more_than_five_classes(small_config, tmp_path, read_
     assert result.top_k is not None and result.accuracy <= result.top_k <= 1
 
 
+def test_training_on_cached_images_learns_and_evaluate_agrees(
+    trained_run, tmp_path, run_python, read_metrics
+):
+    """data.cache=true on the same folder (the unreadable file left out at the check): it
+    learns, and evaluate.py, which reads the files without a cache, counts the very same
+    validation accuracy, as the cached tensors equal the uncached ones."""
+    images, _ = trained_run
+    run_dir = tmp_path / "cached"
+    settings = [*SMALL_OVERRIDES, *IMAGE_SETTINGS, f"data.root={images}", "data.skip_bad=true"]
+    settings += ["data.cache=true", f"run.dir={run_dir}"]
+    assert main(load_config([DEFAULT_CONFIG], settings)) == 0
+    rows = read_metrics(run_dir)
+    assert float(rows[-1]["val_acc"]) >= 0.7  # chance is 1/3
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert "data.cache: 33 train + 9 val images decoded into memory, 3x19x19 each" in log
+    result = run_python("evaluate.py", f"run.resume={run_dir / 'checkpoints' / 'last.pt'}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "eval" / "last" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["images"] == 9
+    assert metrics["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-9)
+
+
+# python train.py ARGS, with the memory available for the cache patched to 1000 bytes.
+TRAIN_WITH_LITTLE_MEMORY = """
+import runpy, sys
+from {{ cookiecutter.package_name }} import data
+data.available_memory = lambda device: 1000
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_cache_too_large_for_the_memory_exits_2_before_the_run_folder(
+    trained_run, tmp_path, run_python
+):
+    images, _ = trained_run
+    run_dir = tmp_path / "run"
+    settings = [*SMALL_OVERRIDES, *IMAGE_SETTINGS, f"data.root={images}", "data.skip_bad=true"]
+    settings += ["data.cache=true", f"run.dir={run_dir}"]
+    result = run_python("-c", TRAIN_WITH_LITTLE_MEMORY, *settings)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip()
+    assert error.startswith("error: data.cache=true needs ") and "\n" not in error
+    assert "cpu has 0.0 MB available" in error and "data.cache=false" in error
+    assert not run_dir.exists()  # no run folder, so no checkpoint
+
+
 def test_a_run_folder_means_its_best_checkpoint(trained_run):
     _, run_dir = trained_run
     assert resolve_checkpoint(run_dir) == run_dir / "checkpoints" / "best.pt"

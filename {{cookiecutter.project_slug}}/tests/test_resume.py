@@ -74,6 +74,11 @@ IMAGE_RUNS = {
     "images-straight-2-workers": (2, []),
     "images-mid-epoch-2-workers": (2, ["step:5"]),
 }
+# The same images decoded once into memory (data.cache), augmented a batch at a time.
+CACHED_RUNS = {
+    "cached-straight": (0, []),
+    "cached-mid-epoch-2-workers": (2, ["step:5"]),
+}
 
 
 def write_random_images(root: Path) -> None:
@@ -107,12 +112,13 @@ def killed_runs(tmp_path_factory, small_overrides, subprocess_env):
     for name, (workers, kills) in SHAPE_RUNS.items():
         base = [*small_overrides, *EPOCHS, WORKERS[workers], f"run.dir={root / name}"]
         runs[name] = {"dir": str(root / name), "segments": segments(base, kills)}
-    for name, (workers, kills) in IMAGE_RUNS.items():
+    for name, (workers, kills) in {**IMAGE_RUNS, **CACHED_RUNS}.items():
         base = [
             *small_overrides,
             *IMAGE_SETTINGS,
             f"data.root={images}",
             WORKERS[workers],
+            f"data.cache={str(name in CACHED_RUNS).lower()}",
             f"run.dir={root / name}",
         ]
         runs[name] = {"dir": str(root / name), "segments": segments(base, kills)}
@@ -161,6 +167,16 @@ def test_augmented_images_resume_exactly_with_any_worker_count(killed_runs, asse
     check_fates(root, result, name, IMAGE_RUNS[name][1])
     assert_same_run(root / "images-straight", root / name)
     assert load_checkpoint(root / name / "checkpoints" / "last.pt")["progress"]["global_step"] == 9
+
+
+def test_cached_images_resume_exactly(killed_runs, assert_same_run):
+    root, result = killed_runs
+    check_fates(root, result, "cached-straight", [])
+    check_fates(root, result, "cached-mid-epoch-2-workers", ["step:5"])
+    resumed = segment_log(root, "cached-mid-epoch-2-workers", 1)
+    assert "data.cache: 24 train + 8 val images decoded into memory" in resumed
+    assert "resumed from" in resumed and "epoch 2, batch 1, step 4" in resumed
+    assert_same_run(root / "cached-straight", root / "cached-mid-epoch-2-workers")
 
 
 def test_augmentations_differ_between_epochs_and_samples(killed_runs):

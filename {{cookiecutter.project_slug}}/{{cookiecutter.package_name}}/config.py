@@ -83,6 +83,13 @@ class DataConfig:
     )
     batch_size: int = setting(128, "samples per batch (per process under DDP)", ge=1)
     num_workers: int = setting(0, "DataLoader worker processes (0 loads in the main process)", ge=0)
+    cache: bool = setting(
+        False,
+        "imagefolder and torchvision datasets: decode every image once at the start and keep "
+        "them in memory (uint8, on the training device; side data.resize, or data.image_size "
+        "with data.resize=0); crops, flips and normalisation then run per batch as tensor "
+        "operations",
+    )
     train_size: int = setting(10000, "shapes only: number of training images", ge=1)
     val_size: int = setting(2000, "shapes only: number of validation images", ge=1)
 

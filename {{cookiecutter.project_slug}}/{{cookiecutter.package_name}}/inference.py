@@ -11,7 +11,7 @@ import contextlib
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -160,14 +160,17 @@ class Evaluation:
 def evaluate_checkpoint(trained: TrainedModel) -> Evaluation:
     """Accuracy, top-5, loss and the confusion matrix on the validation set of `trained.cfg`."""
     cfg = trained.cfg
-    data = build_datasets(cfg.data, cfg.seed)
+    # One pass over the validation images needs no data.cache: decoding the training set
+    # too would only cost time and memory, and the cache gives the same validation tensors.
+    data_cfg = replace(cfg.data, cache=False)
+    data = build_datasets(data_cfg, cfg.seed)
     if data.classes != trained.classes:
         raise ConfigError(
             f"the classes of data.root={cfg.data.root!r} ({', '.join(data.classes[:10])}) "
             f"differ from the checkpoint's ({', '.join(trained.classes[:10])}); evaluate on "
             "data with the same class folders"
         )
-    loader = build_loader(data.val, cfg.data, train=False, seed=cfg.seed)
+    loader = build_loader(data.val, data_cfg, train=False, seed=cfg.seed)
     classes = len(trained.classes)
     confusion = torch.zeros(classes, classes, dtype=torch.int64)
     loss_sum, in_top_k = 0.0, 0
