@@ -185,10 +185,13 @@ def test_an_image_that_fails_to_decode_in_a_worker_is_named_or_skipped(
     worker finds the damage: still one line naming the file, or a skip with data.skip_bad."""
     write_images(tmp_path / "images", {"a": 6, "b": 6}, suffix=".jpg")
     victim = tmp_path / "images" / "a" / "002.jpg"
-    # Cut 200 bytes and the check of the files finds it up front; 50 pass that check.
+    # Cut 200 bytes and the check of the files finds it up front; 50 pass that check. Given
+    # statistics, no image is decoded before training (computing them would find it), and
+    # batches of 5 take all 10 training images in the first epoch (none dropped).
     victim.write_bytes(victim.read_bytes()[:-50])
     settings = [*IMAGE_SETTINGS, f"data.root={tmp_path / 'images'}", "data.num_workers=2"]
-    settings.append("train.epochs=1")
+    settings += ["train.epochs=1", "data.batch_size=5"]
+    settings += ["data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"]
     assert run(make_config(*settings)) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "\n" not in error and str(victim) in error
