@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.data import (
 )
 from {{ cookiecutter.package_name }}.distributed import (
     DistributedContext,
+    StopVote,
     all_gather_object,
     all_reduce_sum,
     barrier,
@@ -429,6 +430,21 @@ def test_process_group_failures_are_described_in_one_line(tmp_path, gloo_message
     assert message.startswith(f"rank 0 {reason} (train.ddp_timeout_s=5): ")
     assert gloo_message.splitlines()[0] in message and "run.resume=auto" in message
     assert unrelated is None
+
+
+def test_stop_vote_answers_one_call_late_and_alone_at_once(tmp_path):
+    """Every rank reads the vote of the call before: the same answer at the same step,
+    without waiting for the step in flight."""
+    assert StopVote(torch.device("cpu"))(True) is True  # no process group: no vote to wait for
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        vote = StopVote(torch.device("cpu"))
+        answers = [vote(wish) for wish in (False, True, False, False, True, True)]
+    finally:
+        torch.distributed.destroy_process_group()
+    assert answers == [False, False, True, False, False, True]
 
 
 def test_gather_and_rank_seeds_without_a_process_group():

@@ -180,6 +180,42 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class StopVote:
+    """Whether any rank asked to stop, agreed by all ranks one call late.
+
+    All ranks must stop at the same step, or the others wait for the missing one forever.
+    Each call adds this rank's wish to an all-reduce and returns the outcome of the call
+    before. On a GPU that outcome was copied to the host a whole step earlier, so reading it
+    waits for nothing in flight: the `.item()` of the current vote would make the host wait
+    for every step to finish. (On a CPU the all-reduce is over when it returns anyway.)
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.previous: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+
+    def __call__(self, wants_to_stop: bool) -> bool:
+        if not dist.is_initialized():
+            return wants_to_stop
+        # torch.full is a kernel on the device; torch.tensor([...]) would be a blocking copy.
+        votes = torch.full((1,), float(wants_to_stop), device=self.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        copied = None
+        if self.device.type == "cuda":
+            host = torch.empty(1, pin_memory=True)
+            host.copy_(votes, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            votes = host
+        previous, self.previous = self.previous, (votes, copied)
+        if previous is None:
+            return False
+        votes, copied = previous
+        if copied is not None:
+            copied.synchronize()  # the copy of the previous step's vote: long done
+        return votes.item() > 0
+
+
 def all_gather_object(value) -> list:
     """Every rank's `value`, in rank order (`[value]` when running alone)."""
     if not dist.is_initialized():

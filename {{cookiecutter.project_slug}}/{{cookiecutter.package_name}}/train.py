@@ -47,6 +47,7 @@ from .config import Config, ConfigError, to_dict, to_yaml
 from .data import STATS_FILE, build_datasets, build_loader, epoch_batch_sampler, save_stats
 {% if cookiecutter.use_ddp %}
 from .distributed import (
+    StopVote,
     all_gather_object,
     all_reduce_sum,
     barrier,
@@ -406,6 +407,9 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
 {% endif %}
 
     stop = GracefulStop()
+{% if cookiecutter.use_ddp %}
+    stop_vote = StopVote(device)
+{% endif %}
     last_saved_step = state.global_step if resume else -1
 
     def save(is_best: bool = False) -> None:
@@ -450,9 +454,7 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
         if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
             return True
 {% if cookiecutter.use_ddp %}
-        # All ranks must stop at the same step, or the others wait for it forever.
-        flag = torch.tensor([float(stop.received is not None)], device=device)
-        return all_reduce_sum(flag).item() > 0
+        return stop_vote(stop.received is not None)  # every rank gets the same answer
 {% else %}
         return stop.received is not None
 {% endif %}
