@@ -32,8 +32,8 @@ from .data import (
     is_image_file,
     open_image,
 )
+from .device import pick_device
 from .model import build_model
-from .train import pick_device
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 

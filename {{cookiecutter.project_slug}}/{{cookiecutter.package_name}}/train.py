@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, to_dict, to_yaml
 from .data import STATS_FILE, build_datasets, build_loader, epoch_batch_sampler, save_stats
+from .device import pick_device
 {% if cookiecutter.use_ddp %}
 from .distributed import (
     StopVote,
@@ -78,22 +79,6 @@ from .tensorboard_log import TensorBoardWriter
 {% endif %}
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name}: no CUDA GPU is visible; use train.device=cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device={name}: MPS is not available; use train.device=cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        # Input shapes are fixed, so cuDNN's one-off search for the fastest kernels pays.
-        torch.backends.cudnn.benchmark = True
-    return device
 
 
 def seed_everything(seed: int) -> None:
