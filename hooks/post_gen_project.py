@@ -36,7 +36,7 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
     package = features["package_name"]
     paths = []
     if not as_bool(features.get("use_amp")):
-        paths.append(f"{package}/amp.py")
+        paths += [f"{package}/amp.py", "tests/test_amp.py"]
     if not as_bool(features.get("use_ddp")):
         paths += [f"{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"]
     if not as_bool(features.get("use_safetensors")):

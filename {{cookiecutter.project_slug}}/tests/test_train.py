@@ -4,20 +4,10 @@ import pytest
 import torch
 from conftest import assert_same
 
-{% if cookiecutter.use_amp %}
-from {{ cookiecutter.package_name }}.amp import (
-    amp_dtype,
-    autocast_factory,
-    build_grad_scaler,
-)
-{% endif %}
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import (
     ConfigError,
-{% if cookiecutter.use_amp %}
-    TrainConfig,
-{% endif %}
     load_config,
 )
 from {{ cookiecutter.package_name }}.engine import (
@@ -269,35 +259,3 @@ def test_unknown_model_name_fails_before_creating_the_run_folder(make_config, tm
     with pytest.raises(ConfigError, match="not_a_model"):
         main(make_config("model.name=not_a_model"))
     assert not (tmp_path / "run").exists()
-{% if cookiecutter.use_amp %}
-
-
-def test_amp_dtype_on_cpu():
-    cpu = torch.device("cpu")
-    assert amp_dtype(TrainConfig(amp=True), cpu) is None  # bf16 is slower than fp32 there
-    assert amp_dtype(TrainConfig(amp=True, amp_dtype="bf16"), cpu) is torch.bfloat16
-    assert amp_dtype(TrainConfig(amp=False), cpu) is None
-    assert amp_dtype(TrainConfig(amp=True, amp_dtype="fp16"), cpu) is torch.float16
-    assert amp_dtype(TrainConfig(amp=True), torch.device("meta")) is None
-
-
-def test_grad_scaler_only_for_fp16():
-    cpu = torch.device("cpu")
-    assert not build_grad_scaler(torch.bfloat16, cpu).is_enabled()
-    assert not build_grad_scaler(None, cpu).is_enabled()
-    assert build_grad_scaler(torch.float16, cpu).is_enabled()
-
-
-def test_autocast_factory_runs_matmuls_in_the_amp_dtype():
-    cpu = torch.device("cpu")
-    left, right = torch.randn(4, 4), torch.randn(4, 4)
-    with autocast_factory(torch.bfloat16, cpu)():
-        assert (left @ right).dtype is torch.bfloat16
-    with autocast_factory(None, cpu)():
-        assert (left @ right).dtype is torch.float32
-
-
-def test_training_without_amp_also_runs(make_config, tmp_path):
-    assert main(make_config("train.amp=false", "train.max_steps=2")) == 0
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
-{% endif %}

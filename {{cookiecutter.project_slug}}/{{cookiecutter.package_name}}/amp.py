@@ -1,14 +1,31 @@
-"""Automatic mixed precision: autocast dtype per device, and the fp16 gradient scaler."""
+"""Automatic mixed precision: the autocast dtype per device, and the fp16 gradient scaler.
 
-import contextlib
+Found through `device.precision` (this module exists only in projects generated with mixed
+precision); `train.amp` and `train.amp_dtype` switch it at run time.
+"""
+
 import functools
 import logging
 
 import torch
 
 from .config import ConfigError, TrainConfig
+from .device import Precision, float32_precision
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """Autocast in the dtype `cfg` asks for on `device`, with a grad scaler for fp16."""
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return float32_precision(device)
+    return Precision(
+        autocast=functools.partial(torch.autocast, device_type=device.type, dtype=dtype),
+        # Loss scaling is needed for fp16 only; a disabled scaler passes calls through.
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        dtype=dtype,
+    )
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -28,15 +45,3 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
             "train.amp_dtype=bf16: this GPU does not support bfloat16; use train.amp_dtype=fp16"
         )
     return dtype
-
-
-def autocast_factory(dtype: torch.dtype | None, device: torch.device):
-    """A zero-argument function returning the autocast context for each forward pass."""
-    if dtype is None:
-        return contextlib.nullcontext
-    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-
-
-def build_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling is needed for fp16 only; a disabled scaler passes calls straight through."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

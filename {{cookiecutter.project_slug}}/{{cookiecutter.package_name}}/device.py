@@ -1,12 +1,18 @@
-"""The device to run on: `train.device`, checked against what this machine has.
+"""The device to run on, and the numeric precision of the forward pass on it.
 
-Its own module so that evaluate.py and predict.py pick a device as training does without
-importing the training script's dependencies.
+Its own module so that evaluate.py and predict.py pick a device and precision as training
+does without importing the training script's dependencies.
 """
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
+from .features import feature_module
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -23,3 +29,27 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         # Input shapes are fixed, so cuDNN's one-off search for the fastest kernels pays.
         torch.backends.cudnn.benchmark = True
     return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How forward passes compute: `autocast()` is entered around each one, and `scaler`
+    scales the loss (an fp16 grad scaler; a disabled one passes every call through)."""
+
+    autocast: Callable[[], AbstractContextManager]
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # the autocast dtype; None for plain float32
+
+    def describe(self) -> str:
+        return str(self.dtype) if self.dtype is not None else "off"
+
+
+def float32_precision(device: torch.device) -> Precision:
+    """Plain float32: no autocast, no loss scaling."""
+    return Precision(contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False), None)
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> Precision:
+    """Mixed precision as train.amp asks, in projects generated with it; else float32."""
+    amp = feature_module("amp")
+    return amp.precision(cfg, device) if amp is not None else float32_precision(device)

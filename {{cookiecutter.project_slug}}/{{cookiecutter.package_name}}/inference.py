@@ -5,9 +5,6 @@ model settings), the class names and the normalisation statistics, so the images
 prepared exactly as for validation during training. Used by evaluate.py and predict.py.
 """
 
-{% if not cookiecutter.use_amp %}
-import contextlib
-{% endif %}
 import csv
 import json
 import logging
@@ -18,9 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-{% if cookiecutter.use_amp %}
-from .amp import amp_dtype, autocast_factory
-{% endif %}
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, strip_prefixes
 from .config import Config, ConfigError, load_saved_config
 from .data import (
@@ -32,7 +26,7 @@ from .data import (
     is_image_file,
     open_image,
 )
-from .device import pick_device
+from .device import pick_device, precision
 from .model import build_model
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -126,11 +120,7 @@ def _input_channels(model: nn.Module, weights: dict) -> int:
 
 def _autocast(cfg: Config, device: torch.device):
     """The same autocast as training used, so the figures match the training log."""
-{% if cookiecutter.use_amp %}
-    return autocast_factory(amp_dtype(cfg.train, device), device)
-{% else %}
-    return contextlib.nullcontext
-{% endif %}
+    return precision(cfg.train, device).autocast
 
 
 @dataclass

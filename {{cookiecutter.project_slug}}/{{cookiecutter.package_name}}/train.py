@@ -8,9 +8,6 @@ Run it through the entry point at the project root:
 {% endif %}
 """
 
-{% if not cookiecutter.use_amp %}
-import contextlib
-{% endif %}
 import dataclasses
 import datetime
 import logging
@@ -28,9 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-{% if cookiecutter.use_amp %}
-from .amp import amp_dtype, autocast_factory, build_grad_scaler
-{% endif %}
 from .checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -45,7 +39,7 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, to_dict, to_yaml
 from .data import STATS_FILE, build_datasets, build_loader, epoch_batch_sampler, save_stats
-from .device import pick_device
+from .device import pick_device, precision
 {% if cookiecutter.use_ddp %}
 from .distributed import (
     StopVote,
@@ -317,15 +311,9 @@ def main(cfg: Config, on_epoch_end: Callable[[dict], bool] | None = None) -> int
     total_steps = steps_per_epoch * cfg.train.epochs
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     step_per_batch = cfg.sched.name in PER_STEP_SCHEDULERS
-{% if cookiecutter.use_amp %}
-    dtype = amp_dtype(cfg.train, device)
-    autocast = autocast_factory(dtype, device)
-    scaler = build_grad_scaler(dtype, device)
-    logger.info("mixed precision: %s", dtype or "off")
-{% else %}
-    autocast = contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-{% endif %}
+    numerics = precision(cfg.train, device)
+    autocast, scaler = numerics.autocast, numerics.scaler
+    logger.info("mixed precision: %s", numerics.describe())
 
     state = TrainState()
     if resume is not None:

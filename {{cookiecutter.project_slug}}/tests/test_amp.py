@@ -1,0 +1,41 @@
+"""Mixed precision (use_amp): the autocast dtype per device, the fp16 grad scaler, training."""
+
+import torch
+
+from {{ cookiecutter.package_name }}.amp import amp_dtype
+from {{ cookiecutter.package_name }}.config import TrainConfig
+from {{ cookiecutter.package_name }}.device import precision
+from {{ cookiecutter.package_name }}.train import main
+
+CPU = torch.device("cpu")
+
+
+def test_amp_dtype_on_cpu():
+    assert amp_dtype(TrainConfig(amp=True), CPU) is None  # bf16 is slower than fp32 there
+    assert amp_dtype(TrainConfig(amp=True, amp_dtype="bf16"), CPU) is torch.bfloat16
+    assert amp_dtype(TrainConfig(amp=False), CPU) is None
+    assert amp_dtype(TrainConfig(amp=True, amp_dtype="fp16"), CPU) is torch.float16
+    assert amp_dtype(TrainConfig(amp=True), torch.device("meta")) is None
+
+
+def test_grad_scaler_only_for_fp16():
+    assert not precision(TrainConfig(amp=True, amp_dtype="bf16"), CPU).scaler.is_enabled()
+    assert not precision(TrainConfig(amp=False), CPU).scaler.is_enabled()
+    assert precision(TrainConfig(amp=True, amp_dtype="fp16"), CPU).scaler.is_enabled()
+
+
+def test_autocast_runs_matmuls_in_the_amp_dtype():
+    left, right = torch.randn(4, 4), torch.randn(4, 4)
+    bf16 = precision(TrainConfig(amp=True, amp_dtype="bf16"), CPU)
+    assert bf16.dtype is torch.bfloat16
+    with bf16.autocast():
+        assert (left @ right).dtype is torch.bfloat16
+    off = precision(TrainConfig(amp=False), CPU)
+    assert off.dtype is None
+    with off.autocast():
+        assert (left @ right).dtype is torch.float32
+
+
+def test_training_without_amp_also_runs(make_config, tmp_path):
+    assert main(make_config("train.amp=false", "train.max_steps=2")) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
