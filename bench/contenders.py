@@ -134,12 +134,13 @@ def run_floor(setup: dict, warmup: int, steps: int) -> float:
 
 def run_engine(setup: dict, warmup: int, steps: int) -> float:
     """The project's loader and train_one_epoch, with its scheduler, as train.py sets them up."""
-    from contextlib import nullcontext
     from importlib import import_module
 
     package, cfg = setup["package"], setup["cfg"]
     data = import_module(f"{package}.data")
+    device = import_module(f"{package}.device")
     engine = import_module(f"{package}.engine")
+    device = import_module(f"{package}.device")
     log = import_module(f"{package}.log")
     optim = import_module(f"{package}.optim")
 
@@ -148,9 +149,18 @@ def run_engine(setup: dict, warmup: int, steps: int) -> float:
     per_epoch = batches.batches_per_epoch
     total = warmup + steps
     scheduler = optim.build_scheduler(cfg.sched, setup["optimizer"], per_epoch, total)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    state = engine.TrainState()
+    cpu = torch.device("cpu")
     cfg.train.log_every = 10**9  # logging is measured in the per-step overhead only when due
+    trainer = engine.Trainer(
+        setup["model"],
+        setup["optimizer"],
+        scheduler,
+        step_scheduler_per_batch=cfg.sched.name in optim.PER_STEP_SCHEDULERS,
+        precision=device.float32_precision(cpu),
+        cfg=cfg.train,
+        device=cpu,
+    )
+    state = engine.TrainState()
     marks = {}
 
     def after_step() -> bool:
@@ -162,21 +172,7 @@ def run_engine(setup: dict, warmup: int, steps: int) -> float:
 
     while state.global_step < total:
         batches.set_epoch(state.epoch, state.batch_in_epoch)
-        engine.train_one_epoch(
-            setup["model"],
-            loader,
-            per_epoch,
-            setup["optimizer"],
-            scaler,
-            scheduler,
-            cfg.sched.name in optim.PER_STEP_SCHEDULERS,
-            state,
-            cfg.train,
-            torch.device("cpu"),
-            nullcontext,
-            after_step,
-            log.NoProgressBar(),
-        )
+        engine.train_one_epoch(trainer, loader, per_epoch, state, after_step, log.NoProgressBar())
         if state.batch_in_epoch >= per_epoch:
             state.start_epoch(state.epoch + 1)
     return marks["end"] - marks["start"]

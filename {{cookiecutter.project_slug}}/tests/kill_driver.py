@@ -29,7 +29,6 @@ KILL is `none` or `WHEN:STEP`, WHEN being one of
                  kill_inside_first_save).
 """
 
-import inspect
 import json
 import mmap
 import os
@@ -41,7 +40,6 @@ from pathlib import Path
 
 import torch
 
-from {{ cookiecutter.package_name }} import train as train_module
 from {{ cookiecutter.package_name }}.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -49,6 +47,7 @@ from {{ cookiecutter.package_name }}.checkpoint import (
 )
 from {{ cookiecutter.package_name }}.cli import parse_command_line
 from {{ cookiecutter.package_name }}.model import flops_per_sample
+from {{ cookiecutter.package_name }}.train import Hooks, run
 
 
 def die() -> None:
@@ -57,42 +56,21 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def install_kill(kill: str) -> None:
-    """Patch the training code of this process so that it SIGKILLs itself at `kill`."""
+def install_kill(kill: str, hooks: Hooks) -> None:
+    """Set `hooks` (or, inside scheduler.step, torch's scheduler) so that this process
+    SIGKILLs itself at `kill`."""
     if kill == "none":
         return
     when, step = kill.split(":")
     step = int(step)
-    if when == "step":
-        original = train_module.train_one_epoch
+    if when in ("step", "save_before", "save_after"):
+        point = {"step": "after_step", "save_before": "before_save", "save_after": "after_save"}
 
-        def train_one_epoch(*args, **kwargs):
-            bound = inspect.signature(original).bind(*args, **kwargs)
-            state = bound.arguments["state"]
-            after_step = bound.arguments.get("after_step", lambda: False)
-
-            def killing_after_step():
-                if state.global_step == step:
-                    die()
-                return after_step()
-
-            bound.arguments["after_step"] = killing_after_step
-            return original(*bound.args, **bound.kwargs)
-
-        train_module.train_one_epoch = train_one_epoch
-    elif when in ("save_before", "save_after"):
-        original_save = CheckpointManager.save
-
-        def save(self, state, *args, **kwargs):
-            at_step = state["progress"]["global_step"] == step
-            if at_step and when == "save_before":
+        def die_at_step(state) -> None:
+            if state.global_step == step:
                 die()
-            path = original_save(self, state, *args, **kwargs)
-            if at_step:
-                die()
-            return path
 
-        CheckpointManager.save = save
+        setattr(hooks, point[when], chain(getattr(hooks, point[when]), die_at_step))
     elif when == "scheduler":
         original_step = torch.optim.lr_scheduler.LRScheduler.step
 
@@ -105,19 +83,28 @@ def install_kill(kill: str) -> None:
 
         torch.optim.lr_scheduler.LRScheduler.step = scheduler_step
     elif when == "save_op":
-        kill_inside_first_save(step)
+        kill_inside_first_save(step, hooks)
     else:
         raise SystemExit(f"unknown kill point {kill!r}")
+
+
+def chain(first, second):
+    """A hook that calls `first`, then `second`."""
+
+    def both(state) -> None:
+        first(state)
+        second(state)
+
+    return both
 
 
 FILE_OPERATIONS = ("fsync", "replace", "link", "unlink")
 
 
-def kill_inside_first_save(index: int) -> None:
+def kill_inside_first_save(index: int, hooks: Hooks) -> None:
     """Die just before the `index`-th file operation (os.fsync, os.replace, os.link,
     os.unlink) of the first checkpoint save of this process; a save with fewer
     operations completes, and so does the run."""
-    original_save = CheckpointManager.save
     count = {"operations": 0, "saves": 0, "in_first_save": False}
 
     def counted(name: str, function):
@@ -134,21 +121,22 @@ def kill_inside_first_save(index: int) -> None:
     for name in FILE_OPERATIONS:
         setattr(os, name, counted(name, getattr(os, name)))
 
-    def save(self, *args, **kwargs):
+    def before_save(state) -> None:
         count["saves"] += 1
         count["in_first_save"] = count["saves"] == 1
-        try:
-            return original_save(self, *args, **kwargs)
-        finally:
-            count["in_first_save"] = False
 
-    CheckpointManager.save = save
+    def after_save(state) -> None:
+        count["in_first_save"] = False
+
+    hooks.before_save = chain(hooks.before_save, before_save)
+    hooks.after_save = chain(hooks.after_save, after_save)
 
 
-def train(argv: list[str], kill: str = "none") -> int:
-    install_kill(kill)
+def train(argv: list[str], kill: str = "none", hooks: Hooks | None = None) -> int:
+    hooks = hooks or Hooks()
+    install_kill(kill, hooks)
     cfg, _ = parse_command_line(argv)
-    return train_module.run(cfg)
+    return run(cfg, hooks)
 
 
 def warm_up() -> None:
@@ -174,9 +162,7 @@ def fork_training(argv: list[str], kill: str, log: Path, in_save=None) -> int:
         descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
-        if in_save is not None:
-            flag_saves(in_save)
-        code = train(argv, kill)
+        code = train(argv, kill, flag_saves(in_save) if in_save is not None else None)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:
@@ -189,18 +175,17 @@ def fork_training(argv: list[str], kill: str, log: Path, in_save=None) -> int:
         os._exit(code)
 
 
-def flag_saves(in_save) -> None:
-    """in_save[0] is 1 while a save runs; in_save[1] becomes 1 at the first save."""
-    original_save = CheckpointManager.save
+def flag_saves(in_save) -> Hooks:
+    """Hooks by which in_save[0] is 1 while a save runs, and in_save[1] becomes 1 at the
+    first save."""
 
-    def save(self, *args, **kwargs):
+    def before_save(state) -> None:
         in_save[0] = in_save[1] = 1
-        try:
-            return original_save(self, *args, **kwargs)
-        finally:
-            in_save[0] = 0
 
-    CheckpointManager.save = save
+    def after_save(state) -> None:
+        in_save[0] = 0
+
+    return Hooks(before_save=before_save, after_save=after_save)
 
 
 def reap(pid: int) -> list:

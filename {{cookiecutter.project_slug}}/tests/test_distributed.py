@@ -22,6 +22,7 @@ from {{ cookiecutter.package_name }}.data import (
     build_loader,
     epoch_batch_sampler,
 )
+from {{ cookiecutter.package_name }}.device import float32_precision
 from {{ cookiecutter.package_name }}.distributed import (
     DistributedContext,
     StopVote,
@@ -34,7 +35,7 @@ from {{ cookiecutter.package_name }}.distributed import (
     rank_seed,
     wrap_model,
 )
-from {{ cookiecutter.package_name }}.engine import TrainState, train_one_epoch
+from {{ cookiecutter.package_name }}.engine import Trainer, TrainState, train_one_epoch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -372,19 +373,17 @@ def test_accumulation_all_reduces_gradients_only_on_the_updating_micro_batch(tmp
             optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
             batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(4)]
-            train_one_epoch(
+            cpu = torch.device("cpu")
+            trainer = Trainer(
                 model,
-                batches,
-                len(batches),
                 optimizer,
-                torch.amp.GradScaler("cpu", enabled=False),
                 scheduler,
-                False,
-                TrainState(),
-                TrainConfig(grad_accum_steps=accumulation),
-                torch.device("cpu"),
-                contextlib.nullcontext,
+                step_scheduler_per_batch=False,
+                precision=float32_precision(cpu),
+                cfg=TrainConfig(grad_accum_steps=accumulation),
+                device=cpu,
             )
+            train_one_epoch(trainer, batches, len(batches), TrainState())
             calls[accumulation] = len(reduced)
         # wrap_model passes train.find_unused_parameters on (off unless asked for).
         two_ranks = DistributedContext(rank=0, world_size=2)
@@ -574,7 +573,7 @@ def test_slurm_script_starts_torchrun_on_every_node_with_the_job_rendezvous(tmp_
 
 
 def test_each_rank_resumes_its_own_random_stream():
-    from {{ cookiecutter.package_name }}.train import rng_of_rank
+    from {{ cookiecutter.package_name }}.distributed import rng_of_rank
 
     states = [{"torch": torch.tensor([rank])} for rank in range(2)]
     checkpoint = {"rng": states[0], "rng_per_rank": states}

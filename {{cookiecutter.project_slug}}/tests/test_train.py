@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }}.engine import (
 )
 from {{ cookiecutter.package_name }}.shapes import SHAPE_CLASSES
 from {{ cookiecutter.package_name }}.train import (
+    Hooks,
     main,
     run,
 )
@@ -146,7 +147,7 @@ def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()  # no epoch was finished
 
 
-def test_on_epoch_end_sees_each_row_and_can_stop_the_run(make_config, tmp_path, read_metrics):
+def test_after_epoch_hook_sees_each_row_and_can_stop_the_run(make_config, tmp_path, read_metrics):
     seen = []
 
     def stop_after_second_epoch(row: dict) -> bool:
@@ -154,7 +155,7 @@ def test_on_epoch_end_sees_each_row_and_can_stop_the_run(make_config, tmp_path, 
         return len(seen) == 2
 
     cfg = make_config("data.train_size=64", "train.epochs=4")
-    assert main(cfg, on_epoch_end=stop_after_second_epoch) == 0
+    assert main(cfg, Hooks(after_epoch=stop_after_second_epoch)) == 0
     assert [row["epoch"] for row in seen] == [0, 1]
     rows = read_metrics(tmp_path / "run")
     assert [float(row["val_loss"]) for row in rows] == pytest.approx(
@@ -164,6 +165,32 @@ def test_on_epoch_end_sees_each_row_and_can_stop_the_run(make_config, tmp_path, 
     progress = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]
     assert (progress["epoch"], progress["global_step"]) == (2, 4)
     assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_step_and_save_hooks_see_every_step_and_every_save(make_config, tmp_path):
+    calls = []
+    hooks = Hooks(
+        after_step=lambda state: calls.append(("step", state.global_step)),
+        before_save=lambda state: calls.append(("before_save", state.global_step)),
+        after_save=lambda state: calls.append(("after_save", state.global_step)),
+    )
+    # 64 images in batches of 32: 2 steps an epoch; saves at each epoch's end and at step 3.
+    cfg = make_config("data.train_size=64", "train.epochs=2", "run.save_every_steps=3")
+    assert main(cfg, hooks) == 0
+    assert calls == [
+        ("step", 1),
+        ("step", 2),
+        ("before_save", 2),
+        ("after_save", 2),
+        ("step", 3),
+        ("before_save", 3),
+        ("after_save", 3),
+        ("step", 4),
+        ("before_save", 4),
+        ("after_save", 4),
+    ]
+    # A checkpoint is on disk by the time after_save is called.
+    assert (tmp_path / "run" / "checkpoints" / "step-00000004.pt").is_file()
 
 
 def test_save_every_steps_and_keep_last(make_config, tmp_path):

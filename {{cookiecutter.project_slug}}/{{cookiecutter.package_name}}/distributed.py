@@ -2,19 +2,40 @@
 
 torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every
 process. Without them (a plain `python train.py`) everything here falls back to a single
-process, so one code path serves both.
+process, so one code path serves both. The training code reaches this module through
+`processes.join`, which returns `DistributedProcesses` below.
 """
 
+import dataclasses
 import datetime
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import ConfigError
+from .checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from .config import Config, ConfigError, TrainConfig
+from .engine import TrainState
+from .processes import SingleProcess
+from .resume import find_resume
+from .runs import RUNS, resolve_run_dir
+from .seeding import seed_everything
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+# In a default run folder made under torchrun: the id of the torchrun job that made it.
+JOB_ID_FILE = ".torchrun-job-id"
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -270,3 +291,128 @@ def cleanup() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+class DistributedProcesses(SingleProcess):
+    """The ranks of a torchrun job, as `processes.SingleProcess` describes them.
+
+    Rank 0 alone writes the run folder and chooses what every rank resumes from; the others
+    take its choices through broadcasts, so that no two ranks ever disagree.
+    """
+
+    def __init__(self, context: DistributedContext) -> None:
+        self.rank, self.local_rank = context.rank, context.local_rank
+        self.world_size = context.world_size
+        self.context = context
+
+    def this_attempt(self, cfg: Config) -> Config:
+        if restart_count() == 0:
+            return cfg
+        # torchrun restarted every worker after one failed: continue from the newest
+        # checkpoint of this run, whatever run.resume said at the first start.
+        logger.info("torchrun restart %d: continuing from the newest checkpoint", restart_count())
+        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume="auto"))
+
+    def run_dir(self, cfg: Config) -> Path:
+        return broadcast_object(job_run_dir(cfg) if self.is_main else None)
+
+    def find_resume(self, cfg: Config, checkpoints: CheckpointManager) -> tuple[Path, dict] | None:
+        """Rank 0 chooses the checkpoint and every rank loads that very file, so none
+        disagree (and none waits forever for a rank that chose differently or failed)."""
+        found, choice = None, None
+        if self.is_main:
+            try:
+                found = find_resume(cfg, checkpoints)
+                choice = ("path", str(found[0])) if found else ("none", "")
+            except ConfigError as error:
+                choice = ("config", str(error))
+            except CheckpointError as error:
+                choice = ("checkpoint", str(error))
+        kind, value = broadcast_object(choice)
+        if kind == "config":
+            raise ConfigError(value)
+        if kind == "checkpoint":
+            raise CheckpointError(value)
+        if kind == "none" or self.is_main:
+            return found
+        return Path(value), load_checkpoint(Path(value))
+
+    def made_run_dir(self, run_dir: Path) -> None:
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # for job_run_dir after a restart
+            job_id = os.environ["TORCHELASTIC_RUN_ID"]
+            (run_dir / JOB_ID_FILE).write_text(job_id, encoding="utf-8")
+
+    def wrap_model(self, model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
+        train = cfg.train
+        model = wrap_model(
+            model, device, self.context, train.sync_batchnorm, train.find_unused_parameters
+        )
+        if self.context.enabled:
+            # Every rank was seeded alike, so all start from the same weights (DDP also
+            # copies rank 0's); from here on each draws its own random numbers, or all
+            # ranks would drop out the same units of their different samples.
+            seed_everything(rank_seed(cfg.seed, self.rank))
+        return model
+
+    def rng_states_of_ranks(self) -> dict:
+        return {"rng_per_rank": all_gather_object(rng_state())}
+
+    def restore(self, state: TrainState, checkpoint: dict, seed: int) -> None:
+        if self.rank != 0:  # the checkpoint's running sums are the totals over all ranks
+            state.loss_sum, state.correct, state.seen = 0.0, 0.0, 0
+        own_rng = rng_of_rank(checkpoint, self.rank, self.world_size)
+        if own_rng is not None:
+            set_rng_state(own_rng)
+            return
+        logger.warning(
+            "the checkpoint was saved by another number of processes: the random "
+            "streams (dropout) start afresh, so this run will not repeat the original"
+        )
+        seed_everything(rank_seed(seed + state.global_step, self.rank))
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(values)
+
+    def barrier(self) -> None:
+        barrier()
+
+    def stop_vote(self, device: torch.device) -> Callable[[bool], bool]:
+        return StopVote(device)
+
+    def leave(self) -> None:
+        cleanup()
+
+
+def join(cfg: TrainConfig) -> DistributedProcesses:
+    """This process's rank in the torchrun job (rank 0 of 1 without torchrun)."""
+    return DistributedProcesses(init_distributed(cfg.ddp_timeout_s, cfg.device))
+
+
+def describe_failure(error: BaseException, cfg: TrainConfig) -> str | None:
+    """`describe_collective_failure` with train.ddp_timeout_s (see processes.describe_failure)."""
+    return describe_collective_failure(error, cfg.ddp_timeout_s)
+
+
+def job_run_dir(cfg: Config) -> Path:
+    """The run folder, the same in every attempt of one torchrun job.
+
+    `torchrun --max-restarts=N` starts all workers again with the same arguments after one
+    fails. A default run.dir holds the start time, so a restart looks for the folder whose
+    JOB_ID_FILE names this job (torchrun's --rdzv-id; --standalone makes a unique one).
+    """
+    job_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if restart_count() > 0 and job_id and not cfg.run.dir and not cfg.run.resume:
+        markers = sorted(RUNS.glob(f"*/{JOB_ID_FILE}"), key=os.path.getmtime)
+        for marker in reversed(markers):
+            if marker.parent.is_symlink():  # runs/latest
+                continue
+            if marker.read_text(encoding="utf-8").strip() == job_id:
+                return marker.parent
+    return resolve_run_dir(cfg)
+
+
+def rng_of_rank(checkpoint: dict, rank: int, world_size: int) -> dict | None:
+    """This rank's RNG state in `checkpoint`; None when it was saved by another number of
+    processes (the rank then starts a new stream of its own)."""
+    per_rank = checkpoint.get("rng_per_rank") or [checkpoint["rng"]]
+    return per_rank[rank] if len(per_rank) == world_size else None

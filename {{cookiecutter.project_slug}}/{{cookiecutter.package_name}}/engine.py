@@ -12,13 +12,16 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
+from .device import Precision
 from .log import NoProgressBar
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -123,19 +126,29 @@ def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
     return torch.compile(model)
 
 
+@dataclass
+class Trainer:
+    """The model and everything that updates it, taken by the loop as one."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step_scheduler_per_batch: bool  # False: the scheduler steps once per epoch, in train.py
+    precision: Precision
+    cfg: TrainConfig
+    device: torch.device
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
 def train_one_epoch(
-    model: nn.Module,
+    trainer: Trainer,
     loader,
     batches_per_epoch: int,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    scheduler,
-    step_scheduler_per_batch: bool,
     state: TrainState,
-    cfg: TrainConfig,
-    device: torch.device,
-    autocast,
-    after_step=lambda: False,
+    after_step: Callable[[], bool] = lambda: False,
     progress=None,
 ) -> None:
     """Train on the rest of the current epoch, or until `after_step()` returns True.
@@ -145,10 +158,15 @@ def train_one_epoch(
     `progress` is a tqdm-like bar (see log.progress_bar); with a live bar, the periodic
     step lines go to the log file only, and the bar shows the same numbers.
     """
+    model, cfg, device, scaler = (
+        trainer.model,
+        trainer.cfg,
+        trainer.device,
+        trainer.precision.scaler,
+    )
     model.train()
     accumulation = cfg.grad_accum_steps
-    last_log_step, last_log_time = state.global_step, time.perf_counter()
-
+    speed = SpeedMeter(state.global_step)
     for batch_index, (images, labels) in enumerate(loader, start=state.batch_in_epoch):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -157,10 +175,12 @@ def train_one_epoch(
         no_sync = getattr(model, "no_sync", None)
         sync_context = contextlib.nullcontext() if is_update or no_sync is None else no_sync()
         with sync_context:
-            with autocast():
+            with trainer.precision.autocast():
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-            scaler.scale(loss / accumulation if accumulation > 1 else loss).backward()
+            trainer.precision.scaler.scale(
+                loss / accumulation if accumulation > 1 else loss
+            ).backward()
 
         state.record(loss, logits, labels)  # NaN losses are found when folded: no sync
         state.batch_in_epoch = batch_index + 1
@@ -168,43 +188,62 @@ def train_one_epoch(
             progress.update(1)
         if not is_update:
             continue
-
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)  # skipped by an fp16 scaler when gradients overflowed
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if step_scheduler_per_batch:
-            scheduler.step()
+        optimizer_step(trainer)
         state.global_step += 1
-
         if state.global_step % cfg.log_every == 0:
-            state.check_finite(scaler.is_enabled())
-            elapsed = time.perf_counter() - last_log_time
-            samples = (state.global_step - last_log_step) * labels.size(0) * accumulation
-            loss_now = state.loss_sum / max(state.seen, 1)
-            acc_now = state.correct / max(state.seen, 1)
-            lr_now = optimizer.param_groups[0]["lr"]
-            logger.info(
-                "epoch %d step %d  loss %.4f  acc %.3f  lr %.3g  %.0f samples/s",
-                state.epoch + 1,
-                state.global_step,
-                loss_now,
-                acc_now,
-                lr_now,
-                samples / elapsed,
-                extra={"console": progress is None or isinstance(progress, NoProgressBar)},
-            )
-            if progress is not None:
-                progress.set_postfix_str(
-                    f"loss {loss_now:.4f} acc {acc_now:.3f} lr {lr_now:.3g} "
-                    f"{samples / elapsed:.0f} samples/s"
-                )
-            last_log_step, last_log_time = state.global_step, time.perf_counter()
+            samples = labels.size(0) * accumulation
+            log_progress(trainer, state, speed.samples_per_s(state.global_step, samples), progress)
         if after_step():
             break
     state.check_finite(scaler.is_enabled())
+
+
+def optimizer_step(trainer: Trainer) -> None:
+    """Clip, step (skipped by an fp16 scaler when gradients overflowed), zero the gradients."""
+    scaler, optimizer = trainer.precision.scaler, trainer.optimizer
+    if trainer.cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if trainer.step_scheduler_per_batch:
+        trainer.scheduler.step()
+
+
+class SpeedMeter:
+    """Samples per second between two log lines."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.time = step, time.perf_counter()
+
+    def samples_per_s(self, step: int, samples_per_step: int) -> float:
+        now = time.perf_counter()
+        speed = (step - self.step) * samples_per_step / (now - self.time)
+        self.step, self.time = step, now
+        return speed
+
+
+def log_progress(trainer: Trainer, state: TrainState, samples_per_s: float, progress) -> None:
+    """The running loss and accuracy: a log line, and the progress bar's postfix."""
+    state.check_finite(trainer.precision.scaler.is_enabled())
+    loss_now = state.loss_sum / max(state.seen, 1)
+    acc_now = state.correct / max(state.seen, 1)
+    logger.info(
+        "epoch %d step %d  loss %.4f  acc %.3f  lr %.3g  %.0f samples/s",
+        state.epoch + 1,
+        state.global_step,
+        loss_now,
+        acc_now,
+        trainer.lr,
+        samples_per_s,
+        extra={"console": progress is None or isinstance(progress, NoProgressBar)},
+    )
+    if progress is not None:
+        progress.set_postfix_str(
+            f"loss {loss_now:.4f} acc {acc_now:.3f} lr {trainer.lr:.3g} "
+            f"{samples_per_s:.0f} samples/s"
+        )
 
 
 @torch.inference_mode()

@@ -399,14 +399,14 @@ class Objective:
 
 def train_in_process(train_files: list[Path], overrides: list[str], report) -> int:
     """Train one trial in this process; `report` gets every epoch's metrics row."""
-    from .train import run
+    from .train import Hooks, run
 
     try:
         cfg = load_config([DEFAULT_CONFIG, *train_files], overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return run(cfg, on_epoch_end=report)
+    return run(cfg, Hooks(after_epoch=report))
 {% if cookiecutter.use_ddp %}
 
 

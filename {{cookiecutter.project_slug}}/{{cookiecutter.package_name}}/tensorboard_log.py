@@ -15,6 +15,18 @@ logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s")
 
 
+def open_tracker(
+    run_dir: Path, model: nn.Module, val_loader, device: torch.device, resumed: bool
+) -> "TensorBoardWriter":
+    """The writer of `run_dir/tensorboard`; a new run also gets sample images and the graph."""
+    tensorboard = TensorBoardWriter(run_dir / "tensorboard")
+    if not resumed:
+        sample_images = next(iter(val_loader))[0]
+        tensorboard.write_samples(sample_images)
+        tensorboard.write_graph(model, sample_images.to(device))
+    return tensorboard
+
+
 class TensorBoardWriter:
     """Writes each epoch's metrics as scalars, indexed by the optimizer step."""
 

@@ -1,0 +1,100 @@
+"""The run folder: where each file of a run lives, and how a checkpoint leads back to its run.
+
+    runs/<run.name>-<timestamp>/      one run (run.dir names another folder)
+        config.yaml                   the resolved config the run trains with
+        train.log                     the console's lines and more (the resolved config, ...)
+        metrics.csv, lr.csv           one row per epoch, one per optimizer step
+        normalization.json            mean and std, when computed from the training images
+        loss.png, accuracy.png, lr.png
+        checkpoints/                  step-N.pt with step-N.pt.sha256; last.pt, best.pt
+        eval/<checkpoint>/            what evaluate.py wrote
+    runs/latest                       -> the newest run started without run.dir
+
+Only the main process writes here; nothing in this module imports torch, so the entry
+points can find a run's files before paying for that import.
+"""
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, ConfigError
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
+RUNS = Path("runs")
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run's files."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def lr(self) -> Path:
+        return self.path / "lr.csv"
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint: `runs/X/checkpoints/best.pt` -> `runs/X` (a checkpoint
+    kept elsewhere: its own folder)."""
+    folder = Path(checkpoint).parent
+    return folder.parent if folder.name == CHECKPOINTS else folder
+
+
+def resolve_run_dir(cfg: Config) -> Path:
+    """The run folder: `run.dir`, the folder of a checkpoint to resume, or a new one."""
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    if cfg.run.resume == "auto":
+        raise ConfigError(
+            "run.resume=auto needs run.dir, the folder of the run to continue, "
+            "e.g. run.dir=runs/run-20260101-120000"
+        )
+    if cfg.run.resume:
+        return run_dir_of(Path(cfg.run.resume))
+    return new_run_dir(cfg.run.name)
+
+
+def new_run_dir(name: str) -> Path:
+    """`runs/<name>-<timestamp>`, never the folder of another run."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = RUNS / f"{name}-{stamp}"
+    suffix = 2
+    while folder.exists():  # two runs started in the same second never share a folder
+        folder = RUNS / f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return folder
+
+
+def point_latest_at(run_dir: Path) -> None:
+    """`runs/latest` -> this run's folder (a relative symlink, switched atomically)."""
+    latest = run_dir.parent / "latest"
+    temporary = run_dir.parent / f".latest.{os.getpid()}.tmp"
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(temporary, latest)
+    except OSError as error:  # e.g. a filesystem without symlinks: the pointer is a comfort
+        temporary.unlink(missing_ok=True)
+        logger.warning("could not point %s at this run: %s", latest, error)
