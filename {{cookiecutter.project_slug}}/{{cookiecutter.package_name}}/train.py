@@ -16,9 +16,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,10 +24,8 @@ from torch import nn
 from .checkpoint import (
     CheckpointError,
     CheckpointManager,
-    check_finite_weights,
-    training_state,
 )
-from .config import Config, ConfigError, TrainConfig, to_dict, to_yaml
+from .config import Config, ConfigError, TrainConfig, to_yaml
 from .data import (
     STATS_FILE,
     DataBundle,
@@ -47,39 +43,20 @@ from .engine import (
     evaluate,
     train_one_epoch,
 )
-from .log import CSVLog, attach_log_file, draws_progress_bar, progress_bar, read_csv, setup_logging
+from .hooks import Hooks
+from .log import attach_log_file, draws_progress_bar, progress_bar, read_csv, setup_logging
 from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
 from .resume import restore
 from .runs import RunFolder, point_latest_at
+from .saver import Saver
 from .seeding import seed_everything
 from .stopping import StopRequests
 from .trackers import open_trackers
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
-
-
-def _nothing(state: TrainState) -> None:
-    return None
-
-
-@dataclass
-class Hooks:
-    """Where code outside the loop looks in; each is called on every process.
-
-    A sweep ends a trial whose validation metric lags (`after_epoch`); the tests stop a run
-    at an exact optimizer step or around a save, without touching the loop itself.
-    """
-
-    # After each optimizer step, before anything is saved for it.
-    after_step: Callable[[TrainState], None] = _nothing
-    # Around each checkpoint save (all processes take part in one).
-    before_save: Callable[[TrainState], None] = _nothing
-    after_save: Callable[[TrainState], None] = _nothing
-    # After each epoch has been saved, with its metrics.csv row; True ends the run there.
-    after_epoch: Callable[[dict], bool] = lambda row: False
 
 
 @dataclass
@@ -236,66 +213,6 @@ def open_run_folder(run: RunFolder, cfg: Config, data: DataBundle, team: SingleP
         point_latest_at(run.path)
         team.made_run_dir(run.path)
     logger.info("resolved config:\n%s", to_yaml(cfg), extra={"console": False})
-
-
-class Saver:
-    """Writes the run's checkpoints, and with each the lr.csv rows of the steps since the last."""
-
-    def __init__(
-        self,
-        checkpoints: CheckpointManager,
-        trainer: Trainer,
-        team: SingleProcess,
-        cfg: Config,
-        data: DataBundle,
-        hooks: Hooks,
-        lr_file: Path,
-    ) -> None:
-        self.checkpoints, self.trainer, self.team = checkpoints, trainer, team
-        self.cfg, self.data, self.hooks = cfg, data, hooks
-        self.lr_log = CSVLog(lr_file, ("step", "lr"), position_column="step")
-        self.lr_trace = []  # (step, lr) since the last save
-        self.saved_step = -1
-
-    def start(self, state: TrainState, resumed: bool) -> None:
-        """Drop lr.csv rows past the checkpoint resumed from: they will be written again."""
-        if self.team.is_main:
-            self.lr_log.keep_before(state.global_step + 1)
-        self.saved_step = state.global_step if resumed else -1
-
-    def note_step(self, state: TrainState) -> None:
-        self.lr_trace.append((state.global_step, self.trainer.lr))
-
-    def save(self, state: TrainState, is_best: bool = False) -> None:
-        trainer, team = self.trainer, self.team
-        self.hooks.before_save(state)
-        state.check_finite(trainer.precision.scaler.is_enabled())  # never save NaN weights
-        check_finite_weights(trainer.model, state.global_step)
-        progress = state.as_dict()
-        # Each process sums its own share of the epoch: the checkpoint keeps the totals,
-        # which rank 0 alone takes back on resume, so the epoch's metrics stay exact.
-        sums = [progress["loss_sum"], progress["correct"], progress["seen"]]
-        sums = team.sum(torch.tensor(sums, dtype=torch.float64, device=trainer.device))
-        loss_sum, correct, seen = sums.tolist()
-        progress.update(loss_sum=loss_sum, correct=correct, seen=int(seen))
-        snapshot = training_state(
-            trainer.model,
-            trainer.optimizer,
-            trainer.scheduler,
-            trainer.precision.scaler,
-            progress,
-            to_dict(self.cfg),
-            self.data.classes,
-            self.data.normalization(),
-        )
-        snapshot.update(team.rng_states_of_ranks())
-        self.checkpoints.save(snapshot, trainer.model, is_best)
-        self.hooks.after_save(state)
-        if team.is_main:
-            self.lr_log.write_rows([{"step": step, "lr": lr} for step, lr in self.lr_trace])
-        self.lr_trace.clear()
-        team.barrier()  # nobody reads a checkpoint before rank 0 has finished writing it
-        self.saved_step = state.global_step
 
 
 @dataclass
