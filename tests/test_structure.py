@@ -1,8 +1,5 @@
 """The baked training code keeps the shape of "one code path" (bench/structure.py)."""
 
-import ast
-import textwrap
-
 from bench.structure import function_lengths, measure, parameter_count
 
 
@@ -22,7 +19,6 @@ def test_the_measures_see_long_functions_and_parameters(tmp_path):
     source = f"def long():\n{body}\n\n\nclass A:\n    def short(self):\n        return 1\n\n\n"
     source += "def train_one_epoch(a, b, c, d, e, f, g=1, *, h=2):\n    return a\n"
     module.write_text(source, encoding="utf-8")
-    ast.parse(textwrap.dedent(source))
     lengths = function_lengths(module)
     assert lengths["long"] == 71 and lengths["A.short"] == 2
     assert parameter_count(module, "train_one_epoch") == 8
