@@ -11,6 +11,7 @@ goal is missed. tests/test_structure.py runs the same measurement.
 import ast
 import contextlib
 import io
+import json
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -18,13 +19,6 @@ from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 PACKAGE_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}" / "{{cookiecutter.package_name}}"
-ALL_FEATURES = {
-    "use_amp": True,
-    "use_ddp": True,
-    "use_safetensors": True,
-    "tracker": "tensorboard",
-    "use_sweeps": True,
-}
 GOALS = {"jinja_tags": 10, "main_lines": 120, "function_lines": 60, "loop_params": 6}
 MODULE_LINES = 450
 
@@ -58,13 +52,21 @@ def count_jinja_tags(package_template: Path = PACKAGE_TEMPLATE) -> int:
     return sum(path.read_text(encoding="utf-8").count("{%") for path in modules)
 
 
+def all_features() -> dict:
+    """The answers that turn on every feature: each yes/no prompt of cookiecutter.json on,
+    and the last choice of the tracker."""
+    prompts = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
+    answers = {key: True for key, value in prompts.items() if isinstance(value, bool)}
+    return {**answers, "tracker": prompts["tracker"][-1]}
+
+
 def bake_all_features(output: Path) -> Path:
     """The package folder of an all-features bake made in `output`."""
     from cookiecutter.main import cookiecutter
 
     with contextlib.redirect_stdout(io.StringIO()):  # the hook's next steps
         project = cookiecutter(
-            str(TEMPLATE), no_input=True, extra_context=dict(ALL_FEATURES), output_dir=str(output)
+            str(TEMPLATE), no_input=True, extra_context=all_features(), output_dir=str(output)
         )
     return next(path.parent for path in sorted(Path(project).glob("*/train.py")))
 
