@@ -23,7 +23,7 @@ FEATURE_FILES: list[tuple[dict[str, bool | str], list[str]]] = [
         {"use_ddp": True},
         ["{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"],
     ),
-    ({"use_safetensors": True}, ["tests/test_safetensors.py"]),
+    ({"use_safetensors": True}, ["{package}/safetensors_io.py", "tests/test_safetensors.py"]),
     ({"tracker": "tensorboard"}, ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"]),
     (
         {"use_sweeps": True},
