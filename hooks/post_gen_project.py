@@ -13,6 +13,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The files each feature owns: (the answers that turn it on, its files). A bake keeps an
+# entry's files only when all of its answers hold, and deletes them otherwise; each file is
+# listed once. Paths are relative to the project, POSIX style; "{package}" is the package
+# folder. The template's tests read this table too.
+FEATURE_FILES: list[tuple[dict[str, bool | str], list[str]]] = [
+    ({"use_amp": True}, ["{package}/amp.py", "tests/test_amp.py"]),
+    (
+        {"use_ddp": True},
+        ["{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"],
+    ),
+    ({"use_safetensors": True}, ["{package}/safetensors_io.py", "tests/test_safetensors.py"]),
+    ({"tracker": "tensorboard"}, ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"]),
+    (
+        {"use_sweeps": True},
+        [
+            "sweep.py",
+            "{package}/sweep.py",
+            "{package}/sweep_space.py",
+            "configs/sweep.yaml",
+            "tests/test_sweep.py",
+        ],
+    ),
+    (
+        {"use_sweeps": True, "use_ddp": True},
+        ["{package}/sweep_torchrun.py", "tests/test_sweep_torchrun.py"],
+    ),
+    ({"ci": "github"}, [".github/workflows/ci.yml", ".pre-commit-config.yaml"]),
+]
+
 # Answers that switch a yes/no feature on, compared in lowercase. Cookiecutter normally hands
 # booleans over as bool, but a value typed on the command line may arrive as text.
 TRUE_STRINGS = frozenset({"1", "on", "t", "true", "y", "yes"})
@@ -27,6 +56,14 @@ def as_bool(value: Any) -> bool:
     return str(value).strip().lower() in TRUE_STRINGS
 
 
+def answer_is(features: dict[str, Any], key: str, wanted: bool | str) -> bool:
+    """Whether the answer ``key`` is ``wanted``: a yes/no answer as bool or text, a choice
+    compared in lowercase."""
+    if isinstance(wanted, bool):
+        return as_bool(features.get(key)) is wanted
+    return str(features.get(key, "")).strip().lower() == wanted
+
+
 def files_to_remove(features: dict[str, Any]) -> list[str]:
     """Return the project-relative paths (POSIX style) owned by the features that are off.
 
@@ -34,20 +71,12 @@ def files_to_remove(features: dict[str, Any]) -> list[str]:
     ``use_safetensors``, ``tracker``, ``use_sweeps`` and ``ci``.
     """
     package = features["package_name"]
-    paths = []
-    if not as_bool(features.get("use_amp")):
-        paths += [f"{package}/amp.py", "tests/test_amp.py"]
-    if not as_bool(features.get("use_ddp")):
-        paths += [f"{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"]
-    if not as_bool(features.get("use_safetensors")):
-        paths.append("tests/test_safetensors.py")
-    if str(features.get("tracker", "")).strip().lower() != "tensorboard":
-        paths += [f"{package}/tensorboard_log.py", "tests/test_tensorboard.py"]
-    if not as_bool(features.get("use_sweeps")):
-        paths += ["sweep.py", f"{package}/sweep.py", "configs/sweep.yaml", "tests/test_sweep.py"]
-    if str(features.get("ci", "")).strip().lower() != "github":
-        paths += [".github/workflows/ci.yml", ".pre-commit-config.yaml"]
-    return paths
+    return [
+        path.replace("{package}", package)
+        for answers, paths in FEATURE_FILES
+        if not all(answer_is(features, key, wanted) for key, wanted in answers.items())
+        for path in paths
+    ]
 
 
 def remove_files(root: Path, paths: list[str]) -> list[str]:

@@ -21,7 +21,8 @@ COMBINATIONS = [
     dict(zip(FEATURES, values, strict=True)) for values in itertools.product(*FEATURES.values())
 ]
 # Answers that change none of the Python files that training runs: `ci` adds only a workflow
-# and a pre-commit config, `use_sweeps` adds sweep.py, its module, search space and tests.
+# and a pre-commit config, `use_sweeps` adds sweep.py, its modules, search space and tests
+# (the files of hooks/post_gen_project.py's FEATURE_FILES).
 # test_bake_matrix proves it for every combination, so the training tests cover the other
 # answers' combinations once, with these at their defaults (16 instead of 64 smoke trains).
 TRAINING_NEUTRAL = {"use_sweeps": False, "ci": "github"}

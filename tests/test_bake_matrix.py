@@ -16,11 +16,15 @@ import sys
 import pytest
 import torch
 
+from hooks.post_gen_project import FEATURE_FILES
 from tests.conftest import (
     ALL_FEATURES,
     COMBINATIONS,
     DEFAULT,
+    FEATURES,
+    TEMPLATE,
     TRAIN_COMBINATIONS,
+    TRAINING_NEUTRAL,
     combination_id,
     run_python,
     subprocess_env,
@@ -37,9 +41,30 @@ SMALL_RUN = [
 
 combinations = pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
 train_combinations = pytest.mark.parametrize("combination", TRAIN_COMBINATIONS, ids=combination_id)
-# Files owned by the sweeps feature (post_gen deletes them when it is off).
-SWEEP_FILES = {"sweep.py", "{package}/sweep.py", "configs/sweep.yaml", "tests/test_sweep.py"}
-CI_FILES = {".github/workflows/ci.yml", ".pre-commit-config.yaml"}
+PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
+# What a neutral answer may change besides adding or removing the files it owns: docs and,
+# for sweeps, the Optuna dependency.
+NEUTRAL_CHANGES = {"ci": {"README.md"}, "use_sweeps": {"README.md", "pyproject.toml"}}
+
+
+def owned_files(combination: dict, package: str) -> tuple[set[str], set[str]]:
+    """The files of the feature table that this combination keeps, and those it drops."""
+    kept, dropped = set(), set()
+    for answers, files in FEATURE_FILES:
+        on = all(combination[key] == value for key, value in answers.items())
+        (kept if on else dropped).update(name.replace("{package}", package) for name in files)
+    return kept, dropped
+
+
+def template_files(package: str) -> set[str]:
+    """Every file of the project template, named as a bake with this package names it."""
+    return {
+        path.relative_to(PROJECT_TEMPLATE)
+        .as_posix()
+        .replace("{{cookiecutter.package_name}}", package)
+        for path in PROJECT_TEMPLATE.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
 
 
 def project_of(baked, combination):
@@ -54,17 +79,16 @@ def test_bake_uses_the_answers_given(baked, combination):
     assert result.exit_code == 0, f"bake failed: {result.exception}"
     for key, value in combination.items():
         assert result.context[key] == value, f"{key} was not applied"
-    package = result.project_path / result.context["package_name"]
-    feature_files = {
-        "use_amp": package / "amp.py",
-        "use_ddp": package / "distributed.py",
-        "tracker": package / "tensorboard_log.py",
-        "use_sweeps": package / "sweep.py",
-        "ci": result.project_path / ".github" / "workflows" / "ci.yml",
-    }
-    for key, path in feature_files.items():
-        wanted = combination[key] in (True, "tensorboard", "github")
-        assert path.exists() == wanted, f"{path.name} present={path.exists()} with {key}"
+    package = result.context["package_name"]
+    kept, dropped = owned_files(combination, package)
+    for name in kept:
+        assert (result.project_path / name).is_file(), f"{name} is missing"
+    for name in dropped:
+        assert not (result.project_path / name).exists(), f"{name} was not deleted"
+    unowned = template_files(package) - kept - dropped
+    assert f"{package}/train.py" in unowned
+    missing = sorted(name for name in unowned if not (result.project_path / name).is_file())
+    assert not missing, f"files that no feature owns are missing: {missing}"
 
 
 @combinations
@@ -104,22 +128,25 @@ def project_files(project) -> dict[str, bytes]:
 
 
 @train_combinations
-def test_ci_and_sweeps_answers_change_no_training_code(baked, combination):
-    """What lets the training tests skip the combinations of `ci` and `use_sweeps`."""
-    base = project_files(project_of(baked, combination))
+@pytest.mark.parametrize("answer", sorted(TRAINING_NEUTRAL))
+def test_training_neutral_answers_change_no_training_code(baked, combination, answer):
+    """What lets the training tests skip the combinations of `ci` and `use_sweeps`: the other
+    answer adds or removes only the files that the hook's feature table gives that feature,
+    and changes no other file but docs (and, for sweeps, the Optuna dependency)."""
     package = baked(combination).context["package_name"]
-    assert not any(name.endswith(".py") for name in CI_FILES)
-    without_ci = project_files(project_of(baked, {**combination, "ci": "none"}))
-    # `ci` only adds its two non-Python files and a README section; all else is identical.
-    assert set(base) - set(without_ci) == CI_FILES and not set(without_ci) - set(base)
-    changed = {name for name in without_ci if base[name] != without_ci[name]}
-    assert changed <= {"README.md"}, changed
-
-    with_sweeps = project_files(project_of(baked, {**combination, "use_sweeps": True}))
-    owned = {name.format(package=package) for name in SWEEP_FILES}
-    assert set(with_sweeps) - set(base) == owned and not set(base) - set(with_sweeps)
-    changed = {name for name in base if base[name] != with_sweeps[name]}
-    assert changed <= {"README.md", "pyproject.toml"}, changed  # docs and the dependency
+    base = project_files(project_of(baked, combination))
+    other_answer = next(value for value in FEATURES[answer] if value != combination[answer])
+    flipped = {**combination, answer: other_answer}
+    other = project_files(project_of(baked, flipped))
+    base_kept, _ = owned_files(combination, package)
+    other_kept, _ = owned_files(flipped, package)
+    assert set(other) - set(base) == other_kept - base_kept
+    assert set(base) - set(other) == base_kept - other_kept
+    assert set(other) ^ set(base), f"{answer}={other_answer} changed no file"
+    changed = {name for name in set(base) & set(other) if base[name] != other[name]}
+    assert changed <= NEUTRAL_CHANGES[answer], changed
+    if answer == "ci":
+        assert not any(name.endswith(".py") for name in set(base) ^ set(other))
 
 
 @train_combinations

@@ -7,6 +7,7 @@ The importable functions are tested directly as well (``pythonpath = ["."]`` in 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cookiecutter.main import cookiecutter
 
 from hooks import post_gen_project, pre_gen_project
 from tests.conftest import ALL_FEATURES
+from tests.conftest import FEATURES as ANSWERS
 
 # Not a plain import: isort groups tomllib by the configured target version (stdlib from 3.11).
 tomllib = pytest.importorskip("tomllib")
@@ -306,56 +308,65 @@ def test_main_prints_to_stderr_and_returns_status(capsys):
 # post_gen_project: feature files through a real bake
 # --------------------------------------------------------------------------------------------
 
-# (toggle, value that turns the feature on, value that turns it off, files it owns)
-FEATURES = [
-    ("use_amp", True, False, ["{package}/amp.py"]),
-    (
-        "use_ddp",
-        True,
-        False,
-        ["{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"],
-    ),
-    ("use_safetensors", True, False, ["tests/test_safetensors.py"]),
-    (
-        "tracker",
-        "tensorboard",
-        "csv",
-        ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"],
-    ),
-    (
-        "use_sweeps",
-        True,
-        False,
-        ["sweep.py", "{package}/sweep.py", "configs/sweep.yaml", "tests/test_sweep.py"],
-    ),
-    ("ci", "github", "none", [".github/workflows/ci.yml", ".pre-commit-config.yaml"]),
+FEATURE_FILES = post_gen_project.FEATURE_FILES
+
+
+def entry_id(answers: dict) -> str:
+    return "+".join(key if value is True else f"{key}={value}" for key, value in answers.items())
+
+
+def off_value(key: str, on):
+    """The answer that turns `key` off: the other value of the bake matrix."""
+    return next(value for value in ANSWERS[key] if value != on)
+
+
+# (an entry's answers, one of them, its files): turning any one answer off drops the files.
+TURNED_OFF = [
+    pytest.param(answers, key, files, id=f"{entry_id(answers)}-without-{key}")
+    for answers, files in FEATURE_FILES
+    for key in answers
 ]
-FEATURE_IDS = [feature[0] for feature in FEATURES]
+TURNED_ON = [pytest.param(answers, files, id=entry_id(answers)) for answers, files in FEATURE_FILES]
 
 
 def owned_paths(project: Path, files: list[str]) -> list[Path]:
-    return [project / name.format(package=VALID_NAMES["package_name"]) for name in files]
+    return [project / name.replace("{package}", VALID_NAMES["package_name"]) for name in files]
 
 
-@pytest.mark.parametrize(("toggle", "on", "off", "files"), FEATURES, ids=FEATURE_IDS)
-def test_feature_files_absent_when_off(cookies, toggle, on, off, files):
-    result = bake(cookies, **{**ALL_FEATURES, toggle: off})
+@pytest.mark.parametrize(("answers", "key", "files"), TURNED_OFF)
+def test_feature_files_absent_when_off(cookies, answers, key, files):
+    off = off_value(key, answers[key])
+    result = bake(cookies, **{**ALL_FEATURES, key: off})
 
     assert result.exception is None, result.exception
     for path in owned_paths(result.project_path, files):
-        assert not path.exists(), f"{path.name} should be deleted when {toggle}={off!r}"
-    if toggle == "ci":
+        assert not path.exists(), f"{path.name} should be deleted when {key}={off!r}"
+    if key == "ci":
         assert not (result.project_path / ".github").exists(), "an empty .github/ was left"
 
 
-@pytest.mark.parametrize(("toggle", "on", "off", "files"), FEATURES, ids=FEATURE_IDS)
-def test_feature_files_present_when_on(cookies, toggle, on, off, files):
-    all_off = {name: off_value for name, _, off_value, _ in FEATURES}
-    result = bake(cookies, **{**all_off, toggle: on})
+@pytest.mark.parametrize(("answers", "files"), TURNED_ON)
+def test_feature_files_present_when_on(cookies, answers, files):
+    all_off = {key: off_value(key, on) for key, on in ALL_FEATURES.items()}
+    result = bake(cookies, **{**all_off, **answers})
 
     assert result.exception is None, result.exception
     for path in owned_paths(result.project_path, files):
-        assert path.is_file(), f"{path.name} should be kept when {toggle}={on!r}"
+        assert path.is_file(), f"{path.name} should be kept when {entry_id(answers)}"
+
+
+def test_feature_table_names_template_files_once():
+    project = REPO_ROOT / "{{cookiecutter.project_slug}}"
+    names = [name for _, files in FEATURE_FILES for name in files]
+    assert len(names) == len(set(names)), "a file is listed under two entries"
+    for name in names:
+        path = project / name.replace("{package}", "{{cookiecutter.package_name}}")
+        assert path.is_file(), f"{name} is in the feature table but not in the template"
+    questions = json.loads((REPO_ROOT / "cookiecutter.json").read_text(encoding="utf-8"))
+    for answers, _ in FEATURE_FILES:
+        for key, on in answers.items():
+            choices = questions[key] if isinstance(questions[key], list) else [True, False]
+            assert on in choices, f"{key}={on!r} is not an answer of cookiecutter.json"
 
 
 def test_feature_toggle_given_as_text(cookies):
@@ -416,6 +427,18 @@ def test_as_bool(value, expected):
     assert post_gen_project.as_bool(value) is expected
 
 
+def table_files(*entries: dict, package: str = "pkg") -> list[str]:
+    """The files of the feature table's entries with these answers, in the table's order."""
+    for answers in entries:
+        assert any(answers == listed for listed, _ in FEATURE_FILES), answers
+    return [
+        name.replace("{package}", package)
+        for answers, files in FEATURE_FILES
+        if answers in entries
+        for name in files
+    ]
+
+
 def test_files_to_remove():
     features = {"package_name": "pkg", "project_slug": "proj"}
     all_off = {
@@ -427,42 +450,49 @@ def test_files_to_remove():
         "ci": "none",
     }
 
-    assert sorted(post_gen_project.files_to_remove({**all_off, "tracker": "csv"})) == [
-        ".github/workflows/ci.yml",
-        ".pre-commit-config.yaml",
-        "configs/sweep.yaml",
-        "pkg/amp.py",
-        "pkg/distributed.py",
-        "pkg/sweep.py",
-        "pkg/tensorboard_log.py",
-        "scripts/slurm.sbatch",
-        "sweep.py",
-        "tests/test_distributed.py",
-        "tests/test_safetensors.py",
-        "tests/test_sweep.py",
-        "tests/test_tensorboard.py",
-    ]
+    removed = post_gen_project.files_to_remove({**all_off, "tracker": "csv"})
+    every_file = table_files(*(answers for answers, _ in FEATURE_FILES))
+    assert sorted(removed) == sorted(every_file)
+    assert {"pkg/amp.py", "pkg/sweep_torchrun.py", "sweep.py", ".github/workflows/ci.yml"} <= set(
+        removed
+    )
     assert post_gen_project.files_to_remove({**features, **ALL_FEATURES}) == []
-    assert post_gen_project.files_to_remove({**features, **ALL_FEATURES, "use_amp": "no"}) == [
-        "pkg/amp.py"
-    ]
+    assert post_gen_project.files_to_remove({**features, **ALL_FEATURES, "use_amp": "no"}) == (
+        table_files({"use_amp": True})
+    )
+    assert "pkg/amp.py" in table_files({"use_amp": True})
+    # Text answers in any case and spacing count, as cookiecutter may pass them on.
+    assert (
+        post_gen_project.files_to_remove(
+            {
+                **features,
+                **ALL_FEATURES,
+                "use_ddp": "Yes",
+                "tracker": " TensorBoard ",
+                "ci": "GitHub",
+            }
+        )
+        == []
+    )
+
+
+def test_files_of_sweeps_with_ddp_need_both_answers():
+    features = {"package_name": "pkg", "project_slug": "proj", **ALL_FEATURES}
+    both = table_files({"use_sweeps": True, "use_ddp": True})
+    assert "pkg/sweep_torchrun.py" in both
+
+    without_ddp = post_gen_project.files_to_remove({**features, "use_ddp": "no"})
+    assert without_ddp == table_files({"use_ddp": True}, {"use_sweeps": True, "use_ddp": True})
+    assert "pkg/sweep.py" not in without_ddp
+    without_sweeps = post_gen_project.files_to_remove({**features, "use_sweeps": False})
+    assert without_sweeps == table_files(
+        {"use_sweeps": True}, {"use_sweeps": True, "use_ddp": True}
+    )
+    assert "pkg/distributed.py" not in without_sweeps
 
 
 def test_main_deletes_only_disabled_features(tmp_path, capsys):
-    names = [
-        "pkg/amp.py",
-        "pkg/distributed.py",
-        "pkg/tensorboard_log.py",
-        "pkg/model.py",
-        "scripts/slurm.sbatch",
-        "tests/test_distributed.py",
-        "tests/test_safetensors.py",
-        "tests/test_tensorboard.py",
-        "sweep.py",
-        "pkg/sweep.py",
-        ".github/workflows/ci.yml",
-        ".pre-commit-config.yaml",
-    ]
+    names = [*table_files(*(answers for answers, _ in FEATURE_FILES)), "pkg/model.py"]
     for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("", encoding="utf-8")
@@ -480,13 +510,10 @@ def test_main_deletes_only_disabled_features(tmp_path, capsys):
     assert post_gen_project.main(features, root=tmp_path) == 0
 
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert left == [
-        "pkg/amp.py",
-        "pkg/model.py",
-        "pkg/sweep.py",
-        "sweep.py",
-        "tests/test_safetensors.py",
-    ]
+    on = table_files({"use_amp": True}, {"use_safetensors": True}, {"use_sweeps": True})
+    assert left == sorted([*on, "pkg/model.py"])
+    assert {"pkg/amp.py", "pkg/sweep.py", "sweep.py", "tests/test_safetensors.py"} <= set(left)
+    assert "pkg/sweep_torchrun.py" not in left  # sweeps are on, but DDP is off
     assert not (tmp_path / ".github").exists()  # emptied folders go as well
     assert not (tmp_path / "scripts").exists()  # emptied by its only file's removal
     assert "cd proj" in capsys.readouterr().out

@@ -505,10 +505,10 @@ def test_cache_leaves_out_an_image_that_fails_to_decode_or_names_it(tmp_path, pr
 
 
 def test_cache_larger_than_the_memory_is_a_clear_error(tmp_path, monkeypatch):
-    from {{ cookiecutter.package_name }} import data
+    from {{ cookiecutter.package_name }}.data import cache  # where available_memory is looked up
 
     write_images(tmp_path, {"a": 5, "b": 5})
-    monkeypatch.setattr(data, "available_memory", lambda device: 2**20 // 10)
+    monkeypatch.setattr(cache, "available_memory", lambda device: 2**20 // 10)
     with pytest.raises(ConfigError) as error:
         build_datasets(images_config(tmp_path, image_size=16, resize=640, cache=True), seed=0)
     message = str(error.value)  # 10 images of 3x640x640 bytes
@@ -516,7 +516,7 @@ def test_cache_larger_than_the_memory_is_a_clear_error(tmp_path, monkeypatch):
     assert "data.cache=false" in message and "data.resize" in message
     # The training device is checked too, before the images are moved there.
     monkeypatch.setattr(
-        data, "available_memory", lambda device: 0 if device.type == "meta" else 2**40
+        cache, "available_memory", lambda device: 0 if device.type == "meta" else 2**40
     )
     bundle = build_datasets(images_config(tmp_path, cache=True), seed=0)
     with pytest.raises(ConfigError, match="meta has 0.0 MB available"):

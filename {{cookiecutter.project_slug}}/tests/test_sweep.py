@@ -157,19 +157,6 @@ def test_pruned_trial_ends_cleanly_and_keeps_its_run_folder(
     assert len(read_metrics(run_dir)) == 1
     progress = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
     assert progress["epoch"] == 1  # the end of epoch 1 was saved, then the run stopped
-{% if cookiecutter.use_ddp %}
-
-
-def test_trial_as_a_torchrun_job_is_pruned_by_sigterm(tmp_path, small_overrides, read_metrics):
-    # Many short epochs: the pruning after the first one comes long before the last.
-    longer = ("data.train_size=128", "data.val_size=32", "train.epochs=50")
-    argv = [*small_overrides, *longer, "--nproc-per-node", "2"]
-    run_dir = run_a_trial_that_is_pruned(tmp_path, argv)
-    assert 1 <= len(read_metrics(run_dir)) < 50
-    log = (run_dir / "train.log").read_text(encoding="utf-8")
-    assert "world size 2" in log and "stopped by SIGTERM" in log
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["epoch"] >= 1
-{% endif %}
 
 
 def space_with(entry: str) -> str:
@@ -198,20 +185,23 @@ BAD_INPUT = {
     "missing file": ([], ["missing.yaml"], "missing.yaml"),
     "unknown option": ([], ["--trails", "3"], "--trails"),
     "bad seed": ([], ["--seed", "-1"], "--seed"),
-{% if cookiecutter.use_ddp %}
-    "no processes": ([], ["--nproc-per-node", "0"], "--nproc-per-node"),
-{% endif %}
 }
 
 
-@pytest.mark.parametrize(("sweep_text", "extra", "named"), BAD_INPUT.values(), ids=BAD_INPUT)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sweep_text, extra, named):
+def assert_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sweep_text, extra, named):
+    """main() refuses the sweep file `sweep_text` (the default one when empty) with the
+    arguments `extra`: one error line on stderr that names `named`, exit code 2."""
     sweep_file = write_sweep(tmp_path, sweep_text or SWEEP_FILE)
     never = tmp_path / "never"
     assert main([str(sweep_file), "--dir", str(never), *extra]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], lines
     assert not never.exists()
+
+
+@pytest.mark.parametrize(("sweep_text", "extra", "named"), BAD_INPUT.values(), ids=BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sweep_text, extra, named):
+    assert_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sweep_text, extra, named)
 
 
 def test_refuses_to_run_under_torchrun(tmp_path, capsys, monkeypatch):

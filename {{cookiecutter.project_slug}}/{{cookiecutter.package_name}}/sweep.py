@@ -8,7 +8,8 @@ run again after a kill continues where the sweep stopped, and a larger N adds tr
 trial trains in `<folder>/trial-NNNN/` exactly like `python train.py run.dir=...` would, and
 reports its validation metric after every epoch so that the pruner can stop a trial that
 lags behind the others; a stopped trial keeps what it saved. The sweep ends with a table of
-the best trials (also `best_trials.csv`) and Optuna's plots as PNG files.
+the best trials (also `best_trials.csv`) and Optuna's plots as PNG files. The sweep file
+itself is read and checked by sweep_space.py.
 
 Optuna is imported here only: train.py never pays for it.
 """
@@ -16,43 +17,37 @@ Optuna is imported here only: train.py never pays for it.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import re
-{% if cookiecutter.use_ddp %}
-import signal
-import subprocess
-{% endif %}
 import sys
-{% if cookiecutter.use_ddp %}
-import time
-{% endif %}
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from omegaconf import OmegaConf
 
 from .cli import DEFAULT_CONFIG
 from .config import ConfigError, _load_yaml, load_config
-{% if cookiecutter.use_ddp %}
-from .log import read_csv
-{% endif %}
+from .features import feature_module
+from .sweep_space import RESERVED_KEYS, Sweep, as_override, check_space, load_sweep
 
 DEFAULT_SWEEP = DEFAULT_CONFIG.parent / "sweep.yaml"
-{% if cookiecutter.use_ddp %}
-TRAIN_SCRIPT = DEFAULT_CONFIG.parent.parent / "train.py"
-{% endif %}
+# Projects with DDP have sweep_torchrun.py: with --nproc-per-node N it trains each trial as a
+# torchrun job of N processes, and adds that option to the command line. Elsewhere it is
+# absent, and every trial trains in the sweep's own process.
+TORCHRUN = feature_module("sweep_torchrun")
+# Options with a value, and what the value is.
+OPTIONS = {
+    "--trials": "N",
+    "--dir": "FOLDER",
+    "--seed": "S",
+    **(TORCHRUN.OPTIONS if TORCHRUN else {}),
+}
 USAGE = """\
 usage: python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...]
-{% if cookiecutter.use_ddp %}
-                       [--trials N] [--dir FOLDER] [--seed S] [--nproc-per-node N]
-{% else %}
-                       [--trials N] [--dir FOLDER] [--seed S]
-{% endif %}
+                       {options}
 
 Runs an Optuna study over the search space of SWEEP.yaml (the YAML file with a `space:`
 section; default configs/sweep.yaml). Every trial trains with configs/default.yaml, then each
@@ -62,72 +57,32 @@ CONFIG.yaml, then the key=value overrides, then the trial's sampled values.
   --dir FOLDER  folder of the study (default: runs/sweeps/<name>)
   --seed S      seed of the sampler (default: `seed` in SWEEP.yaml); give each of several
                 sweep processes that share one study its own
-{% if cookiecutter.use_ddp %}
-  --nproc-per-node N   run each trial as one torchrun job of N processes (default 1: each
-                       trial trains in this process)
-{% endif %}
-"""
-# Options with a value, and what the value is.
-{% if cookiecutter.use_ddp %}
-OPTIONS = {"--trials": "N", "--dir": "FOLDER", "--seed": "S", "--nproc-per-node": "N"}
-{% else %}
-OPTIONS = {"--trials": "N", "--dir": "FOLDER", "--seed": "S"}
-{% endif %}
-METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
-PRUNERS = ("median", "none")
-PARAM_TYPES = ("float", "int", "categorical")
-# Settings that sweep.py itself sets for every trial.
-RESERVED_KEYS = ("run.dir", "run.resume")
+{more_options}"""
 # A trial that was still running when its process died is marked failed once its heartbeat
 # is this old, so that another sweep on the same study may still be running its own trials.
 HEARTBEAT_INTERVAL_S = 30
 HEARTBEAT_GRACE_S = 90
 
-
-@dataclass
-class Param:
-    """One dimension of the search space, as Optuna's suggest_* methods take it."""
-
-    key: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] = field(default_factory=list)
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.key, self.choices)
-        if self.type == "int":
-            step = int(self.step or 1)
-            return trial.suggest_int(
-                self.key, int(self.low), int(self.high), step=step, log=self.log
-            )
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-
-    def extremes(self) -> list[Any]:
-        """The values whose validity stands for the whole range."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if self.type == "int":
-            return [int(self.low), int(self.high)]
-        return [self.low, self.high]
+# Trains one trial: (train_files, overrides, run_dir, report) -> the exit code of the run.
+# `report` gets each epoch's metrics row and returns True to stop (prune) the trial.
+TrialRunner = Callable[[list[Path], list[str], Path, Callable[[dict], bool]], int]
 
 
-@dataclass
-class Sweep:
-    """The settings of a sweep file (see configs/sweep.yaml)."""
+def train_in_process(
+    train_files: list[Path], overrides: list[str], run_dir: Path, report: Callable[[dict], bool]
+) -> int:
+    """Train one trial in this process; `report` gets every epoch's metrics row.
 
-    name: str
-    metric: str = "val_acc"
-    direction: str = "maximize"
-    trials: int = 20
-    pruner: str = "median"
-    pruner_startup_trials: int = 3
-    pruner_warmup_epochs: int = 1
-    seed: int = 0
-    space: list[Param] = field(default_factory=list)
+    `run_dir` is the trial's folder, which the overrides already set as run.dir.
+    """
+    from .train import Hooks, run
+
+    try:
+        cfg = load_config([DEFAULT_CONFIG, *train_files], overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run(cfg, Hooks(after_epoch=report))
 
 
 @dataclass
@@ -138,9 +93,16 @@ class Arguments:
     trials: int | None
     folder: Path | None
     seed: int | None
-{% if cookiecutter.use_ddp %}
-    processes: int = 1
-{% endif %}
+    # How each trial trains (see trial_runner).
+    train_trial: TrialRunner = train_in_process
+
+
+def usage() -> str:
+    """The help text, with the options of this project (sweep_torchrun.py adds one)."""
+    return USAGE.format(
+        options=" ".join(f"[{option} {value}]" for option, value in OPTIONS.items()),
+        more_options=TORCHRUN.USAGE_LINES if TORCHRUN else "",
+    )
 
 
 def parse_arguments(argv: list[str]) -> Arguments:
@@ -185,9 +147,7 @@ def parse_arguments(argv: list[str]) -> Arguments:
         trials=_whole_number("--trials", options["--trials"]) if "--trials" in options else None,
         folder=Path(options["--dir"]) if "--dir" in options else None,
         seed=_whole_number("--seed", options["--seed"], low=0) if "--seed" in options else None,
-{% if cookiecutter.use_ddp %}
-        processes=_whole_number("--nproc-per-node", options.get("--nproc-per-node", "1")),
-{% endif %}
+        train_trial=trial_runner(options),
     )
 
 
@@ -197,101 +157,13 @@ def _whole_number(option: str, value: str, low: int = 1) -> int:
     return int(value)
 
 
-def load_sweep(path: Path) -> Sweep:
-    """Read and check a sweep file; every problem is one ConfigError naming the entry."""
-    raw = OmegaConf.to_container(_load_yaml(path))
-    known = set(Sweep.__dataclass_fields__)
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{path}: unknown entry {key!r}; entries: {', '.join(sorted(known))}")
-    if not isinstance(raw.get("name"), str) or not re.fullmatch(r"[\w.-]+", raw["name"]):
-        raise ConfigError(
-            f"{path}: name={raw.get('name')!r} is not allowed; name the study with letters, "
-            "digits, '_', '-' and '.', e.g. name: shapes-lr"
-        )
-    sweep = Sweep(**{key: value for key, value in raw.items() if key != "space"})
-    choices = {"metric": METRICS, "direction": ("maximize", "minimize"), "pruner": PRUNERS}
-    for key, allowed in choices.items():
-        if getattr(sweep, key) not in allowed:
-            raise ConfigError(
-                f"{path}: {key}={getattr(sweep, key)!r} is not allowed; "
-                f"choose one of: {', '.join(allowed)}"
-            )
-    lowest = {"trials": 1, "pruner_startup_trials": 0, "pruner_warmup_epochs": 0, "seed": 0}
-    for key, low in lowest.items():
-        value = getattr(sweep, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(
-                f"{path}: {key}={value!r} is not allowed; give a whole number >= {low}"
-            )
-    space = raw.get("space")
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(
-            f"{path}: 'space' must map config keys to ranges, e.g. "
-            "optim.lr: {type: float, low: 1.0e-4, high: 0.1, log: true}"
-        )
-    sweep.space = [_parse_param(path, key, spec) for key, spec in space.items()]
-    return sweep
-
-
-def _parse_param(path: Path, key: str, spec: Any) -> Param:
-    where = f"{path}: space.{key}"
-    if key in RESERVED_KEYS:
-        raise ConfigError(
-            f"{where}: {key} is set by sweep.py for each trial and cannot be searched"
-        )
-    if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
-        raise ConfigError(
-            f"{where} needs a type, one of: {', '.join(PARAM_TYPES)}, e.g. "
-            "{type: float, low: 1.0e-4, high: 0.1, log: true}"
-        )
-    allowed = {"categorical": {"type", "choices"}}.get(
-        spec["type"], {"type", "low", "high", "log", "step"}
-    )
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown entry {unknown[0]!r} for type {spec['type']}; "
-            f"entries: {', '.join(sorted(allowed))}"
-        )
-    param = Param(key=key, **spec)
-    if param.type == "categorical":
-        if not isinstance(param.choices, list) or not param.choices:
-            raise ConfigError(f"{where}: choices must be a non-empty list, e.g. choices: [32, 64]")
-        return param
-    numbers = (param.low, param.high) + ((param.step,) if param.step is not None else ())
-    if not all(_is_number(number) for number in numbers):
-        raise ConfigError(f"{where}: low, high and step must be numbers")
-    if not isinstance(param.log, bool):
-        raise ConfigError(f"{where}: log={param.log!r} must be true or false")
-    if param.low > param.high:
-        raise ConfigError(f"{where}: low={param.low} is above high={param.high}")
-    if param.log and (param.low <= 0 or param.step is not None):
-        raise ConfigError(f"{where}: log: true needs low > 0 and no step")
-    if param.step is not None and param.step <= 0:
-        raise ConfigError(f"{where}: step={param.step} must be > 0")
-    if param.type == "int" and not all(float(n).is_integer() for n in numbers):
-        raise ConfigError(f"{where}: an int range needs whole numbers for low, high and step")
-    return param
-
-
-def check_space(sweep: Sweep, train_files: list[Path], overrides: list[str]) -> None:
-    """Load the training config with each end of every range: an unknown key, a wrong type
-    or a value out of a setting's range fails here, before the first trial."""
-    files = [DEFAULT_CONFIG, *train_files]
-    load_config(files, overrides)
-    for param in sweep.space:
-        for value in param.extremes():
-            try:
-                load_config(files, [*overrides, as_override(param.key, value)])
-            except ConfigError as error:
-                raise ConfigError(f"search space of {param.key}: {error}") from None
-
-
-def as_override(key: str, value: Any) -> str:
-    """`key=value` as the command line writes it (JSON for lists and booleans)."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    return f"{key}={text}"
+def trial_runner(options: dict[str, str]) -> TrialRunner:
+    """How each trial trains: in this process, or as one torchrun job of N processes where
+    this project has sweep_torchrun.py and --nproc-per-node N asks for more than one."""
+    if TORCHRUN is None:
+        return train_in_process
+    processes = _whole_number(TORCHRUN.OPTION, options.get(TORCHRUN.OPTION, "1"))
+    return TORCHRUN.TorchrunTrial(processes) if processes > 1 else train_in_process
 
 
 def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
@@ -368,16 +240,7 @@ class Objective:
             return pruned
 
         print(f"trial {trial.number}: {' '.join(sampled)} -> {run_dir}", flush=True)
-{% if cookiecutter.use_ddp %}
-        if self.arguments.processes > 1:
-            code = train_with_torchrun(
-                self.arguments.train_files, overrides, run_dir, report, self.arguments.processes
-            )
-        else:
-            code = train_in_process(self.arguments.train_files, overrides, report)
-{% else %}
-        code = train_in_process(self.arguments.train_files, overrides, report)
-{% endif %}
+        code = self.arguments.train_trial(self.arguments.train_files, overrides, run_dir, report)
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(history)}")
         if code == 0 and not history:
@@ -395,57 +258,6 @@ class Objective:
             self.exit_code = code
             trial.study.stop()
         return math.nan  # Optuna records the trial as failed
-
-
-def train_in_process(train_files: list[Path], overrides: list[str], report) -> int:
-    """Train one trial in this process; `report` gets every epoch's metrics row."""
-    from .train import Hooks, run
-
-    try:
-        cfg = load_config([DEFAULT_CONFIG, *train_files], overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return run(cfg, Hooks(after_epoch=report))
-{% if cookiecutter.use_ddp %}
-
-
-def train_with_torchrun(
-    train_files: list[Path], overrides: list[str], run_dir: Path, report, processes: int
-) -> int:
-    """Train one trial as one torchrun job of `processes` processes.
-
-    Its metrics.csv is read as it grows, and each new row goes to `report`; when that asks to
-    stop, the job gets SIGTERM, on which every rank finishes its step, saves and exits.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        str(TRAIN_SCRIPT),
-        *map(str, train_files),
-        *overrides,
-    ]
-    job = subprocess.Popen(command)
-    reported, stopping = 0, False
-    try:
-        while True:
-            ended = job.poll() is not None
-            rows = read_csv(run_dir / "metrics.csv")
-            for row in rows[reported:]:
-                if report(row) and not stopping and job.poll() is None:
-                    job.send_signal(signal.SIGTERM)
-                    stopping = True
-            reported = len(rows)
-            if ended:
-                return job.returncode
-            time.sleep(0.5)
-    except KeyboardInterrupt:  # Ctrl-C reached the job too: let its ranks save
-        job.wait()
-        return 130
-{% endif %}
 
 
 def run_sweep(
@@ -548,17 +360,13 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
 def main(argv: list[str]) -> int:
     """The sweep command; returns the exit code (2 for a bad setting, 130 when interrupted)."""
     if "-h" in argv or "--help" in argv:
-        print(USAGE)
+        print(usage())
         return 0
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(
                 "sweep.py starts its trials itself and cannot run under torchrun; "
-{% if cookiecutter.use_ddp %}
-                "for trials of N processes each, run python sweep.py --nproc-per-node N"
-{% else %}
-                "start it with python sweep.py"
-{% endif %}
+                + (TORCHRUN.UNDER_TORCHRUN_HINT if TORCHRUN else "start it with python sweep.py")
             )
         arguments = parse_arguments(argv)
         sweep = load_sweep(arguments.sweep_file)
@@ -581,7 +389,3 @@ def main(argv: list[str]) -> int:
     files = write_report(study, folder)
     print(f"study: {folder / 'study.db'}; wrote {', '.join(path.name for path in files)}")
     return 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

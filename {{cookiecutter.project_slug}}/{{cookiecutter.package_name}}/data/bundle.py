@@ -1,0 +1,31 @@
+"""What building the data gives the rest of training (DataBundle), and the error it raises."""
+
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from ..config import ConfigError
+
+# The built-in shapes are normalised with fixed statistics: nothing to compute.
+SHAPES_MEAN, SHAPES_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+class DataError(ConfigError):
+    """A problem with the data files; the message names the file or folder and the fix."""
+
+
+@dataclass
+class DataBundle:
+    """What the rest of training needs to know about the data."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    in_channels: int
+    mean: tuple[float, ...] = SHAPES_MEAN
+    std: tuple[float, ...] = SHAPES_STD
+    stats_source: str = "built-in"  # built-in, config, computed or cached
+
+    def normalization(self) -> dict:
+        """The statistics the images were normalised with, as saved in checkpoints."""
+        return {"mean": list(self.mean), "std": list(self.std)}

@@ -1,0 +1,40 @@
+"""The training and validation sets named by `data.dataset`, with their normalisation."""
+
+from pathlib import Path
+
+from ..config import ConfigError, DataConfig
+from .builtin import shapes_bundle
+from .bundle import DataBundle
+from .cache import cached_bundle
+from .folders import image_folder
+from .stats import normalization_stats
+from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
+from .transforms import image_transform
+
+DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
+
+
+def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -> DataBundle:
+    """The training and validation sets named by `cfg.dataset`.
+
+    For image sources with `data.mean`/`data.std` null, the statistics are read from
+    `stats_file` when it exists, else computed from the training set (the caller saves
+    them there with `save_stats` once the run folder exists).
+    """
+    if cfg.dataset == "shapes":
+        return shapes_bundle(cfg, seed)
+    if cfg.dataset == "imagefolder":
+        train, val, classes, channels = image_folder(cfg)
+    elif cfg.dataset in TORCHVISION_DATASETS:
+        train, val, classes, channels = torchvision_dataset(cfg)
+    else:
+        raise ConfigError(
+            f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
+            f"{', '.join(DATASET_CHOICES)}"
+        )
+    if cfg.cache:
+        return cached_bundle(cfg, train, val, classes, channels, stats_file)
+    mean, std, source = normalization_stats(cfg, train, channels, stats_file)
+    train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)
+    val.transform = image_transform(cfg, channels, train=False, mean=mean, std=std)
+    return DataBundle(train, val, classes, channels, mean, std, source)

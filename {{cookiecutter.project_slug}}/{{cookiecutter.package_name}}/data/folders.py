@@ -1,0 +1,274 @@
+"""The user's image folders: scanning the class folders, checking every image once, the
+train/val split, and ImageFiles, the dataset that decodes them with PIL when indexed.
+
+A broken file, an empty class folder or a wrong layout stops the run when the dataset is
+built, with one error naming the file or folder, instead of a traceback from a DataLoader
+worker an hour later. PIL is imported only here, and only when needed.
+"""
+
+import logging
+import random
+import time
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from .bundle import DataError
+
+# The project's logger (the package's, not this module's).
+logger = logging.getLogger(__name__.split(".")[0])
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+# PIL modes that hold one channel of intensity.
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class ImageFiles(Dataset):
+    """Image files listed as (path, label) pairs, decoded with PIL when indexed.
+
+    Files were checked when the list was made; one that still fails to decode (a JPEG cut
+    short, say) is an error naming it, or with `skip_bad` a warning, and the next file of
+    the list takes its place so that batches keep their size and the run its determinism.
+    """
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], classes: list[str], skip_bad: bool = False
+    ) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.skip_bad = skip_bad
+        self.targets = [label for _, label in samples]
+        self.transform = None  # set by build_datasets
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self.samples):
+            raise IndexError(index)  # ends iteration over the dataset, as for a list
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                image = open_image(path)
+            except DataError as error:
+                if not self.skip_bad:
+                    raise
+                logger.warning("skipping: %s", error)
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise DataError(f"none of the {len(self.samples)} images could be decoded")
+
+
+def open_image(path: Path):
+    """The decoded image at `path`, or DataError naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: Path, error: Exception) -> DataError:
+    """The error for an image file that PIL cannot open or decode."""
+    return DataError(
+        f"{path} is not a readable image ({_reason(error, path)}); replace or delete it, "
+        "or set data.skip_bad=true to skip unreadable images with a warning"
+    )
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The first line of PIL's message, without the path that the error names already."""
+    text = str(error).strip().replace(f" '{path}'", "").replace(str(path), "the file")
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], int]:
+    """The user's images: root/train + root/val, or root/<class> (or root/train) split."""
+    root = Path(cfg.root)
+    has_train, has_val = _check_layout(cfg, root)
+    started = time.perf_counter()
+    train_folder = root / "train" if has_train else root
+    classes, train_files = _scan_class_folders(train_folder)
+    val_files = _scan_val_folder(cfg, root / "val", classes) if has_val else {}
+    modes = _check_all_images([*train_files.values(), *val_files.values()], cfg)
+    _check_no_empty_class(train_folder, train_files)
+    if has_val:
+        _check_no_empty_class(root / "val", val_files)
+        train_samples = _labelled(train_files, classes)
+        val_samples = _labelled(val_files, classes)
+    else:
+        if cfg.val_fraction == 0:
+            raise DataError(
+                f"data.root={cfg.root!r} has no val/ folder and data.val_fraction=0; add "
+                f"{root / 'val'}/<class>/ folders or set data.val_fraction=0.2"
+            )
+        train_samples, val_samples = _split(train_files, classes, cfg, train_folder)
+    channels = cfg.channels or (1 if modes and modes <= set(GRAYSCALE_MODES) else 3)
+    logger.info(
+        "imagefolder %s: %d classes, %d train / %d val images (%s), %d channel%s, "
+        "checked in %.1f s",
+        root,
+        len(classes),
+        len(train_samples),
+        len(val_samples),
+        "train/ and val/" if has_val else f"{cfg.val_fraction:.0%} held out for validation",
+        channels,
+        "" if channels == 1 else "s",
+        time.perf_counter() - started,
+    )
+    train = ImageFiles(train_samples, classes, cfg.skip_bad)
+    return train, ImageFiles(val_samples, classes, cfg.skip_bad), classes, channels
+
+
+def _check_layout(cfg: DataConfig, root: Path) -> tuple[bool, bool]:
+    """Whether `root` has a train/ and a val/ folder; an error for a missing root, or for a
+    val/ without train/."""
+    if not root.is_dir():
+        raise DataError(
+            f"data.root={cfg.root!r}: folder {root.resolve()} does not exist; point data.root "
+            "at the folder that holds train/ and val/ (or one sub-folder per class)"
+        )
+    has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
+    if has_val and not has_train:
+        raise DataError(
+            f"data.root={cfg.root!r}: {root / 'val'} exists but {root / 'train'} does not; "
+            "put the training images in train/<class>/ beside val/"
+        )
+    return has_train, has_val
+
+
+def _scan_val_folder(cfg: DataConfig, folder: Path, classes: list[str]) -> dict[str, list[Path]]:
+    """The image files of each class folder of val/, whose classes must all be in train/."""
+    val_classes, val_files = _scan_class_folders(folder)
+    unknown = sorted(set(val_classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"data.root={cfg.root!r}: classes {unknown} are in val/ but not in train/; "
+            "every validation class needs training images (check the folder names)"
+        )
+    return val_files
+
+
+def _check_all_images(file_lists: list[list[Path]], cfg: DataConfig) -> set:
+    """Check every image (_check_images), leaving the unreadable ones out of their lists in
+    place, and warn once about images much smaller than the crop. Returns the PIL modes seen."""
+    modes, tiny = set(), []
+    for files in file_lists:
+        files[:] = _check_images(files, cfg, modes, tiny)
+    if tiny:
+        path, (width, height) = tiny[0]
+        logger.warning(
+            "%d images are smaller than half of data.image_size=%d (e.g. %s, %dx%d) and are "
+            "scaled up a lot; a smaller data.image_size may suit them better",
+            len(tiny),
+            cfg.image_size,
+            path,
+            width,
+            height,
+        )
+    return modes
+
+
+def _scan_class_folders(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class names (sub-folder names, sorted) and each class's image files (recursively)."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    classes = sorted(entry.name for entry in entries if entry.is_dir())
+    if not classes:
+        loose = [entry for entry in entries if is_image_file(entry)]
+        where = f"holds {len(loose)} images but no class folders" if loose else "is empty"
+        raise DataError(
+            f"{folder} {where}; put the images in one sub-folder per class, e.g. "
+            f"{folder / 'cat' / '001.png'} (supported: {', '.join(IMAGE_SUFFIXES)})"
+        )
+    files = {
+        name: sorted(path for path in (folder / name).rglob("*") if is_image_file(path))
+        for name in classes
+    }
+    if not any(files.values()):
+        raise DataError(
+            f"no images in {folder}: its class folders ({', '.join(classes[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}) hold no files ending in "
+            f"{', '.join(IMAGE_SUFFIXES)}"
+        )
+    _check_no_empty_class(folder, files)
+    return classes, files
+
+
+def is_image_file(path: Path) -> bool:
+    hidden = path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_SUFFIXES and not hidden and path.is_file()
+
+
+def _check_no_empty_class(folder: Path, files: dict[str, list[Path]]) -> None:
+    for name, paths in files.items():
+        if not paths:
+            raise DataError(
+                f"class folder {folder / name} has no usable images; add some (supported: "
+                f"{', '.join(IMAGE_SUFFIXES)}) or remove the folder"
+            )
+
+
+def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) -> list[Path]:
+    """The readable images among `paths`; their PIL modes are added to `modes`, and
+    (path, size) of those less than half as large as the crop to `tiny`.
+
+    Only the header is decoded and the file's checksums verified (cheap); an image that
+    fails is an error naming it, or with `data.skip_bad` a warning and it is left out.
+    """
+    from PIL import Image
+
+    good = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                size, mode = image.size, image.mode
+                image.verify()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            if not cfg.skip_bad:
+                raise _unreadable(path, error) from None
+            logger.warning("skipping %s: not a readable image (%s)", path, _reason(error, path))
+            continue
+        if not cfg.resize and cfg.resize is not None and min(size) < cfg.image_size:
+            raise DataError(
+                f"{path} is {size[0]}x{size[1]} pixels, smaller than the crop of "
+                f"data.image_size={cfg.image_size} with data.resize=0; use data.resize=null "
+                "to scale images first, or a smaller data.image_size"
+            )
+        if 2 * min(size) < cfg.image_size:
+            tiny.append((path, size))
+        modes.add(mode)
+        good.append(path)
+    return good
+
+
+def _labelled(files: dict[str, list[Path]], classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) pairs, labels being indices into the training classes."""
+    index = {name: label for label, name in enumerate(classes)}
+    return [(path, index[name]) for name in sorted(files) for path in files[name]]
+
+
+def _split(
+    files: dict[str, list[Path]], classes: list[str], cfg: DataConfig, folder: Path
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """A stratified split: each class gives `val_fraction` of its images (at least one) to
+    validation. Each class is shuffled by its own seeded generator, so adding a class or
+    images to one class leaves the split of the others as it was."""
+    train, val = [], []
+    for label, name in enumerate(classes):
+        paths = list(files[name])
+        held_out = max(1, round(len(paths) * cfg.val_fraction))
+        if len(paths) - held_out < 1:
+            raise DataError(
+                f"too few images for the split: class folder {folder / name} has "
+                f"{len(paths)} image{'s' if len(paths) != 1 else ''}, and data.val_fraction="
+                f"{cfg.val_fraction} needs at least 2 per class (one to train, one to "
+                "validate); add images, or give separate train/ and val/ folders"
+            )
+        random.Random(f"{cfg.split_seed}/{name}").shuffle(paths)
+        val += [(path, label) for path in sorted(paths[:held_out])]
+        train += [(path, label) for path in sorted(paths[held_out:])]
+    return train, val
