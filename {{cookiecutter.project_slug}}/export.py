@@ -8,13 +8,13 @@ the first of WEIGHT_SUFFIXES, in the run folder. Read it back with
 """
 
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
-{% if cookiecutter.use_safetensors %}
-WEIGHT_SUFFIXES = (".safetensors", ".pt")  # the first is the default
-{% else %}
-WEIGHT_SUFFIXES = (".pt",)
-{% endif %}
+# Projects generated with safetensors have its module, found here without importing it:
+# that would import torch, which takes seconds and which usage errors do not need.
+HAS_SAFETENSORS = find_spec("{{ cookiecutter.package_name }}.safetensors_io") is not None
+WEIGHT_SUFFIXES = (".safetensors", ".pt") if HAS_SAFETENSORS else (".pt",)  # first: default
 USAGE = f"usage: python export.py CHECKPOINT [OUTPUT, ending in {' or '.join(WEIGHT_SUFFIXES)}]"
 
 

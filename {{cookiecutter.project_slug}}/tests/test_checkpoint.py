@@ -21,7 +21,6 @@ from torch import nn
 from {{ cookiecutter.package_name }}.checkpoint import (
     CheckpointError,
     CheckpointManager,
-    atomic_path,
     export_weights,
     load_checkpoint,
     load_model_state,
@@ -38,6 +37,8 @@ from {{ cookiecutter.package_name }}.config import (
     to_dict,
 )
 from {{ cookiecutter.package_name }}.engine import TrainState
+from {{ cookiecutter.package_name }}.features import feature_module
+from {{ cookiecutter.package_name }}.files import atomic_path, atomic_symlink, atomic_write_text
 from {{ cookiecutter.package_name }}.model import build_model
 from {{ cookiecutter.package_name }}.optim import (
     build_optimizer,
@@ -45,6 +46,11 @@ from {{ cookiecutter.package_name }}.optim import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# For the tests of how a project generated without safetensors stores model weights and
+# refuses .safetensors files; tests/test_safetensors.py covers the projects with it.
+without_safetensors = pytest.mark.skipif(
+    feature_module("safetensors_io") is not None, reason="this project has safetensors"
+)
 
 
 def small_model(num_classes: int = 10) -> nn.Module:
@@ -89,21 +95,60 @@ def test_save_and_load_round_trip(small_config, tmp_path):
     assert loaded["classes"] == ["a", "b"]
     assert_same(state["model"], load_checkpoint(folder / "last.pt")["model"], "last")
     # The file holds plain types only: loadable without the project's code running.
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-{% if cookiecutter.use_safetensors %}
-    # The weights live in step-00000006.safetensors, whose SHA-256 the .pt records.
-    assert raw["model"] is None
-    weights = folder / "step-00000006.safetensors"
-    assert raw["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-{% else %}
-    assert_same(state["model"], raw["model"], "model")
-{% endif %}
+    torch.load(path, map_location="cpu", weights_only=True)
     assert_same(model.state_dict(), load_weights(path), "weights")
 
     fresh = small_model()
     load_model_state(fresh, loaded["model"], path)
     inputs = torch.randn(2, 3, 16, 16)
     assert torch.equal(fresh.eval()(inputs), model.eval()(inputs))
+
+
+@without_safetensors
+def test_model_weights_are_stored_inside_the_checkpoint(small_config, tmp_path):
+    model, state = trained_state(small_config)
+    path = CheckpointManager(tmp_path, is_main=True).save(state, model)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert_same(state["model"], raw["model"], "model")
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["last.pt", "step-00000006.pt", "step-00000006.pt.sha256"]
+
+
+@without_safetensors
+def test_a_safetensors_file_is_refused_naming_it_and_the_fix(small_config, tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"{}")
+    with pytest.raises(CheckpointError) as error:
+        load_weights(weights)
+    assert str(weights) in str(error.value)
+    assert "generated without safetensors" in str(error.value)
+    assert "use_safetensors=yes" in str(error.value)
+
+    model, state = trained_state(small_config)
+    checkpoint = CheckpointManager(tmp_path / "checkpoints", is_main=True).save(state, model)
+    output = tmp_path / "out" / "model.safetensors"
+    with pytest.raises(CheckpointError) as error:
+        export_weights(checkpoint, output)
+    assert str(output) in str(error.value) and "use_safetensors=yes" in str(error.value)
+    assert not output.parent.exists()
+
+
+@without_safetensors
+def test_a_checkpoint_keeping_its_weights_in_safetensors_is_refused_naming_both(
+    small_config, tmp_path
+):
+    """A checkpoint of a project generated with safetensors: its .pt holds no model weights
+    but the SHA-256 of its step-<N>.safetensors."""
+    model, state = trained_state(small_config)
+    path = tmp_path / "step-00000006.pt"
+    torch.save({**state, "model": None, "weights_sha256": "0" * 64}, path)
+    (tmp_path / "step-00000006.safetensors").write_bytes(b"{}")
+    for load in (load_checkpoint, load_weights):
+        with pytest.raises(CheckpointError) as error:
+            load(path)
+        message = str(error.value)
+        assert str(path) in message and "step-00000006.safetensors" in message, load.__name__
+        assert "generated without safetensors" in message, load.__name__
 
 
 def test_sidecar_holds_the_sha256_in_sha256sum_format(small_config, tmp_path):
@@ -303,6 +348,27 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"], "a temporary file was left"
 
 
+def test_atomic_write_text_replaces_the_file(tmp_path):
+    path = tmp_path / "note.txt"
+    path.write_text("old", encoding="utf-8")
+    atomic_write_text(path, "new ✓\n")
+    assert path.read_text(encoding="utf-8") == "new ✓\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["note.txt"]
+
+
+def test_atomic_symlink_switches_a_link_in_one_rename(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    link = tmp_path / "latest"
+    # A temporary link left by a killed process with our id is no obstacle.
+    (tmp_path / f".latest.{os.getpid()}.tmp").symlink_to("a")
+    atomic_symlink(link, "a", target_is_directory=True)
+    assert os.readlink(link) == "a"
+    atomic_symlink(link, "b", target_is_directory=True)
+    assert os.readlink(link) == "b" and os.path.samefile(link, tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "latest"]
+
+
 def with_step(state: dict, model: nn.Module, step: int) -> dict:
     """`state` as at global step `step`, the model's head bias set to `step` to tell them apart."""
     with torch.no_grad():
@@ -361,11 +427,7 @@ def test_keep_last_prunes_old_step_files_but_last_and_best_stay(small_config, tm
     steps = [path.name for path in manager.step_files()]
     assert steps[:2] == ["step-00000005.pt", "step-00000004.pt"]
     assert steps[2:] in ([], ["step-00000002.pt"]), steps
-{% if cookiecutter.use_safetensors %}
-    suffixes = (".pt", ".pt.sha256", ".safetensors")
-{% else %}
-    suffixes = (".pt", ".pt.sha256")
-{% endif %}
+    suffixes = (".pt", ".pt.sha256")  # tests/test_safetensors.py checks the weights files
     names = {path.name for path in folder.iterdir()}
     kept = {name.removesuffix(".pt") for name in steps}
     assert {f"{stem}{suffix}" for stem in kept for suffix in suffixes} <= names

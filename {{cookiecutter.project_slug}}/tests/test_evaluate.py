@@ -5,12 +5,14 @@ import csv
 import json
 
 import pytest
+import torch
 from conftest import SMALL_OVERRIDES, write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.data import STATS_FILE
+from {{ cookiecutter.package_name }}.features import feature_module
 from {{ cookiecutter.package_name }}.inference import (
     evaluate_checkpoint,
     load_trained,
@@ -140,8 +142,8 @@ def test_training_on_cached_images_learns_and_evaluate_agrees(
 # python train.py ARGS, with the memory available for the cache patched to 1000 bytes.
 TRAIN_WITH_LITTLE_MEMORY = """
 import runpy, sys
-from {{ cookiecutter.package_name }} import data
-data.available_memory = lambda device: 1000
+from {{ cookiecutter.package_name }}.data import cache
+cache.available_memory = lambda device: 1000
 sys.argv = ["train.py", *sys.argv[1:]]
 runpy.run_path("train.py", run_name="__main__")
 """
@@ -165,6 +167,23 @@ def test_a_cache_too_large_for_the_memory_exits_2_before_the_run_folder(
 def test_a_run_folder_means_its_best_checkpoint(trained_run):
     _, run_dir = trained_run
     assert resolve_checkpoint(run_dir) == run_dir / "checkpoints" / "best.pt"
+
+
+def test_evaluate_names_the_missing_safetensors_weights_of_a_checkpoint(
+    trained_run, run_python, tmp_path
+):
+    """A checkpoint that keeps its model weights in step-<N>.safetensors, as projects generated
+    with safetensors write them, given without that file (or to a project without them)."""
+    _, run_dir = trained_run
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    path = tmp_path / "step-00000008.pt"
+    torch.save({**checkpoint, "model": None, "weights_sha256": "0" * 64}, path)
+    result = run_python("evaluate.py", f"run.resume={path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and str(path) in result.stderr
+    assert "step-00000008.safetensors" in result.stderr
+    without = feature_module("safetensors_io") is None
+    assert ("generated without safetensors" if without else "which is missing") in result.stderr
 
 
 def test_a_corrupt_image_stops_training_with_one_line_naming_it(trained_run, run_python, tmp_path):

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
+from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint, write_weights
 from {{ cookiecutter.package_name }}.config import (
     ConfigError,
     ModelConfig,
 )
+from {{ cookiecutter.package_name }}.features import feature_module
 from {{ cookiecutter.package_name }}.model import (
     SmallResNet,
     build_model,
@@ -111,19 +112,16 @@ def test_torchvision_model_smoke_trains_one_batch(make_config, tmp_path, name):
 
 def save_small_resnet(path, width=8, num_classes=10):
     source = build_model(ModelConfig(width=width), num_classes=num_classes, in_channels=3)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(source.state_dict(), str(path))
-    else:
-        torch.save(source.state_dict(), path)
+    write_weights(source.state_dict(), path)  # .pth as torch.save writes it, or .safetensors
     return source
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+# .safetensors files are read in projects generated with safetensors, refused in the others.
+HAS_SAFETENSORS = feature_module("safetensors_io") is not None
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"] if HAS_SAFETENSORS else [".pth"])
 def test_initial_weights_load_and_the_classifier_is_replaced(tmp_path, suffix):
-    if suffix == ".safetensors":
-        pytest.importorskip("safetensors", reason="the safetensors package is not installed")
     path = tmp_path / f"weights{suffix}"
     source = save_small_resnet(path)
     model = build_model(ModelConfig(width=8, weights=str(path)), num_classes=4, in_channels=3)
@@ -158,6 +156,17 @@ def test_unusable_weights_file_gives_a_clear_error(tmp_path, file_name, content,
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=words):
         build_model(ModelConfig(width=8, weights=str(path)), num_classes=10, in_channels=3)
+
+
+@pytest.mark.skipif(HAS_SAFETENSORS, reason="this project reads .safetensors files")
+def test_safetensors_weights_without_safetensors_name_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(b"{}")
+    with pytest.raises(ConfigError) as error:
+        build_model(ModelConfig(width=8, weights=str(path)), num_classes=10, in_channels=3)
+    message = str(error.value)
+    assert message.startswith("model.weights") and str(path) in message
+    assert "generated without safetensors" in message and "use_safetensors=yes" in message
 
 
 def test_flops_are_counted_on_one_sample_and_leave_the_model_as_it_was():

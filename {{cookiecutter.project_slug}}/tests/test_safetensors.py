@@ -1,8 +1,10 @@
 """Model weights as .safetensors: written by a run, equal to the checkpoint, checked on load,
-refused when they do not belong to their checkpoint, exported."""
+refused when they do not belong to their checkpoint, pruned with it, exported."""
 
+import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from {{ cookiecutter.package_name }}.checkpoint import (
     export_weights,
     load_checkpoint,
     load_weights,
+    write_weights,
 )
 from {{ cookiecutter.package_name }}.config import ModelConfig
 from {{ cookiecutter.package_name }}.model import build_model
@@ -102,6 +105,28 @@ def test_weights_not_matching_their_checkpoint_are_refused_naming_them(two_check
     assert all(torch.equal(checkpoint["model"][key], value) for key, value in expected.items())
 
 
+def test_checkpoint_records_the_sha256_of_its_weights_file(two_checkpoints):
+    # The weights live in step-00000004.safetensors, whose SHA-256 the .pt records.
+    raw = torch.load(two_checkpoints / "step-00000004.pt", map_location="cpu", weights_only=True)
+    assert raw["model"] is None
+    weights = two_checkpoints / "step-00000004.safetensors"
+    assert raw["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_keep_last_prunes_the_weights_files_with_their_checkpoints(tmp_path):
+    model = build_model(ModelConfig(width=8), num_classes=10, in_channels=3)
+    manager = CheckpointManager(tmp_path, is_main=True, keep_last=2)
+    for step in range(1, 6):
+        state = {"progress": {"global_step": step}, "model": model.state_dict()}
+        manager.save(state, model, is_best=step == 2)
+    steps = [path.name for path in manager.step_files()]
+    suffixes = (".pt", ".pt.sha256", ".safetensors")
+    names = {path.name for path in tmp_path.iterdir()}
+    kept = {name.removesuffix(".pt") for name in steps}
+    assert {f"{stem}{suffix}" for stem in kept for suffix in suffixes} <= names
+    assert {name.split(".")[0] for name in names} <= kept | {"last", "best"}, names
+
+
 def test_full_disk_while_writing_safetensors_keeps_the_last_checkpoint(
     two_checkpoints, monkeypatch
 ):
@@ -146,3 +171,19 @@ def test_temporary_file_of_the_safetensors_library_is_removed_at_start(two_check
     CheckpointManager(folder, is_main=True)
     assert not orphan.exists()
     assert sorted(path.name for path in folder.iterdir()) == before
+
+
+def test_without_the_safetensors_package_the_error_names_the_file_and_the_fix(
+    two_checkpoints, tmp_path, monkeypatch
+):
+    existing = two_checkpoints / "step-00000004.safetensors"
+    weights = load_weights(existing)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # as if not installed
+    with pytest.raises(CheckpointError) as read_error:
+        load_weights(existing)
+    output = tmp_path / "model.safetensors"
+    with pytest.raises(CheckpointError) as write_error:
+        write_weights(weights, output)
+    for path, error in ((existing, read_error), (output, write_error)):
+        assert str(path) in str(error.value) and "pip install safetensors" in str(error.value)
+    assert not output.exists()

@@ -2,13 +2,10 @@
 
 A checkpoint holds plain types only (tensors, numbers, strings, lists, dicts), so it
 loads with `torch.load(weights_only=True)`, which refuses any file that would run code.
-Every write goes to a temporary file in the same folder, is flushed to disk, then
-atomically renamed over the old file: a kill at any instant leaves the previous
+Every write goes through `files.atomic_path`: a kill at any instant leaves the previous
 checkpoint whole.
 """
 
-import contextlib
-import hashlib
 import logging
 import os
 import pickle
@@ -22,43 +19,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from .features import feature_module
+from .files import (
+    TEMPORARY_FILES,
+    atomic_path,
+    atomic_symlink,
+    file_sha256,
+    sidecar_of,
+    write_sidecar,
+)
+
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
 CHECKPOINT_FORMAT = 1
 # Prefixes added by wrappers: DistributedDataParallel/DataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+SAFETENSORS = ".safetensors"
+# The key of a checkpoint whose model weights are kept beside it (its "model" is None):
+# the SHA-256 of that file, which ties the two together.
+WEIGHTS_BESIDE = "weights_sha256"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or used; the message names the file."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path next to `path`; on success it replaces `path` durably.
-
-    On any failure (including a full disk, which torch reports as RuntimeError) the
-    temporary file is removed and `path` is left exactly as it was.
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename itself is durable only once the folder's entry is on disk.
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -72,12 +55,8 @@ def strip_prefixes(state_dict: dict) -> dict:
     """Remove wrapper prefixes from every key, however they are nested."""
     cleaned = {}
     for key, value in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix) :], True
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]  # each prefix is one name and its dot
         cleaned[key] = value
     return cleaned
 
@@ -117,9 +96,10 @@ def state_dict_mismatches(expected: dict, found: dict, source: str) -> list[str]
 
 def rng_state() -> dict:
     """Python, NumPy and torch RNG states as plain types (weights_only-loadable)."""
+    version, internal, gauss = random.getstate()
     numpy_state = np.random.get_state(legacy=False)
     state = {
-        "python": _to_plain(random.getstate()),
+        "python": [version, list(internal), gauss],
         "numpy": {
             "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
             "pos": int(numpy_state["state"]["pos"]),
@@ -136,48 +116,18 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            numpy_state["key"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["gauss"],
-        )
-    )
+    saved = state["numpy"]
+    key = saved["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, saved["pos"], saved["has_gauss"], saved["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _to_plain(value):
-    if isinstance(value, tuple):
-        return [_to_plain(item) for item in value]
-    return value
-
-
-def versions() -> dict:
-    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
-    return {"torch": str(torch.__version__), "python": platform.python_version()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sidecar_of(path: Path) -> Path:
-    """`step-00000100.pt` -> `step-00000100.pt.sha256` (the format of `sha256sum`)."""
-    return path.with_name(path.name + ".sha256")
-
-
-def write_sidecar(path: Path) -> None:
-    with atomic_path(sidecar_of(path)) as temporary:
-        temporary.write_text(f"{file_sha256(path)}  {path.name}\n", encoding="utf-8")
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type where it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def verify_file(path: Path) -> None:
@@ -203,6 +153,45 @@ def verify_file(path: Path) -> None:
         raise CheckpointError(f"{path} is corrupt: the checksum of its entry {damaged} fails")
 
 
+class PtWeights:
+    """Model weights inside the .pt: the format of projects generated without safetensors,
+    which refuse every .safetensors file, naming it and the way out. `weights_format()`
+    gives this or, with safetensors, `safetensors_io.SafetensorsWeights` (same methods)."""
+
+    # Patterns of the temporary files a weights library writes by itself: none here.
+    library_temporary_files: tuple[str, ...] = ()
+
+    def store(self, state: dict, model: nn.Module, path: Path) -> dict:
+        """`state` as the checkpoint file `path` holds it: with the model weights inside."""
+        return state
+
+    def load_beside(self, path: Path, recorded_sha256: str) -> dict:
+        weights = path.with_suffix(SAFETENSORS)
+        raise _without_safetensors(weights, f"{path} keeps its model weights in {weights.name}; ")
+
+    def read_safetensors(self, path: Path) -> dict:
+        raise _without_safetensors(path)
+
+    def write_safetensors(self, weights: dict, path: Path) -> None:
+        raise _without_safetensors(path)
+
+
+def _without_safetensors(path: Path, context: str = "") -> CheckpointError:
+    return CheckpointError(
+        f"{context}{path} is a .safetensors file, and this project was generated without "
+        "safetensors (use_safetensors=no), so it reads and writes model weights as .pt only: "
+        "use a .pt file (safetensors.torch.load_file, then torch.save, converts one), or "
+        "generate the project again with use_safetensors=yes"
+    )
+
+
+def weights_format():
+    """How this project stores and reads model weights: `PtWeights`, or the safetensors
+    module's format in projects generated with safetensors."""
+    safetensors_io = feature_module("safetensors_io")
+    return safetensors_io.SafetensorsWeights() if safetensors_io is not None else PtWeights()
+
+
 def _warn_if_safe_loading_is_disabled() -> None:
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() not in ("", "0", "false"):
         logger.warning(
@@ -211,27 +200,29 @@ def _warn_if_safe_loading_is_disabled() -> None:
         )
 
 
+def _require_file(path: Path, kind: str) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{kind} {path} does not exist")
+
+
 def _load_verified(path: Path):
     """Verify `path` (SHA-256 or zip CRCs) and unpickle it safely onto the CPU.
 
     Returns (resolved path, loaded object); raises CheckpointError naming the file.
     """
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _require_file(path, "checkpoint")
     _warn_if_safe_loading_is_disabled()
     real = path.resolve()  # last.pt and best.pt are symbolic links to step files
     verify_file(real)
     try:
         return real, torch.load(real, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
         raise CheckpointError(
             f"refused to load {path}: it holds objects that could run code when unpickled "
-            f"({reason}); load only checkpoints you trust, made by this project"
+            f"({first_line(error)}); load only checkpoints you trust, made by this project"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -245,80 +236,44 @@ def _with_model_weights(path: Path, real: Path, checkpoint) -> dict:
     """`checkpoint` with its model weights in place, or CheckpointError if it has none."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
-{% if cookiecutter.use_safetensors %}
-    if checkpoint.get("model") is None and "weights_sha256" in checkpoint:
-        checkpoint["model"] = _load_paired_weights(real, checkpoint["weights_sha256"])
-{% endif %}
+    if checkpoint.get("model") is None and WEIGHTS_BESIDE in checkpoint:
+        checkpoint["model"] = weights_format().load_beside(real, checkpoint[WEIGHTS_BESIDE])
     if checkpoint.get("model") is None:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
     return checkpoint
 
 
-{% if cookiecutter.use_safetensors %}
-def save_safetensors(model: nn.Module, path: Path) -> None:
-    """Model weights only, through the safetensors library (shared tensors handled)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_model
-
-    try:
-        with atomic_path(path) as temporary:
-            save_model(unwrap(model), str(temporary), metadata={"format": "pt"})
-    except SafetensorError as error:  # e.g. a full disk; not an OSError subclass
-        raise OSError(f"safetensors: {error}") from None
-
-
-def load_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} is truncated or corrupt ({error})") from None
-
-
-def _load_paired_weights(path: Path, recorded_sha256: str) -> dict:
-    """The model weights of checkpoint `path`, kept beside it as `<name>.safetensors`."""
-    weights = path.with_suffix(".safetensors")
-    if not weights.is_file():
-        raise CheckpointError(f"{path} keeps its model weights in {weights.name}, which is missing")
-    if file_sha256(weights) != recorded_sha256:
-        raise CheckpointError(
-            f"{weights} does not match {path.name} (SHA-256 differs): the weights file is "
-            "corrupt or belongs to another checkpoint"
-        )
-    return load_safetensors(weights)
-
-
-{% endif %}
 def load_weights(path: Path) -> dict:
-    """Model weights from a checkpoint or a weights-only file (.pt{% if cookiecutter.use_safetensors %} or .safetensors{% endif %})."""
+    """Model weights from any file of them: a checkpoint, a weights-only .pt or .pth (from
+    export.py or torchvision) or a .safetensors file. The one reader of weights files: it
+    raises CheckpointError naming the file when it cannot be used."""
     path = Path(path)
-{% if cookiecutter.use_safetensors %}
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)
-{% endif %}
+    if path.suffix == SAFETENSORS:
+        _require_file(path, "weights file")
+        return weights_format().read_safetensors(path)
     real, loaded = _load_verified(path)  # one verified load, whichever kind of file
     if isinstance(loaded, dict) and "progress" not in loaded and "model" not in loaded:
-        return loaded  # a weights-only file written by export.py
+        return loaded  # a weights-only file
     return _with_model_weights(path, real, loaded)["model"]
+
+
+def write_weights(weights: dict, path: Path) -> Path:
+    """A weights-only file for inference, .pt or .safetensors by its suffix, atomically."""
+    if path.suffix == SAFETENSORS:
+        weights_format().write_safetensors(weights, path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(weights, temporary)
+    except (OSError, RuntimeError) as error:  # a full disk is a RuntimeError in torch.save
+        raise CheckpointError(f"could not write {path} ({first_line(error)})") from None
+    return path
 
 
 def export_weights(checkpoint_path: Path, output: Path) -> Path:
     """Write just the model weights of a checkpoint, for inference, atomically."""
-    weights = load_checkpoint(checkpoint_path)["model"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-{% if cookiecutter.use_safetensors %}
-    if output.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        with atomic_path(output) as temporary:
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(temporary))
-        return output
-{% endif %}
-    with atomic_path(output) as temporary:
-        torch.save(weights, temporary)
-    return output
+    return write_weights(load_checkpoint(checkpoint_path)["model"], output)
 
 
 def _step_of(path: Path) -> int:
@@ -328,11 +283,11 @@ def _step_of(path: Path) -> int:
 class CheckpointManager:
     """Checkpoints of one run, in `<run.dir>/checkpoints/`.
 
-    Every save writes `step-<N>.pt` (and with safetensors, the model weights as
-    `step-<N>.safetensors`) with a `.sha256` beside it, then points `last.pt` (and
-    `best.pt` at a new best) at it: a symbolic link, switched in one atomic rename, so an
-    alias never refers to half of one checkpoint and half of another. Step files beyond the
-    newest `keep_last` are deleted afterwards, except those an alias points to. Only the
+    Every save writes `step-<N>.pt` (and, where `weights_format()` keeps the model weights
+    beside it, `step-<N>.safetensors`) with a `.sha256` beside it, then points `last.pt`
+    (and `best.pt` at a new best) at it: a symbolic link, switched in one atomic rename, so
+    an alias never refers to half of one checkpoint and half of another. Step files beyond
+    the newest `keep_last` are deleted afterwards, except those an alias points to. Only the
     main process writes.
     """
 
@@ -342,18 +297,22 @@ class CheckpointManager:
         self.folder = folder
         self.is_main = is_main
         self.keep_last = max(keep_last, 1)
+        self.weights = weights_format()
         if is_main and folder.is_dir():
             self._remove_orphans()
 
     def _remove_orphans(self) -> None:
         """Delete what a killed save or clean-up left: temporary files, and the parts
-        (.sha256, .safetensors) of a step whose .pt is gone. No save runs at this point."""
-        # Ours are .NAME.PID.tmp; the safetensors library writes through .tmpXXXXXX files.
-        for orphan in [*self.folder.glob(".*.tmp"), *self.folder.glob(".tmp*")]:
-            orphan.unlink(missing_ok=True)
+        (.sha256, weights) of a step whose .pt is gone. No save runs at this point."""
+        for pattern in (TEMPORARY_FILES, *self.weights.library_temporary_files):
+            for orphan in self.folder.glob(pattern):
+                orphan.unlink(missing_ok=True)
         for part in self.folder.glob("step-*"):
-            stem = part.name.split(".")[0]
-            if not (self.folder / f"{stem}.pt").is_file():
+            self._remove_parts_without_pt(part.name.split(".")[0])
+
+    def _remove_parts_without_pt(self, stem: str) -> None:
+        if not (self.folder / f"{stem}.pt").is_file():
+            for part in self.folder.glob(f"{stem}.*"):
                 part.unlink(missing_ok=True)
 
     def step_files(self) -> list[Path]:
@@ -399,11 +358,7 @@ class CheckpointManager:
             return path
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-{% if cookiecutter.use_safetensors %}
-            weights = self.folder / f"{stem}.safetensors"
-            save_safetensors(model, weights)
-            state = {**state, "model": None, "weights_sha256": file_sha256(weights)}
-{% endif %}
+            state = self.weights.store(state, model, path)
             with atomic_path(path) as temporary:
                 torch.save(state, temporary)
             write_sidecar(path)
@@ -412,15 +367,11 @@ class CheckpointManager:
                 self._point("best", path)
             self._prune()
         except (OSError, RuntimeError) as error:
-{% if cookiecutter.use_safetensors %}
-            if not path.is_file():  # weights without their .pt would be an orphan
-                (self.folder / f"{stem}.safetensors").unlink(missing_ok=True)
-{% endif %}
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            self._remove_parts_without_pt(stem)  # e.g. weights written before the .pt failed
             raise CheckpointError(
-                f"could not write {path} ({reason}); the previous checkpoint is untouched. "
-                "Free disk space or point run.dir at a writable folder, then resume "
-                "with run.resume=auto"
+                f"could not write {path} ({first_line(error)}); the previous checkpoint is "
+                "untouched. Free disk space or point run.dir at a writable folder, then "
+                "resume with run.resume=auto"
             ) from None
         return path
 
@@ -428,16 +379,11 @@ class CheckpointManager:
         """Make `<alias>.pt` a symbolic link to `path`, atomically (a copy where the
         filesystem has no symbolic links)."""
         target = self.folder / f"{alias}.pt"
-        temporary = self.folder / f".{alias}.pt.{os.getpid()}.tmp"
-        temporary.unlink(missing_ok=True)
         try:
-            temporary.symlink_to(path.name)
+            atomic_symlink(target, path.name)
         except OSError:
-            shutil.copyfile(path, temporary)
-            with open(temporary, "rb+") as file:
-                os.fsync(file.fileno())
-        os.replace(temporary, target)
-        _fsync_folder(self.folder)
+            with atomic_path(target) as temporary:
+                shutil.copyfile(path, temporary)
 
     def _prune(self) -> None:
         """Delete step checkpoints older than the newest `keep_last`, unless an alias
@@ -448,10 +394,9 @@ class CheckpointManager:
             if (self.folder / f"{alias}.pt").is_symlink()
         }
         for old in self.step_files()[self.keep_last :]:
-            if old.resolve() in pointed:
-                continue
-            for suffix in (".pt", ".safetensors", ".pt.sha256"):
-                (self.folder / f"{old.stem}{suffix}").unlink(missing_ok=True)
+            if old.resolve() not in pointed:
+                old.unlink(missing_ok=True)
+                self._remove_parts_without_pt(old.stem)
 
 
 def check_finite_weights(model: nn.Module, step: int) -> None:
@@ -499,5 +444,6 @@ def training_state(
         "config": config,
         "classes": list(classes),
         "normalization": normalization or {},
-        "versions": versions(),
+        # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+        "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
     }

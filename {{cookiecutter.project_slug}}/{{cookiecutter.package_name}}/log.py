@@ -12,6 +12,8 @@ import sys
 from logging.handlers import MemoryHandler
 from pathlib import Path
 
+from .files import atomic_path
+
 LOGGER_NAME = "{{ cookiecutter.package_name }}"
 METRIC_COLUMNS = (
     "epoch",
@@ -92,12 +94,11 @@ class CSVLog:
             return
         rows = [row for row in read_csv(self.path) if int(row[self.position_column]) < position]
         # Rewritten through a temporary file: a kill at this moment keeps the old rows.
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with temporary.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, self.path)
+        with atomic_path(self.path) as temporary:
+            with temporary.open("w", newline="", encoding="utf-8") as file:
+                writer = csv.DictWriter(file, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
 
     def write_rows(self, rows: list[dict]) -> None:
         new_file = not self.path.exists()

@@ -145,7 +145,7 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
     if path.suffix not in (".pth", ".pt", ".safetensors"):
         raise ConfigError(f"model.weights={str(path)!r}: expected a .pth, .pt or .safetensors file")
     try:
-        weights = strip_prefixes(_read_weights(path, load_weights))
+        weights = strip_prefixes(load_weights(path))
     except CheckpointError as error:
         raise ConfigError(f"model.weights: {error}") from None
     expected = model.state_dict()
@@ -174,26 +174,6 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
         if kept_head
         else "",
     )
-
-
-def _read_weights(path: Path, load_weights) -> dict:
-    """The tensors of a weights file: the project's own loader (it verifies checksums and
-    reads checkpoints too), or the safetensors library for `.safetensors` files."""
-    if path.suffix != ".safetensors":
-        return load_weights(path)
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise ConfigError(
-            f"model.weights={str(path)!r}: reading .safetensors needs the safetensors "
-            "package: pip install safetensors"
-        ) from None
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as error:  # safetensors raises its own error types for bad files
-        raise ConfigError(
-            f"model.weights={str(path)!r} is not a valid safetensors file ({error})"
-        ) from None
 
 
 def _classifier_keys(model: nn.Module) -> list[str]:

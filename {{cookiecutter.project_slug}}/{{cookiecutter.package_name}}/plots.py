@@ -6,6 +6,7 @@ that training does not need.
 
 from pathlib import Path
 
+from .files import atomic_path
 from .log import read_csv
 
 PLOTS = {
@@ -51,6 +52,12 @@ def _save(figure, path: Path, plt, curves: tuple[str, ...]) -> Path:
     figure.tight_layout()
     # The curve names go into the PNG's text metadata, so scripts (and the tests) can
     # tell what a plot shows without looking at it.
-    figure.savefig(path, dpi=100, metadata={"Description": "curves: " + ", ".join(curves)})
+    with atomic_path(path) as temporary:  # a kill while drawing keeps the previous plot
+        figure.savefig(
+            temporary,
+            format="png",
+            dpi=100,
+            metadata={"Description": "curves: " + ", ".join(curves)},
+        )
     plt.close(figure)
     return path
