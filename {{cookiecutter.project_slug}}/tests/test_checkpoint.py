@@ -25,8 +25,6 @@ from {{ cookiecutter.package_name }}.checkpoint import (
     load_checkpoint,
     load_model_state,
     load_weights,
-    rng_state,
-    set_rng_state,
     strip_prefixes,
     training_state,
 )
@@ -38,12 +36,18 @@ from {{ cookiecutter.package_name }}.config import (
 )
 from {{ cookiecutter.package_name }}.engine import TrainState
 from {{ cookiecutter.package_name }}.features import feature_module
-from {{ cookiecutter.package_name }}.files import atomic_path, atomic_symlink, atomic_write_text
+from {{ cookiecutter.package_name }}.files import (
+    atomic_path,
+    atomic_symlink,
+    atomic_write_text,
+    file_sha256,
+)
 from {{ cookiecutter.package_name }}.model import build_model
 from {{ cookiecutter.package_name }}.optim import (
     build_optimizer,
     build_scheduler,
 )
+from {{ cookiecutter.package_name }}.seeding import rng_state, set_rng_state
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # For the tests of how a project generated without safetensors stores model weights and
@@ -114,16 +118,20 @@ def test_model_weights_are_stored_inside_the_checkpoint(small_config, tmp_path):
     assert names == ["last.pt", "step-00000006.pt", "step-00000006.pt.sha256"]
 
 
-@without_safetensors
-def test_a_safetensors_file_is_refused_naming_it_and_the_fix(small_config, tmp_path):
+def test_every_project_reads_safetensors_files_and_names_a_broken_one(small_config, tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    model, state = trained_state(small_config)
     weights = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(state["model"], str(weights))
+    assert_same(state["model"], load_weights(weights), "weights")
     weights.write_bytes(b"{}")
     with pytest.raises(CheckpointError) as error:
         load_weights(weights)
-    assert str(weights) in str(error.value)
-    assert "generated without safetensors" in str(error.value)
-    assert "use_safetensors=yes" in str(error.value)
+    assert str(weights) in str(error.value) and "truncated or corrupt" in str(error.value)
 
+
+@without_safetensors
+def test_writing_a_safetensors_file_is_refused_naming_it_and_the_fix(small_config, tmp_path):
     model, state = trained_state(small_config)
     checkpoint = CheckpointManager(tmp_path / "checkpoints", is_main=True).save(state, model)
     output = tmp_path / "out" / "model.safetensors"
@@ -133,22 +141,26 @@ def test_a_safetensors_file_is_refused_naming_it_and_the_fix(small_config, tmp_p
     assert not output.parent.exists()
 
 
-@without_safetensors
-def test_a_checkpoint_keeping_its_weights_in_safetensors_is_refused_naming_both(
+def test_a_checkpoint_keeping_its_weights_in_safetensors_loads_in_every_project(
     small_config, tmp_path
 ):
     """A checkpoint of a project generated with safetensors: its .pt holds no model weights
-    but the SHA-256 of its step-<N>.safetensors."""
+    but the SHA-256 of its step-<N>.safetensors. It loads wherever the package is installed;
+    weights that do not match the recorded SHA-256 are refused, naming both files."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
     model, state = trained_state(small_config)
     path = tmp_path / "step-00000006.pt"
+    weights = tmp_path / "step-00000006.safetensors"
+    safetensors_torch.save_file(state["model"], str(weights))
+    torch.save({**state, "model": None, "weights_sha256": file_sha256(weights)}, path)
+    assert_same(state["model"], load_checkpoint(path)["model"], "paired weights")
     torch.save({**state, "model": None, "weights_sha256": "0" * 64}, path)
-    (tmp_path / "step-00000006.safetensors").write_bytes(b"{}")
     for load in (load_checkpoint, load_weights):
         with pytest.raises(CheckpointError) as error:
             load(path)
         message = str(error.value)
-        assert str(path) in message and "step-00000006.safetensors" in message, load.__name__
-        assert "generated without safetensors" in message, load.__name__
+        assert str(path.name) in message and "step-00000006.safetensors" in message, load.__name__
+        assert "SHA-256 differs" in message, load.__name__
 
 
 def test_sidecar_holds_the_sha256_in_sha256sum_format(small_config, tmp_path):

@@ -10,12 +10,10 @@ import logging
 import os
 import pickle
 import platform
-import random
 import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +26,7 @@ from .files import (
     sidecar_of,
     write_sidecar,
 )
+from .seeding import rng_state
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -94,36 +93,6 @@ def state_dict_mismatches(expected: dict, found: dict, source: str) -> list[str]
     return problems
 
 
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states as plain types (weights_only-loadable)."""
-    version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": [version, list(internal), gauss],
-        "numpy": {
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    saved = state["numpy"]
-    key = saved["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, saved["pos"], saved["has_gauss"], saved["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type where it has none."""
     text = str(error).strip()
@@ -155,8 +124,8 @@ def verify_file(path: Path) -> None:
 
 class PtWeights:
     """Model weights inside the .pt: the format of projects generated without safetensors,
-    which refuse every .safetensors file, naming it and the way out. `weights_format()`
-    gives this or, with safetensors, `safetensors_io.SafetensorsWeights` (same methods)."""
+    which read .safetensors files but do not write them. `weights_format()` gives this or,
+    with safetensors, `safetensors_io.SafetensorsWeights` (same methods)."""
 
     # Patterns of the temporary files a weights library writes by itself: none here.
     library_temporary_files: tuple[str, ...] = ()
@@ -165,24 +134,48 @@ class PtWeights:
         """`state` as the checkpoint file `path` holds it: with the model weights inside."""
         return state
 
-    def load_beside(self, path: Path, recorded_sha256: str) -> dict:
-        weights = path.with_suffix(SAFETENSORS)
-        raise _without_safetensors(weights, f"{path} keeps its model weights in {weights.name}; ")
-
-    def read_safetensors(self, path: Path) -> dict:
-        raise _without_safetensors(path)
-
     def write_safetensors(self, weights: dict, path: Path) -> None:
-        raise _without_safetensors(path)
+        raise CheckpointError(
+            f"{path}: this project was generated without safetensors (use_safetensors=no), "
+            "so it writes model weights as .pt only: choose a .pt file, or generate the "
+            "project again with use_safetensors=yes"
+        )
 
 
-def _without_safetensors(path: Path, context: str = "") -> CheckpointError:
-    return CheckpointError(
-        f"{context}{path} is a .safetensors file, and this project was generated without "
-        "safetensors (use_safetensors=no), so it reads and writes model weights as .pt only: "
-        "use a .pt file (safetensors.torch.load_file, then torch.save, converts one), or "
-        "generate the project again with use_safetensors=yes"
-    )
+def safetensors_library(action: str, path: Path):
+    """`safetensors.torch` and the library's error type; CheckpointError naming `path` and
+    the fix where the package is not installed."""
+    try:
+        import safetensors.torch
+        from safetensors import SafetensorError
+    except ImportError:
+        raise CheckpointError(
+            f"{action} {path} needs the safetensors package: pip install safetensors"
+        ) from None
+    return safetensors.torch, SafetensorError
+
+
+def read_safetensors(path: Path) -> dict:
+    """The tensors of a .safetensors file, on the CPU; CheckpointError naming the file."""
+    library, library_error = safetensors_library("reading", path)
+    try:
+        return library.load_file(str(path), device="cpu")
+    except (library_error, OSError) as error:
+        raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
+
+
+def _load_weights_beside(path: Path, recorded_sha256: str) -> dict:
+    """The model weights of checkpoint `path`, kept beside it as `step-<N>.safetensors` by
+    a project generated with safetensors, checked against the SHA-256 the .pt records."""
+    weights = path.with_suffix(SAFETENSORS)
+    if not weights.is_file():
+        raise CheckpointError(f"{path} keeps its model weights in {weights.name}, which is missing")
+    if file_sha256(weights) != recorded_sha256:
+        raise CheckpointError(
+            f"{weights} does not match {path.name} (SHA-256 differs): the weights file is "
+            "corrupt or belongs to another checkpoint"
+        )
+    return read_safetensors(weights)
 
 
 def weights_format():
@@ -237,7 +230,7 @@ def _with_model_weights(path: Path, real: Path, checkpoint) -> dict:
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
     if checkpoint.get("model") is None and WEIGHTS_BESIDE in checkpoint:
-        checkpoint["model"] = weights_format().load_beside(real, checkpoint[WEIGHTS_BESIDE])
+        checkpoint["model"] = _load_weights_beside(real, checkpoint[WEIGHTS_BESIDE])
     if checkpoint.get("model") is None:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
     return checkpoint
@@ -250,7 +243,7 @@ def load_weights(path: Path) -> dict:
     path = Path(path)
     if path.suffix == SAFETENSORS:
         _require_file(path, "weights file")
-        return weights_format().read_safetensors(path)
+        return read_safetensors(path)
     real, loaded = _load_verified(path)  # one verified load, whichever kind of file
     if isinstance(loaded, dict) and "progress" not in loaded and "model" not in loaded:
         return loaded  # a weights-only file

@@ -19,19 +19,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from .checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from .config import Config, ConfigError, TrainConfig
 from .engine import TrainState
+from .files import atomic_write_text
 from .processes import SingleProcess
 from .resume import find_resume
 from .runs import RUNS, resolve_run_dir
-from .seeding import seed_everything
+from .seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 # In a default run folder made under torchrun: the id of the torchrun job that made it.
@@ -340,7 +335,7 @@ class DistributedProcesses(SingleProcess):
     def made_run_dir(self, run_dir: Path) -> None:
         if "TORCHELASTIC_RUN_ID" in os.environ:  # for job_run_dir after a restart
             job_id = os.environ["TORCHELASTIC_RUN_ID"]
-            (run_dir / JOB_ID_FILE).write_text(job_id, encoding="utf-8")
+            atomic_write_text(run_dir / JOB_ID_FILE, job_id)
 
     def wrap_model(self, model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
         train = cfg.train

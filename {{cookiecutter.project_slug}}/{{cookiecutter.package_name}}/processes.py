@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointManager, set_rng_state
+from .checkpoint import CheckpointManager
 from .config import Config, TrainConfig
 from .engine import TrainState
 from .features import feature_module
 from .resume import find_resume
 from .runs import resolve_run_dir
+from .seeding import set_rng_state
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 

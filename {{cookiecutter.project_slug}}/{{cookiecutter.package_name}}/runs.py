@@ -16,11 +16,11 @@ points can find a run's files before paying for that import.
 
 import datetime
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .files import atomic_symlink
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -90,11 +90,7 @@ def new_run_dir(name: str) -> Path:
 def point_latest_at(run_dir: Path) -> None:
     """`runs/latest` -> this run's folder (a relative symlink, switched atomically)."""
     latest = run_dir.parent / "latest"
-    temporary = run_dir.parent / f".latest.{os.getpid()}.tmp"
     try:
-        temporary.unlink(missing_ok=True)
-        temporary.symlink_to(run_dir.name, target_is_directory=True)
-        os.replace(temporary, latest)
+        atomic_symlink(latest, run_dir.name, target_is_directory=True)
     except OSError as error:  # e.g. a filesystem without symlinks: the pointer is a comfort
-        temporary.unlink(missing_ok=True)
         logger.warning("could not point %s at this run: %s", latest, error)

@@ -1,4 +1,4 @@
-"""Model weights as .safetensors: beside each checkpoint, and as files to read and export.
+"""Model weights written as .safetensors: beside each checkpoint, and as exported files.
 
 This module exists only in projects generated with safetensors; `checkpoint.weights_format()`
 finds it. A checkpoint `step-<N>.pt` then holds everything but the model weights, which are
@@ -16,15 +16,16 @@ from .checkpoint import (
     WEIGHTS_BESIDE,
     CheckpointError,
     first_line,
+    safetensors_library,
     unwrap,
 )
 from .files import atomic_path, file_sha256
 
 
 class SafetensorsWeights:
-    """Model weights kept beside the checkpoint `step-<N>.pt` as `step-<N>.safetensors`;
-    weights-only files read and written in either format. The methods of
-    `checkpoint.PtWeights`, for projects generated with safetensors."""
+    """Model weights kept beside the checkpoint `step-<N>.pt` as `step-<N>.safetensors`,
+    and weights-only files written in either format (every project reads both). The
+    methods of `checkpoint.PtWeights`, for projects generated with safetensors."""
 
     # The safetensors library writes through a `.tmpXXXXXX` file of its own in the target
     # folder, then renames it: a kill during that write leaves one, as large as the model.
@@ -34,7 +35,7 @@ class SafetensorsWeights:
         """Write the model weights beside the checkpoint file `path`; return `state` as
         `path` holds it: without the weights, with their file's SHA-256."""
         weights = path.with_suffix(SAFETENSORS)
-        library, library_error = _library("writing", weights)
+        library, library_error = safetensors_library("writing", weights)
         try:
             with atomic_path(weights) as temporary:  # save_model handles shared tensors
                 library.save_model(unwrap(model), str(temporary), metadata={"format": "pt"})
@@ -42,45 +43,11 @@ class SafetensorsWeights:
             raise OSError(f"safetensors: {error}") from None
         return {**state, "model": None, WEIGHTS_BESIDE: file_sha256(weights)}
 
-    def load_beside(self, path: Path, recorded_sha256: str) -> dict:
-        """The model weights of checkpoint `path`, checked against the SHA-256 it records."""
-        weights = path.with_suffix(SAFETENSORS)
-        if not weights.is_file():
-            raise CheckpointError(
-                f"{path} keeps its model weights in {weights.name}, which is missing"
-            )
-        if file_sha256(weights) != recorded_sha256:
-            raise CheckpointError(
-                f"{weights} does not match {path.name} (SHA-256 differs): the weights file is "
-                "corrupt or belongs to another checkpoint"
-            )
-        return self.read_safetensors(weights)
-
-    def read_safetensors(self, path: Path) -> dict:
-        library, library_error = _library("reading", path)
-        try:
-            return library.load_file(str(path), device="cpu")
-        except (library_error, OSError) as error:
-            raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
-
     def write_safetensors(self, weights: dict, path: Path) -> None:
-        library, library_error = _library("writing", path)
+        library, library_error = safetensors_library("writing", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_path(path) as temporary:
                 library.save_file({k: v.contiguous() for k, v in weights.items()}, str(temporary))
         except (library_error, OSError) as error:
             raise CheckpointError(f"could not write {path} ({first_line(error)})") from None
-
-
-def _library(action: str, path: Path):
-    """`safetensors.torch` and the library's error type; CheckpointError naming `path` and
-    the fix where the package is not installed."""
-    try:
-        import safetensors.torch
-        from safetensors import SafetensorError
-    except ImportError:
-        raise CheckpointError(
-            f"{action} {path} needs the safetensors package: pip install safetensors"
-        ) from None
-    return safetensors.torch, SafetensorError

@@ -43,6 +43,7 @@ from .engine import (
     evaluate,
     train_one_epoch,
 )
+from .files import atomic_write_text
 from .hooks import Hooks
 from .log import attach_log_file, draws_progress_bar, progress_bar, read_csv, setup_logging
 from .model import build_model, check_model_name, model_summary
@@ -206,7 +207,7 @@ def open_run_folder(run: RunFolder, cfg: Config, data: DataBundle, team: SingleP
     """
     run.path.mkdir(parents=True, exist_ok=True)
     attach_log_file(run.log)
-    run.config.write_text(to_yaml(cfg), encoding="utf-8")
+    atomic_write_text(run.config, to_yaml(cfg))  # a resume reads it back
     if data.stats_source == "computed":
         save_stats(run.path / STATS_FILE, data)
     if not cfg.run.dir:

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig
+from ..files import atomic_write_text
 from .bundle import DataBundle
 from .transforms import centre_window, image_transform
 
@@ -103,4 +104,4 @@ def _mean_std(images, channels: int) -> tuple[tuple[float, ...], tuple[float, ..
 
 def save_stats(path: Path, data: DataBundle) -> None:
     """Cache computed statistics in the run folder: a resumed run reads them back."""
-    path.write_text(json.dumps(data.normalization(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data.normalization(), indent=2) + "\n")
