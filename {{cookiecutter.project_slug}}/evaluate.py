@@ -48,9 +48,9 @@ def main(argv: list[str]) -> int:
         evaluate_checkpoint,
         load_trained,
         resolve_checkpoint,
-        run_dir_of,
         write_evaluation,
     )
+    from {{ cookiecutter.package_name }}.runs import run_dir_of
 
     # Messages (a skipped file, how the data was read) go to stderr, results to stdout.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

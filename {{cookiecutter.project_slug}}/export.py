@@ -8,20 +8,19 @@ the first of WEIGHT_SUFFIXES, in the run folder. Read it back with
 """
 
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 
-# Projects generated with safetensors have its module, found here without importing it:
-# that would import torch, which takes seconds and which usage errors do not need.
-HAS_SAFETENSORS = find_spec("{{ cookiecutter.package_name }}.safetensors_io") is not None
+from {{ cookiecutter.package_name }}.features import has_feature
+from {{ cookiecutter.package_name }}.runs import run_dir_of
+
+# Projects generated with safetensors write them (and export them by default).
+HAS_SAFETENSORS = has_feature("safetensors_io")
 WEIGHT_SUFFIXES = (".safetensors", ".pt") if HAS_SAFETENSORS else (".pt",)  # first: default
 USAGE = f"usage: python export.py CHECKPOINT [OUTPUT, ending in {' or '.join(WEIGHT_SUFFIXES)}]"
 
 
 def default_output(checkpoint: Path) -> Path:
-    folder = checkpoint.parent
-    run_dir = folder.parent if folder.name == "checkpoints" else folder
-    return run_dir / f"weights{WEIGHT_SUFFIXES[0]}"
+    return run_dir_of(checkpoint) / f"weights{WEIGHT_SUFFIXES[0]}"
 
 
 def main(argv: list[str]) -> int:

@@ -34,9 +34,9 @@ def main(argv: list[str]) -> int:
         load_trained,
         predict_files,
         resolve_checkpoint,
-        run_dir_of,
         write_predictions,
     )
+    from {{ cookiecutter.package_name }}.runs import run_dir_of
 
     # Messages (a skipped file, how the data was read) go to stderr, results to stdout.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

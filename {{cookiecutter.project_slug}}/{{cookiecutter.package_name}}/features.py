@@ -8,7 +8,14 @@ the plain single-process, float32, .pt-only behaviour when the module is absent.
 """
 
 import importlib
+import importlib.util
 from types import ModuleType
+
+
+def has_feature(name: str) -> bool:
+    """Whether this project has the module `name`, found without importing it (which may
+    import torch: seconds that a usage error or --help does not need)."""
+    return importlib.util.find_spec(f"{__package__}.{name}") is not None
 
 
 def feature_module(name: str) -> ModuleType | None:

@@ -54,12 +54,6 @@ class TrainedModel:
             return self.model(images.to(self.device)).float().cpu()
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint: `runs/X/checkpoints/best.pt` -> `runs/X`."""
-    folder = checkpoint.parent
-    return folder.parent if folder.name == "checkpoints" else folder
-
-
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint file as given, or for a run folder its best.pt (else last.pt)."""
     if not path.exists():
