@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointManager, load_checkpoint
+from {{ cookiecutter.package_name }}.stopping import GracefulStop, active_stop
 from {{ cookiecutter.package_name }}.train import main, run
 
 DRIVER = Path(__file__).resolve().parent / "kill_driver.py"
@@ -352,6 +353,40 @@ def test_stop_signal_saves_and_exits_with_128_plus_the_signal(
     assert actual["progress"] == expected["progress"]
     for key, tensor in expected["model"].items():
         assert torch.equal(actual["model"][key], tensor), key
+
+
+def test_a_stop_requested_before_the_first_step_ends_the_run_cleanly(make_config, tmp_path):
+    """A Ctrl-C during set-up (or one that a sweep got between its trials) is a request to
+    stop like any other: the run stops before its first step, with a checkpoint to resume."""
+    outer = GracefulStop()  # as a sweep holds the signals around its trials
+    try:
+        outer.received = signal.SIGINT
+        assert main(make_config(run_dir=tmp_path / "run")) == 130
+        assert active_stop() is outer, "the run did not give the signals back"
+    finally:
+        outer.restore()
+    progress = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]
+    assert progress["global_step"] == 0
+    assert main(make_config("run.resume=auto", run_dir=tmp_path / "run")) == 0
+
+
+def test_a_signal_inside_a_nested_graceful_stop_reaches_the_outer_one():
+    assert active_stop() is None
+    outer = GracefulStop()
+    try:
+        inner = GracefulStop()
+        try:
+            assert active_stop() is inner and inner.received is None
+            signal.raise_signal(signal.SIGTERM)  # handled at once, in this main thread
+            assert inner.received == signal.SIGTERM
+        finally:
+            inner.restore()
+        assert active_stop() is outer and outer.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C quits at once
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        outer.restore()
+    assert active_stop() is None
 
 
 def test_nan_loss_exits_1_naming_the_step_and_keeps_a_finite_checkpoint(

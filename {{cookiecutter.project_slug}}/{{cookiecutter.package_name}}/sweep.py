@@ -31,6 +31,7 @@ import optuna
 from .cli import DEFAULT_CONFIG
 from .config import ConfigError, _load_yaml, load_config
 from .features import feature_module
+from .stopping import GracefulStop
 from .sweep_space import RESERVED_KEYS, Sweep, as_override, check_space, load_sweep
 
 DEFAULT_SWEEP = DEFAULT_CONFIG.parent / "sweep.yaml"
@@ -271,12 +272,23 @@ def run_sweep(
         return study, 0
     print(f"study {sweep.name!r} in {folder}: {done} trials finished, running {target - done} more")
     objective = Objective(sweep, arguments, folder)
-    study.optimize(
-        objective,
-        n_trials=target - done,
-        # Another sweep process may share the study: stop once the study as a whole is done.
-        callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)],
-    )
+    # Ctrl-C or SIGTERM between trials ends the sweep after the trial; during one, the
+    # trial's own handler takes over (see stopping.GracefulStop) and the trial stops too.
+    signals = GracefulStop()
+    try:
+        study.optimize(
+            objective,
+            n_trials=target - done,
+            # Another sweep process may share the study: stop once the study as a whole is done.
+            callbacks=[
+                optuna.study.MaxTrialsCallback(target, states=FINISHED),
+                lambda study, trial: study.stop() if signals.received is not None else None,
+            ],
+        )
+    finally:
+        signals.restore()
+    if objective.exit_code == 0 and signals.received is not None:
+        return study, 128 + signals.received
     return study, objective.exit_code
 
 

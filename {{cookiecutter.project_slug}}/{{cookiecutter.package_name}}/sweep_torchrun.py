@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .cli import DEFAULT_CONFIG
 from .log import read_csv
+from .stopping import active_stop
 
 TRAIN_SCRIPT = DEFAULT_CONFIG.parent.parent / "train.py"
 # The option this module adds to sweep.py's command line, and what its value is.
@@ -65,6 +66,10 @@ class TorchrunTrial:
         try:
             while True:
                 ended = job.poll() is not None
+                stop = active_stop()  # the sweep's: a Ctrl-C or SIGTERM sent to it alone
+                if stop is not None and stop.received is not None and not stopping and not ended:
+                    job.send_signal(stop.received)  # every rank finishes its step and saves
+                    stopping = True
                 rows = read_csv(run_dir / "metrics.csv")
                 for row in rows[reported:]:
                     if report(row) and not stopping and job.poll() is None:

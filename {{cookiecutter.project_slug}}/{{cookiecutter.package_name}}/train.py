@@ -54,7 +54,7 @@ from .resume import restore
 from .runs import RunFolder, point_latest_at
 from .saver import Saver
 from .seeding import seed_everything
-from .stopping import StopRequests
+from .stopping import GracefulStop, StopRequests
 from .trackers import open_trackers
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -70,56 +70,58 @@ class Loaders:
 
 def main(cfg: Config, hooks: Hooks | None = None) -> int:
     """Train with `cfg`; returns the process exit code."""
-    hooks = hooks or Hooks()
-    team = join(cfg.train)
-    setup_logging(rank=team.rank)  # held in memory until the run folder is made, below
-    run = RunFolder(team.run_dir(cfg))
-    cfg = team.this_attempt(cfg)
-    check_model_name(cfg.model.name)  # a typo fails here, before any data is made
-    checkpoints = CheckpointManager(run.checkpoints, team.is_main, cfg.run.keep_last)
-    resume = team.find_resume(cfg, checkpoints)
-    logger.info("run folder: %s", run.path)
-    device = prepare_device(cfg.train, team)
-    seed_everything(cfg.seed)
-
-    data = build_datasets(cfg.data, cfg.seed, stats_file=run.path / STATS_FILE)
-    loaders = build_loaders(data, cfg, team, device)
-    model = build_training_model(cfg, data, device, team, resumed=resume is not None)
-    trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch)
-
-    state = TrainState()
-    if resume is not None:
-        state = restore(trainer, resume)
-        team.restore(state, resume[1], cfg.seed)
-    elif cfg.run.resume == "auto":
-        logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
-
-    resumed, trackers = resume is not None, []
-    if team.is_main:
-        open_run_folder(run, cfg, data, team)
-        trackers = open_trackers(run.path, state.epoch, resumed, model, loaders.val, device)
-    saver = Saver(checkpoints, trainer, team, cfg, data, hooks, run.lr)
-    saver.start(state, resumed)
-    session = Session(cfg, team, trainer, loaders, state, saver, trackers, hooks)
-
-    run_start = time.perf_counter()
-    stop = StopRequests(cfg.train.max_steps, team.stop_vote(device))
+    # Ctrl-C and SIGTERM are requests to stop from the first moment on (see GracefulStop).
+    signals = GracefulStop()
     try:
+        hooks = hooks or Hooks()
+        team = join(cfg.train)
+        setup_logging(rank=team.rank)  # held in memory until the run folder is made, below
+        run = RunFolder(team.run_dir(cfg))
+        cfg = team.this_attempt(cfg)
+        check_model_name(cfg.model.name)  # a typo fails here, before any data is made
+        checkpoints = CheckpointManager(run.checkpoints, team.is_main, cfg.run.keep_last)
+        resume = team.find_resume(cfg, checkpoints)
+        logger.info("run folder: %s", run.path)
+        device = prepare_device(cfg.train, team)
+        seed_everything(cfg.seed)
+
+        data = build_datasets(cfg.data, cfg.seed, stats_file=run.path / STATS_FILE)
+        loaders = build_loaders(data, cfg, team, device)
+        model = build_training_model(cfg, data, device, team, resumed=resume is not None)
+        trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch)
+
+        state = TrainState()
+        if resume is not None:
+            state = restore(trainer, resume)
+            team.restore(state, resume[1], cfg.seed)
+        elif cfg.run.resume == "auto":
+            logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
+
+        resumed, trackers = resume is not None, []
+        if team.is_main:
+            open_run_folder(run, cfg, data, team)
+            trackers = open_trackers(run.path, state.epoch, resumed, model, loaders.val, device)
+        saver = Saver(checkpoints, trainer, team, cfg, data, hooks, run.lr)
+        saver.start(state, resumed)
+        session = Session(cfg, team, trainer, loaders, state, saver, trackers, hooks)
+
+        run_start = time.perf_counter()
+        stop = StopRequests(cfg.train.max_steps, team.stop_vote(device), signals)
         ended_by_hook = train_epochs(session, stop)
         if saver.saved_step != state.global_step:
             saver.save(state)  # stopped inside an epoch: the next run continues from this batch
-    finally:
-        stop.close()
-    elapsed = time.perf_counter() - run_start
+        elapsed = time.perf_counter() - run_start
 
-    for tracker in trackers:
-        tracker.close()
-    if team.is_main:
-        plots = plot_run(run.path)
-        logger.info("plots: %s", ", ".join(str(path) for path in plots) or "none yet")
-    exit_code = report_end(session, run, stop.signal, ended_by_hook, elapsed)
-    team.leave()
-    return exit_code
+        for tracker in trackers:
+            tracker.close()
+        if team.is_main:
+            plots = plot_run(run.path)
+            logger.info("plots: %s", ", ".join(str(path) for path in plots) or "none yet")
+        exit_code = report_end(session, run, stop.signal, ended_by_hook, elapsed)
+        team.leave()
+        return exit_code
+    finally:
+        signals.restore()
 
 
 def prepare_device(cfg: TrainConfig, team: SingleProcess) -> torch.device:
