@@ -5,7 +5,7 @@ from pathlib import Path
 from ..config import ConfigError, DataConfig
 from .builtin import shapes_bundle
 from .bundle import DataBundle
-from .cache import cached_bundle
+from .cache import cached_bundle, choose_cache
 from .folders import image_folder
 from .stats import normalization_stats
 from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
@@ -32,7 +32,10 @@ def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -
             f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
             f"{', '.join(DATASET_CHOICES)}"
         )
-    if cfg.cache:
+    use_cache = cfg.cache
+    if use_cache is None:
+        use_cache = choose_cache(cfg, len(train) + len(val), channels)
+    if use_cache:
         return cached_bundle(cfg, train, val, classes, channels, stats_file)
     mean, std, source = normalization_stats(cfg, train, channels, stats_file)
     train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)
