@@ -58,7 +58,7 @@ def test_no_decay_on_biases_and_norms_every_parameter_once(name):
 
 def test_frozen_parameters_are_left_out_of_the_optimizer():
     model = small_model(freeze=["stem"])
-    optimizer = build_optimizer(OptimConfig(), model)
+    optimizer = build_optimizer(OptimConfig(lr=0.01), model)
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert in_optimizer == trainable
