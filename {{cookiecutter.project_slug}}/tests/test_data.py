@@ -31,7 +31,13 @@ from {{ cookiecutter.package_name }}.shapes import (
 
 def small_data(**changes) -> DataConfig:
     settings = dict(
-        train_size=100, val_size=20, image_size=16, batch_size=10, num_workers=0, cache=False
+        train_size=100,
+        val_size=20,
+        image_size=16,
+        batch_size=10,
+        num_workers=0,
+        cache=False,
+        flip=True,
     )
     return DataConfig(**{**settings, **changes})
 

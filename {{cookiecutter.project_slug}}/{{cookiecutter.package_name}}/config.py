@@ -72,7 +72,11 @@ class DataConfig:
     random_crop: bool = setting(
         True, "training: random crop (false: centre crop, as for evaluation)"
     )
-    flip: bool = setting(True, "training: random horizontal flips")
+    flip: bool = setting(
+        False,
+        "training: random horizontal flips (off by default: a mirrored digit or letter is "
+        "another class; turn on for photos)",
+    )
     mean: Optional[list[float]] = setting(
         None,
         "per-channel normalisation mean, e.g. [0.485,0.456,0.406]; null = computed once "
