@@ -86,23 +86,17 @@ class DataConfig:
         None, "per-channel normalisation std; null together with data.mean"
     )
     batch_size: Optional[int] = setting(
-        None,
-        "samples per batch (per process under DDP); null = automatic: 128, or for small "
-        "training sets the power of 2 that gives about 16 batches an epoch (at least 16)",
-        ge=1,
+        None, "samples per batch (per process under DDP); null = automatic (recipe.py)", ge=1
     )
     num_workers: Optional[int] = setting(
-        None,
-        "DataLoader worker processes (0 loads in the main process); null = automatic: 0 on "
-        "machines of up to 2 cores (measured fastest there), else one per core but one, up to 8",
-        ge=0,
+        None, "DataLoader worker processes (0: the main process); null = automatic", ge=0
     )
     cache: Optional[bool] = setting(
         None,
         "imagefolder and torchvision datasets: decode every image once at the start and keep "
         "them in memory (uint8; side data.resize, or data.image_size with data.resize=0); "
         "crops, flips and normalisation then run per batch as tensor operations; null = "
-        "automatic: on when the decoded images take at most a quarter of the free memory",
+        "automatic (when they fit)",
     )
     train_size: int = setting(10000, "shapes only: number of training images", ge=1)
     val_size: int = setting(2000, "shapes only: number of validation images", ge=1)
@@ -131,10 +125,7 @@ class ModelConfig:
 class OptimConfig:
     name: str = setting("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: Optional[float] = setting(
-        None,
-        "peak learning rate; null = automatic: 0.01 * sqrt(data.batch_size / 128) (0.01 at "
-        "batch 128)",
-        gt=0,
+        None, "peak learning rate; null = automatic: 0.01 * sqrt(data.batch_size / 128)", gt=0
     )
     weight_decay: float = setting(
         0.05, "decoupled weight decay (never applied to biases and norm weights)", ge=0
@@ -166,16 +157,11 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: Optional[int] = setting(
-        None,
-        "passes over the training data; null = automatic from the training set's size: "
-        "30 * sqrt(1000 / images), between 10 and 100 (30 for 1,000 images)",
-        ge=1,
+        None, "passes over the training data; null = automatic from the training set's size", ge=1
     )
     early_stop_patience: Optional[int] = setting(
         None,
-        "stop when the validation accuracy has not improved for this many epochs (0 = never); "
-        "null = automatic: a quarter of train.epochs, at least 5 (0 with under 20 validation "
-        "images)",
+        "stop after this many epochs without a better val acc (0 = never); null = automatic",
         ge=0,
     )
     max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", ge=0)
@@ -192,10 +178,7 @@ class TrainConfig:
 {% endif %}
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N or mps")
     threads: Optional[int] = setting(
-        None,
-        "torch CPU threads (0 = torch's default); null = automatic: torch's default, shared "
-        "out among the processes of a job on one machine",
-        ge=0,
+        None, "torch CPU threads (0 = torch's default); null = automatic", ge=0
     )
     channels_last: bool = setting(
         True, "store conv weights channels-last (measured 1.25x faster on CPU; faster on GPUs)"
