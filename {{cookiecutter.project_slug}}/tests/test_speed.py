@@ -57,7 +57,9 @@ def test_built_in_data_is_served_from_memory_without_a_data_loader():
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_optimizers_use_the_fused_kernels_on_cpu(name):
-    optimizer = build_optimizer(OptimConfig(name=name, lr=0.01), SmallResNet(num_classes=3, width=4))
+    optimizer = build_optimizer(
+        OptimConfig(name=name, lr=0.01), SmallResNet(num_classes=3, width=4)
+    )
     assert optimizer.defaults["fused"] is True
 
 
