@@ -90,7 +90,7 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
         device = prepare_device(cfg.train, team)
         seed_everything(cfg.seed)
 
-        data = build_datasets(cfg.data, cfg.seed, stats_file=run.path / STATS_FILE)
+        data = build_datasets(cfg.data, cfg.seed, run.path / STATS_FILE, agree=team.agree)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
         model = build_training_model(cfg, data, device, team, resumed=resume is not None)

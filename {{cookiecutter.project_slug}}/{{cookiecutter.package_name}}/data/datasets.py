@@ -1,6 +1,8 @@
 """The training and validation sets named by `data.dataset`, with their normalisation."""
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, DataConfig
 from .builtin import shapes_bundle
@@ -14,12 +16,18 @@ from .transforms import image_transform
 DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
 
 
-def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -> DataBundle:
+def build_datasets(
+    cfg: DataConfig,
+    seed: int,
+    stats_file: Path | None = None,
+    agree: Callable[[Any], Any] = lambda choice: choice,
+) -> DataBundle:
     """The training and validation sets named by `cfg.dataset`.
 
     For image sources with `data.mean`/`data.std` null, the statistics are read from
     `stats_file` when it exists, else computed from the training set (the caller saves
-    them there with `save_stats` once the run folder exists).
+    them there with `save_stats` once the run folder exists). `agree` makes an automatic
+    choice the same on every process (rank 0's, under DDP: free memory differs by process).
     """
     if cfg.dataset == "shapes":
         return shapes_bundle(cfg, seed)
@@ -34,7 +42,7 @@ def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -
         )
     use_cache = cfg.cache
     if use_cache is None:
-        use_cache = choose_cache(cfg, len(train) + len(val), channels)
+        use_cache = agree(choose_cache(cfg, len(train) + len(val), channels))
     if use_cache:
         return cached_bundle(cfg, train, val, classes, channels, stats_file)
     mean, std, source = normalization_stats(cfg, train, channels, stats_file)
