@@ -73,8 +73,10 @@ def build_setup(model_name: str, overrides: list[str]) -> dict:
     data = import_module(f"{package}.data")
     model_module = import_module(f"{package}.model")
     optim = import_module(f"{package}.optim")
+    recipe = import_module(f"{package}.recipe")
 
-    cfg = config.load_config([], overrides)
+    # The settings a run leaves to the recipe (threads, workers, ...), chosen as train.py would.
+    cfg = recipe.choose_machine_settings(config.load_config([], overrides))
     torch.manual_seed(cfg.seed)
     if model_name == "cnn":
         bundle = data.build_datasets(cfg.data, cfg.seed)
@@ -91,6 +93,7 @@ def build_setup(model_name: str, overrides: list[str]) -> dict:
         train_set = data.ShapesDataset(images, labels, [str(i) for i in range(10)], (0.5,), (0.25,))
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
         cfg.data.batch_size = MLP_BATCH
+    cfg = recipe.choose_training_settings(cfg, len(train_set), val_images=1000)
     optimizer = optim.build_optimizer(cfg.optim, model)
     return {
         "package": package,

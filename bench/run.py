@@ -183,8 +183,8 @@ def jobs_for(project: Path, folder: Path, python: str) -> dict:
         "engine-cnn-t2": [*contender, "engine", "cnn", *CNN, "--threads", "2"],
         "loader-cnn": [*contender, "loader", "cnn", *LOADER],
     }
-    for workers in (0, 1, 2):
-        workers_set = [*on_folder, f"data.num_workers={workers}"]
+    for workers in (0, 1, 2):  # files decoded as they are read (no cache), by `workers`
+        workers_set = [*on_folder, f"data.num_workers={workers}", "data.cache=false"]
         jobs[f"loader-folder-w{workers}"] = [*contender, "loader", "cnn", *CNN, *workers_set]
         jobs[f"engine-folder-w{workers}"] = [*contender, "engine", "cnn", *CNN, *workers_set]
     # The images decoded once into memory (not timed), then cropped and flipped per batch.

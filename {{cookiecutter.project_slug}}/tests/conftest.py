@@ -20,13 +20,21 @@ if str(PROJECT_ROOT) not in sys.path:
 # test processes run side by side.
 torch.set_num_threads(1)
 
-# A run of a few hundred small images: one epoch takes well under a second on a CPU.
+# A run of a few hundred small images: one epoch takes well under a second on a CPU. Every
+# setting the recipe would choose is given (tests/test_recipe.py covers the choices), so that
+# each test runs exactly what it names: uncached, in-process loading, no early stopping, and
+# flips, so that augmentation is part of what the tests of exact resume repeat.
 SMALL_OVERRIDES = (
     "data.train_size=256",
     "data.val_size=64",
     "data.batch_size=32",
+    "data.num_workers=0",
+    "data.cache=false",
+    "data.flip=true",
     "model.width=8",
+    "optim.lr=0.01",
     "train.epochs=1",
+    "train.early_stop_patience=0",
     "train.device=cpu",
     "train.threads=1",
     "train.log_every=1000",

@@ -65,7 +65,7 @@ def trained_state(small_config, model: nn.Module | None = None) -> tuple[nn.Modu
     """A model and optimizer after two steps, packed by training_state."""
     torch.manual_seed(0)
     model = model if model is not None else small_model()
-    optimizer = build_optimizer(OptimConfig(), model)
+    optimizer = build_optimizer(OptimConfig(lr=0.01), model)
     scheduler = build_scheduler(SchedConfig(), optimizer, steps_per_epoch=4, total_steps=8)
     for _ in range(2):
         loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.arange(4))

@@ -30,7 +30,15 @@ from {{ cookiecutter.package_name }}.shapes import (
 
 
 def small_data(**changes) -> DataConfig:
-    settings = dict(train_size=100, val_size=20, image_size=16, batch_size=10)
+    settings = dict(
+        train_size=100,
+        val_size=20,
+        image_size=16,
+        batch_size=10,
+        num_workers=0,
+        cache=False,
+        flip=True,
+    )
     return DataConfig(**{**settings, **changes})
 
 

@@ -299,7 +299,7 @@ def test_wrap_model_leaves_a_single_process_model_alone():
 
 
 def test_two_ranks_split_training_and_validation_data():
-    cfg = DataConfig(train_size=64, val_size=21, image_size=8, batch_size=8)
+    cfg = DataConfig(train_size=64, val_size=21, image_size=8, batch_size=8, num_workers=0)
     data = build_datasets(cfg, seed=0)
     train_seen, val_seen = [], []
     for rank in range(2):
@@ -517,7 +517,7 @@ def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
 
 
 def test_more_processes_than_training_samples_is_a_clear_error():
-    cfg = DataConfig(train_size=3, val_size=3, image_size=8, batch_size=2)
+    cfg = DataConfig(train_size=3, val_size=3, image_size=8, batch_size=2, num_workers=0)
     data = build_datasets(cfg, seed=0)
     with pytest.raises(ConfigError, match="3 samples, fewer than the 4 processes"):
         build_loader(data.train, cfg, train=True, seed=0, rank=0, world_size=4)

@@ -99,7 +99,7 @@ def test_predict_agrees_with_evaluate_on_the_validation_images(trained_run, run_
     # The validation images, as evaluate.py counted them, get the same verdicts.
     from {{ cookiecutter.package_name }}.data import build_datasets
 
-    settings = [*IMAGE_SETTINGS, f"data.root={images}", "data.skip_bad=true"]
+    settings = [*SMALL_OVERRIDES, *IMAGE_SETTINGS, f"data.root={images}", "data.skip_bad=true"]
     val = build_datasets(load_config([DEFAULT_CONFIG], settings).data, seed=0).val
     classes = val.classes
     right = sum(rows[str(path)]["class"] == classes[label] for path, label in val.samples)

@@ -44,7 +44,7 @@ def expected_decay(model: nn.Module) -> dict[int, bool]:
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_no_decay_on_biases_and_norms_every_parameter_once(name):
     model = small_model()
-    optimizer = build_optimizer(OptimConfig(name=name, weight_decay=0.05), model)
+    optimizer = build_optimizer(OptimConfig(name=name, lr=0.01, weight_decay=0.05), model)
     decays = expected_decay(model)
     assert True in decays.values() and False in decays.values()
     counts = Counter(id(p) for group in optimizer.param_groups for p in group["params"])
@@ -58,7 +58,7 @@ def test_no_decay_on_biases_and_norms_every_parameter_once(name):
 
 def test_frozen_parameters_are_left_out_of_the_optimizer():
     model = small_model(freeze=["stem"])
-    optimizer = build_optimizer(OptimConfig(), model)
+    optimizer = build_optimizer(OptimConfig(lr=0.01), model)
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert in_optimizer == trainable

@@ -186,7 +186,14 @@ def test_augmentations_differ_between_epochs_and_samples(killed_runs):
     from {{ cookiecutter.package_name }}.data import build_datasets, build_loader
 
     root, _ = killed_runs
-    cfg = DataConfig(dataset="imagefolder", root=str(root / "images"), image_size=16)
+    cfg = DataConfig(
+        dataset="imagefolder",
+        root=str(root / "images"),
+        image_size=16,
+        batch_size=128,
+        num_workers=0,
+        cache=False,
+    )
     data = build_datasets(cfg, seed=0)
     loader = build_loader(data.train, cfg, train=True, seed=0)
     dataset = loader.dataset

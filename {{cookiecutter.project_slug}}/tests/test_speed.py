@@ -41,7 +41,7 @@ def test_tensor_batches_are_the_batches_of_the_epoch_batch_sampler(length, world
 
 
 def test_built_in_data_is_served_from_memory_without_a_data_loader():
-    cfg = DataConfig(train_size=40, val_size=10, image_size=8, batch_size=16)
+    cfg = DataConfig(train_size=40, val_size=10, image_size=8, batch_size=16, num_workers=0)
     data = build_datasets(cfg, seed=0)
     loader = build_loader(data.train, cfg, train=True, seed=0, device=torch.device("cpu"))
     assert isinstance(loader, InMemoryLoader)
@@ -57,14 +57,16 @@ def test_built_in_data_is_served_from_memory_without_a_data_loader():
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_optimizers_use_the_fused_kernels_on_cpu(name):
-    optimizer = build_optimizer(OptimConfig(name=name), SmallResNet(num_classes=3, width=4))
+    optimizer = build_optimizer(
+        OptimConfig(name=name, lr=0.01), SmallResNet(num_classes=3, width=4)
+    )
     assert optimizer.defaults["fused"] is True
 
 
 def test_frozen_model_without_trainable_parameters_still_gets_an_optimizer():
     model = SmallResNet(num_classes=3, width=4).requires_grad_(False)
     model.head.requires_grad_(True)
-    optimizer = build_optimizer(OptimConfig(), model)
+    optimizer = build_optimizer(OptimConfig(lr=0.01), model)
     assert sum(len(group["params"]) for group in optimizer.param_groups) == 2
 
 

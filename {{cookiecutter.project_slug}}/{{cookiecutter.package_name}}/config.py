@@ -72,7 +72,11 @@ class DataConfig:
     random_crop: bool = setting(
         True, "training: random crop (false: centre crop, as for evaluation)"
     )
-    flip: bool = setting(True, "training: random horizontal flips")
+    flip: bool = setting(
+        False,
+        "training: random horizontal flips (off by default: a mirrored digit or letter is "
+        "another class; turn on for photos)",
+    )
     mean: Optional[list[float]] = setting(
         None,
         "per-channel normalisation mean, e.g. [0.485,0.456,0.406]; null = computed once "
@@ -81,14 +85,18 @@ class DataConfig:
     std: Optional[list[float]] = setting(
         None, "per-channel normalisation std; null together with data.mean"
     )
-    batch_size: int = setting(128, "samples per batch (per process under DDP)", ge=1)
-    num_workers: int = setting(0, "DataLoader worker processes (0 loads in the main process)", ge=0)
-    cache: bool = setting(
-        False,
+    batch_size: Optional[int] = setting(
+        None, "samples per batch (per process under DDP); null = automatic (recipe.py)", ge=1
+    )
+    num_workers: Optional[int] = setting(
+        None, "DataLoader worker processes (0: the main process); null = automatic", ge=0
+    )
+    cache: Optional[bool] = setting(
+        None,
         "imagefolder and torchvision datasets: decode every image once at the start and keep "
-        "them in memory (uint8, on the training device; side data.resize, or data.image_size "
-        "with data.resize=0); crops, flips and normalisation then run per batch as tensor "
-        "operations",
+        "them in memory (uint8; side data.resize, or data.image_size with data.resize=0); "
+        "crops, flips and normalisation then run per batch as tensor operations; null = "
+        "automatic (when they fit)",
     )
     train_size: int = setting(10000, "shapes only: number of training images", ge=1)
     val_size: int = setting(2000, "shapes only: number of validation images", ge=1)
@@ -116,7 +124,9 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = setting("adamw", "optimizer", choices=("adamw", "sgd"))
-    lr: float = setting(0.01, "peak learning rate", gt=0)
+    lr: Optional[float] = setting(
+        None, "peak learning rate; null = automatic: 0.01 * sqrt(data.batch_size / 128)", gt=0
+    )
     weight_decay: float = setting(
         0.05, "decoupled weight decay (never applied to biases and norm weights)", ge=0
     )
@@ -146,7 +156,14 @@ class SchedConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = setting(4, "passes over the training data", ge=1)
+    epochs: Optional[int] = setting(
+        None, "passes over the training data; null = automatic from the training set's size", ge=1
+    )
+    early_stop_patience: Optional[int] = setting(
+        None,
+        "stop after this many epochs without a better val acc (0 = never); null = automatic",
+        ge=0,
+    )
     max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", ge=0)
     grad_accum_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
     grad_clip: float = setting(0.0, "clip the gradient norm to this value (0 = off)", ge=0)
@@ -160,7 +177,9 @@ class TrainConfig:
     )
 {% endif %}
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N or mps")
-    threads: int = setting(0, "torch CPU threads (0 = torch's default)", ge=0)
+    threads: Optional[int] = setting(
+        None, "torch CPU threads (0 = torch's default); null = automatic", ge=0
+    )
     channels_last: bool = setting(
         True, "store conv weights channels-last (measured 1.25x faster on CPU; faster on GPUs)"
     )

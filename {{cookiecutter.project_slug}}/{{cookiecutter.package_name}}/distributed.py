@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -367,6 +368,9 @@ class DistributedProcesses(SingleProcess):
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(values)
+
+    def agree(self, value: Any) -> Any:
+        return broadcast_object(value)
 
     def barrier(self) -> None:
         barrier()

@@ -55,6 +55,11 @@ class TrainState:
         # (loss, predictions, labels, optimizer step) of batches not yet in the sums
         self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
 
+    @property
+    def epochs_since_best(self) -> int:
+        """Finished epochs since the one with the best validation accuracy."""
+        return self.epoch - 1 - self.best_epoch if self.best_epoch >= 0 else 0
+
     def as_dict(self) -> dict:
         self.fold_pending()
         return {field.name: getattr(self, field.name) for field in fields(self)}
@@ -247,17 +252,54 @@ def log_progress(trainer: Trainer, state: TrainState, samples_per_s: float, prog
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast) -> torch.Tensor:
-    """Sums over this process's share of the data: tensor([loss_sum, correct, count])."""
+def evaluate(
+    model: nn.Module, loader, device: torch.device, precision: Precision, num_classes: int
+) -> torch.Tensor:
+    """Sums over this process's share of the data: tensor([loss_sum, correct, count,
+    correct of class 0, ..., of class C-1, count of class 0, ..., of class C-1])."""
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    totals = torch.zeros(3 + 2 * num_classes, dtype=torch.float64, device=device)
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with autocast():
+        with precision.autocast():
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        hits = logits.argmax(dim=1) == labels
         totals[0] += loss
-        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[1] += hits.sum()
         totals[2] += labels.size(0)
+        totals[3 : 3 + num_classes] += torch.bincount(labels[hits], minlength=num_classes)
+        totals[3 + num_classes :] += torch.bincount(labels, minlength=num_classes)
     return totals
+
+
+class PerClass:
+    """Validation accuracy per class, from `evaluate`'s per-class sums (over all ranks)."""
+
+    # A largest class this many times the smallest makes the epoch line name the weakest.
+    IMBALANCE = 1.5
+
+    def __init__(self, classes: list[str], sums: torch.Tensor) -> None:
+        correct, counts = sums.view(2, len(classes)).tolist()
+        self.classes, self.correct, self.counts = classes, correct, counts
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean of the per-class accuracies (of the classes with validation images)."""
+        accuracies = [
+            hit / count for hit, count in zip(self.correct, self.counts, strict=True) if count
+        ]
+        return sum(accuracies) / max(len(accuracies), 1)
+
+    def summary(self) -> str:
+        """`balanced acc B, weakest NAME A` where the classes are imbalanced, else ''."""
+        present = [count for count in self.counts if count]
+        if not present or max(present) < self.IMBALANCE * min(present):
+            return ""
+        accuracy, name = min(
+            (hit / count, name)
+            for name, hit, count in zip(self.classes, self.correct, self.counts, strict=True)
+            if count
+        )
+        return f"  balanced acc {self.balanced_accuracy:.4f}, weakest {name} {accuracy:.4f}"

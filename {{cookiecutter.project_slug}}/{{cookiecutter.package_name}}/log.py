@@ -22,6 +22,7 @@ METRIC_COLUMNS = (
     "train_acc",
     "val_loss",
     "val_acc",
+    "val_balanced_acc",
     "lr",
     "epoch_time_s",
     "samples_per_s",
@@ -57,6 +58,11 @@ def setup_logging(log_file: Path | None = None, rank: int = 0) -> logging.Logger
         else:
             attach_log_file(log_file)
     return logger
+
+
+def log_choice(key: str, value, reason: str) -> None:
+    """The one line that reports an automatic choice of a setting (see recipe.py)."""
+    logging.getLogger(LOGGER_NAME).info("auto: %s=%s (%s)", key, value, reason)
 
 
 def attach_log_file(log_file: Path) -> None:

@@ -11,6 +11,7 @@ ranks of a torchrun job; `join` picks it when that module exists.
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,6 +68,10 @@ class SingleProcess:
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """`values` summed over all processes."""
         return values
+
+    def agree(self, value: Any) -> Any:
+        """The main process's `value`, on every process: one choice for all."""
+        return value
 
     def barrier(self) -> None:
         """Wait until every process has arrived here."""

@@ -37,6 +37,7 @@ from .data import (
 from .device import pick_device, precision
 from .engine import (
     NonFiniteLossError,
+    PerClass,
     Trainer,
     TrainState,
     compile_model,
@@ -50,6 +51,7 @@ from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
+from .recipe import choose_data_settings, choose_machine_settings, inherit_choices
 from .resume import restore
 from .runs import RunFolder, point_latest_at
 from .saver import Saver
@@ -82,10 +84,14 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
         checkpoints = CheckpointManager(run.checkpoints, team.is_main, cfg.run.keep_last)
         resume = team.find_resume(cfg, checkpoints)
         logger.info("run folder: %s", run.path)
+        if resume is not None:  # its automatic choices, not new ones: it goes on as it began
+            cfg = inherit_choices(cfg, resume[1]["config"])
+        cfg = choose_machine_settings(cfg)
         device = prepare_device(cfg.train, team)
         seed_everything(cfg.seed)
 
-        data = build_datasets(cfg.data, cfg.seed, stats_file=run.path / STATS_FILE)
+        data = build_datasets(cfg.data, cfg.seed, run.path / STATS_FILE, agree=team.agree)
+        cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
         model = build_training_model(cfg, data, device, team, resumed=resume is not None)
         trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch)
@@ -103,7 +109,7 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
             trackers = open_trackers(run.path, state.epoch, resumed, model, loaders.val, device)
         saver = Saver(checkpoints, trainer, team, cfg, data, hooks, run.lr)
         saver.start(state, resumed)
-        session = Session(cfg, team, trainer, loaders, state, saver, trackers, hooks)
+        session = Session(cfg, team, trainer, loaders, state, saver, data.classes, trackers, hooks)
 
         run_start = time.perf_counter()
         stop = StopRequests(cfg.train.max_steps, team.stop_vote(device), signals)
@@ -228,13 +234,14 @@ class Session:
     loaders: Loaders
     state: TrainState
     saver: Saver
+    classes: list[str]
     trackers: list = field(default_factory=list)
     hooks: Hooks = field(default_factory=Hooks)
 
 
 def train_epochs(session: Session, stop: StopRequests) -> bool:
     """Train until train.epochs or a stop request (saved below by main); returns True when
-    the after_epoch hook ended the run."""
+    the run ended before train.epochs as it should: early stopping, or the after_epoch hook."""
     cfg, state, loaders = session.cfg, session.state, session.loaders
 
     def after_step() -> bool:
@@ -247,6 +254,15 @@ def train_epochs(session: Session, stop: StopRequests) -> bool:
         return stop(state)
 
     while state.epoch < cfg.train.epochs and not stop(state):
+        if 0 < cfg.train.early_stop_patience <= state.epochs_since_best:
+            logger.info(
+                "stopping early: no better validation accuracy for %d epochs (best %.4f, "
+                "epoch %d); train.early_stop_patience sets how long to wait",
+                state.epochs_since_best,
+                state.best_val_acc,
+                state.best_epoch + 1,
+            )
+            return True
         epoch_start, seen_before = time.perf_counter(), state.seen
         loaders.batches.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
         progress = progress_bar(
@@ -275,11 +291,14 @@ def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
         [state.loss_sum, state.correct, state.seen], dtype=torch.float64, device=trainer.device
     )
     train_totals = team.sum(train_totals)
-    val_totals = team.sum(
-        evaluate(trainer.model, session.loaders.val, trainer.device, trainer.precision.autocast)
+    classes = len(session.classes)
+    validation = evaluate(
+        trainer.model, session.loaders.val, trainer.device, trainer.precision, classes
     )
+    val_totals = team.sum(validation)
     train_loss, train_acc = (train_totals[:2] / train_totals[2]).tolist()
     val_loss, val_acc = (val_totals[:2] / val_totals[2]).tolist()
+    per_class = PerClass(session.classes, val_totals[3:])
     if not trainer.step_scheduler_per_batch:
         plateau = session.cfg.sched.name == "plateau"
         trainer.scheduler.step(val_loss) if plateau else trainer.scheduler.step()
@@ -290,15 +309,18 @@ def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
         "train_acc": train_acc,
         "val_loss": val_loss,
         "val_acc": val_acc,
+        "val_balanced_acc": per_class.balanced_accuracy,
         "lr": trainer.lr,
         "epoch_time_s": epoch_time,
         "samples_per_s": samples * team.world_size / epoch_time,
     }
     logger.info(
-        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1f s)",
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  (%.1f s)",
         state.epoch + 1,
         session.cfg.train.epochs,
-        *(train_loss, train_acc, val_loss, val_acc, epoch_time),
+        *(train_loss, train_acc, val_loss, val_acc),
+        per_class.summary(),
+        epoch_time,
     )
     for tracker in session.trackers:
         tracker.write(row)

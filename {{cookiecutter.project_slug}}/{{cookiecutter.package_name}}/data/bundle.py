@@ -25,6 +25,7 @@ class DataBundle:
     mean: tuple[float, ...] = SHAPES_MEAN
     std: tuple[float, ...] = SHAPES_STD
     stats_source: str = "built-in"  # built-in, config, computed or cached
+    cached: bool = False  # decoded once into memory (data.cache)
 
     def normalization(self) -> dict:
         """The statistics the images were normalised with, as saved in checkpoints."""

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
+from ..log import log_choice
 from .bundle import DataBundle, DataError
 from .folders import ImageFiles, open_image
 from .stats import normalization_stats
@@ -192,6 +193,32 @@ def check_cache_fits(size: int, device: torch.device, copies: int = 1) -> None:
     )
 
 
+# The share of the free memory that an automatic data.cache may fill.
+CACHE_SHARE = 0.25
+
+
+def choose_cache(cfg: DataConfig, images: int, channels: int) -> bool:
+    """data.cache=null: cache when the decoded images take at most CACHE_SHARE of the free
+    memory (every process of a job on this machine holds a copy); logged either way."""
+    side = resize_side(cfg) or cfg.image_size
+    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    size = images * channels * side * side * copies
+    available = available_memory(torch.device("cpu"))
+    if available is None:
+        log_choice("data.cache", False, "the free memory cannot be told on this machine")
+        return False
+    fits = size <= CACHE_SHARE * available
+    words = "at most" if fits else "more than"
+    streaming = "" if fits else "; the images are read from their files every epoch instead"
+    log_choice(
+        "data.cache",
+        fits,
+        f"the decoded images take {size / 2**20:,.1f} MB, {words} a quarter of the "
+        f"{available / 2**20:,.0f} MB free{streaming}",
+    )
+    return fits
+
+
 def cached_bundle(
     cfg: DataConfig,
     train: Dataset,
@@ -225,4 +252,4 @@ def cached_bundle(
         CachedImages(images, labels, classes, cfg.image_size, mean, std)
         for images, labels in ((train_images, train_labels), (val_images, val_labels))
     ]
-    return DataBundle(*cached, classes, channels, mean, std, source)
+    return DataBundle(*cached, classes, channels, mean, std, source, cached=True)

@@ -1,11 +1,13 @@
 """The training and validation sets named by `data.dataset`, with their normalisation."""
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, DataConfig
 from .builtin import shapes_bundle
 from .bundle import DataBundle
-from .cache import cached_bundle
+from .cache import cached_bundle, choose_cache
 from .folders import image_folder
 from .stats import normalization_stats
 from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
@@ -14,12 +16,18 @@ from .transforms import image_transform
 DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
 
 
-def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -> DataBundle:
+def build_datasets(
+    cfg: DataConfig,
+    seed: int,
+    stats_file: Path | None = None,
+    agree: Callable[[Any], Any] = lambda choice: choice,
+) -> DataBundle:
     """The training and validation sets named by `cfg.dataset`.
 
     For image sources with `data.mean`/`data.std` null, the statistics are read from
     `stats_file` when it exists, else computed from the training set (the caller saves
-    them there with `save_stats` once the run folder exists).
+    them there with `save_stats` once the run folder exists). `agree` makes an automatic
+    choice the same on every process (rank 0's, under DDP: free memory differs by process).
     """
     if cfg.dataset == "shapes":
         return shapes_bundle(cfg, seed)
@@ -32,7 +40,10 @@ def build_datasets(cfg: DataConfig, seed: int, stats_file: Path | None = None) -
             f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
             f"{', '.join(DATASET_CHOICES)}"
         )
-    if cfg.cache:
+    use_cache = cfg.cache
+    if use_cache is None:
+        use_cache = agree(choose_cache(cfg, len(train) + len(val), channels))
+    if use_cache:
         return cached_bundle(cfg, train, val, classes, channels, stats_file)
     mean, std, source = normalization_stats(cfg, train, channels, stats_file)
     train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)

@@ -1,0 +1,131 @@
+"""Automatic choices: the settings left null (`auto`), decided once at the start of a run.
+
+Each is made from the data and the machine, logged once with its reason (a line starting
+"auto:"), and written, resolved, into the run's config.yaml and every checkpoint. A resumed
+run takes them from its checkpoint, so it continues exactly as it started; a value the user
+sets always wins. The rules, in one place:
+
+- train.threads: torch's default, shared out among the processes of a job on one machine;
+- data.num_workers: 0 on machines of up to 2 cores, where decoding in the training process
+  measured fastest (bench 6d), else one worker per core but one, up to 8;
+- data.cache: on when the decoded images take at most a quarter of the free memory
+  (decided in data/cache.py, where the images' size is known);
+- data.batch_size: 128, or for a small training set the power of 2 that gives it about 16
+  batches an epoch, at least 16: few images still make enough optimizer steps;
+- optim.lr: 0.01 * sqrt(batch size / 128), the square-root rule for Adam-type optimizers;
+- train.epochs: 30 * sqrt(1000 / images), between 10 and 100: about the same number of
+  optimizer steps for every size of training set, and more passes over a small one;
+- train.early_stop_patience: a quarter of the epochs, at least 5; never with fewer than
+  MIN_VAL_IMAGES validation images, too few to tell an improvement from noise.
+"""
+
+import copy
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+
+from .config import Config
+from .data import DataBundle
+from .log import log_choice
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
+AUTOMATIC = (
+    "train.threads",
+    "data.num_workers",
+    "data.cache",
+    "data.batch_size",
+    "optim.lr",
+    "train.epochs",
+    "train.early_stop_patience",
+)
+MIN_VAL_IMAGES = 20
+BASE_BATCH, BASE_LR = 128, 0.01
+
+
+def setting(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def with_setting(cfg: Config, key: str, value: Any) -> Config:
+    """A copy of `cfg` with `key` set: the caller's config is never changed."""
+    cfg = copy.deepcopy(cfg)
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def inherit_choices(cfg: Config, saved: dict) -> Config:
+    """`cfg` with the automatic choices it leaves open taken from `saved`, the config of the
+    checkpoint a run resumes from, so that the run continues as it started."""
+    for key in AUTOMATIC:
+        section, name = key.split(".")
+        value = saved.get(section, {}).get(name)
+        if setting(cfg, key) is None and value is not None:
+            cfg = with_setting(cfg, key, value)
+    return cfg
+
+
+def choose_machine_settings(cfg: Config) -> Config:
+    """train.threads and data.num_workers, from this machine's cores."""
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    cores = max((os.cpu_count() or 1) // processes_here, 1)
+    if cfg.train.threads is None:
+        threads = max(torch.get_num_threads() // processes_here, 1)
+        shared = f", shared by {processes_here} processes" if processes_here > 1 else ""
+        cfg = with_setting(cfg, "train.threads", threads)
+        log_choice("train.threads", threads, f"torch's default{shared}")
+    if cfg.data.num_workers is None:
+        workers = 0 if cores <= 2 else min(cores - 1, 8)
+        cfg = with_setting(cfg, "data.num_workers", workers)
+        log_choice("data.num_workers", workers, f"{cores} CPU cores for this process")
+    return cfg
+
+
+def choose_data_settings(cfg: Config, data: DataBundle, world_size: int) -> Config:
+    """data.cache as the data was built, then the settings that depend on its size."""
+    if cfg.data.cache is None:
+        cfg = with_setting(cfg, "data.cache", data.cached)
+    return choose_training_settings(cfg, len(data.train) // world_size, len(data.val))
+
+
+def choose_training_settings(cfg: Config, train_images: int, val_images: int) -> Config:
+    """Batch size, learning rate, epochs and patience, from the size of the data.
+
+    `train_images` is this process's share of the training set (all of it in one process).
+    """
+    if cfg.data.batch_size is None:
+        batch = BASE_BATCH
+        if train_images < 16 * BASE_BATCH:
+            batch = max(2 ** math.floor(math.log2(max(train_images / 16, 1))), 16)
+        cfg = with_setting(cfg, "data.batch_size", batch)
+        log_choice("data.batch_size", batch, f"{train_images} training images")
+    if cfg.optim.lr is None:
+        lr = round(BASE_LR * math.sqrt(cfg.data.batch_size / BASE_BATCH), 6)
+        cfg = with_setting(cfg, "optim.lr", lr)
+        log_choice("optim.lr", lr, f"batch size {cfg.data.batch_size}")
+    if cfg.train.epochs is None:
+        epochs = min(max(round(30 * math.sqrt(1000 / max(train_images, 1))), 10), 100)
+        cfg = with_setting(cfg, "train.epochs", epochs)
+        log_choice("train.epochs", epochs, f"{train_images} training images")
+    if cfg.train.early_stop_patience is None:
+        cfg = with_setting(cfg, "train.early_stop_patience", _patience(cfg, val_images))
+    return cfg
+
+
+def _patience(cfg: Config, val_images: int) -> int:
+    if val_images < MIN_VAL_IMAGES:
+        logger.warning(
+            "auto: train.early_stop_patience=0: the validation split has %d images, too few "
+            "to stop early on; raise data.val_fraction (or add images to val/) for more, or "
+            "set train.early_stop_patience=N to stop on them anyway",
+            val_images,
+        )
+        return 0
+    patience = max(math.ceil(cfg.train.epochs / 4), 5)
+    log_choice("train.early_stop_patience", patience, f"{cfg.train.epochs} epochs")
+    return patience
