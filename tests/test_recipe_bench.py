@@ -107,5 +107,5 @@ def test_recipe_quick_runs_end_to_end(tmp_path):
         assert run["error"] is None
         assert run["val_images"] == 20
         assert 0.0 <= run["best_val_acc"] <= 1.0 and run["seconds"] > 0
-    assert "data.flip=false" in outcome["grid"][1]["overrides"]
+    assert "data.flip=true" in outcome["grid"][1]["overrides"]
     assert result.returncode == (1 if outcome["problems"] else 0)
