@@ -1,7 +1,7 @@
 """The recipe benchmark: the one-line default against a small hand grid, on generated images.
 
     python bench/recipe.py [--only NAME ...] [--quick] [--json PATH] [--collections DIR]
-        [--epochs N ...] [--lr LR ...] [--batch-size B ...]
+        [--epochs N ...] [--lr LR ...] [--batch-size B ...] [--grid-from EARLIER.json]
 
 Bakes the default project, generates the collections of bench/image_collections.py (cached in
 --collections, default bench/results/collections/), then, for each collection, runs from the
@@ -134,10 +134,14 @@ class Outcome:
         return found
 
 
-def measure(project: Path, runs: Path, folders: dict, axes_of, quick: bool) -> list[Outcome]:
+def measure(
+    project: Path, runs: Path, folders: dict, axes_of, quick: bool, earlier: list | None = None
+) -> list[Outcome]:
     """Every default alone (their times are the measure), then every grid run two at a
     time, then each collection's flip check. `folders`: Collection -> its folder;
-    `axes_of(collection)`: the grid's values for it."""
+    `axes_of(collection)`: the grid's values for it; `earlier`: the rows of an earlier
+    --json, whose grid runs (with their flip check) stand in for new ones where a row has
+    the same collection and grid values."""
     epochs = ["train.epochs=1"] if quick else []  # --quick: the default for 1 epoch too
     outcomes = []
     for collection, folder in folders.items():
@@ -145,23 +149,42 @@ def measure(project: Path, runs: Path, folders: dict, axes_of, quick: bool) -> l
         data = ["data.dataset=imagefolder", f"data.root={folder}"]
         default = train(project, runs, Run(f"{name}-default", [*data, *epochs]), one_thread=False)
         print(f"{name}: default {describe_run(default)}", file=sys.stderr, flush=True)
-        cells = [
+        cells = earlier_grid(earlier or [], name, axes) or [
             Run(f"{name}-grid{number}", [*data, *GRID_FIXED, *cell])
             for number, cell in enumerate(grid_cells(axes))
         ]
         what = collection.describe()
         outcomes.append(Outcome(name, what, collection.images, axes, default, cells))
     # Longest first, so that the last runs do not leave a core idle.
-    queue = [(outcome.images * epochs_of(run), run) for outcome in outcomes for run in outcome.grid]
+    queue = [
+        (outcome.images * epochs_of(run), run)
+        for outcome in outcomes
+        for run in outcome.grid
+        if run.seconds == 0  # not taken from an earlier result
+    ]
     in_pool(project, runs, [run for _, run in sorted(queue, key=lambda pair: -pair[0])])
     checks = []
     for outcome in outcomes:
         best = outcome.best()
-        if best is not None:
+        if best is not None and not any(run.name.endswith("-flip") for run in outcome.grid):
             checks.append(Run(f"{outcome.collection}-flip", [*best.overrides, FLIP_CHECK]))
             outcome.grid.append(checks[-1])
     in_pool(project, runs, checks)
     return outcomes
+
+
+def earlier_grid(rows: list, name: str, axes: dict) -> list[Run] | None:
+    """The grid runs of collection `name` in an earlier result, if its grid had `axes`.
+
+    The grid does not depend on the project's automatic choices (every cell sets the
+    epochs, lr and batch size, the cache and no early stopping), so a change to them can be
+    measured by running the defaults alone against an earlier grid.
+    """
+    for row in rows:
+        same_axes = {key: tuple(values) for key, values in row["axes"].items()} == axes
+        if row["collection"] == name and same_axes:
+            return [Run(**run) for run in row["grid"]]
+    return None
 
 
 def epochs_of(run: Run) -> int:
@@ -242,6 +265,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="check the script, 1-epoch runs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--collections", type=Path, default=DEFAULT_ROOT, help="image cache")
+    parser.add_argument(
+        "--grid-from", type=Path, help="take the grid runs from this earlier --json result"
+    )
     for key, values in GRID.items():
         option = "--" + key.split(".")[1].replace("_", "-")
         kind = type(values[0])
@@ -267,7 +293,8 @@ def main() -> int:
         project = bake(Path(temporary))
         runs = Path(temporary) / "runs"
         runs.mkdir()
-        outcomes = measure(project, runs, folders, axes_of, args.quick)
+        earlier = json.loads(args.grid_from.read_text()) if args.grid_from else None
+        outcomes = measure(project, runs, folders, axes_of, args.quick, earlier)
     print(markdown_table(outcomes))
     if args.json:
         rows = [{**asdict(outcome), "problems": outcome.problems()} for outcome in outcomes]

@@ -109,3 +109,16 @@ def test_recipe_quick_runs_end_to_end(tmp_path):
         assert 0.0 <= run["best_val_acc"] <= 1.0 and run["seconds"] > 0
     assert "data.flip=true" in outcome["grid"][1]["overrides"]
     assert result.returncode == (1 if outcome["problems"] else 0)
+
+
+def test_an_earlier_grid_is_taken_only_for_the_same_collection_and_values(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    recipe = importlib.import_module("recipe")
+    axes = {"train.epochs": (10, 30), "optim.lr": (0.01,), "data.batch_size": (32,)}
+    run = {"name": "tiny-grid0", "overrides": ["train.epochs=10"], "seconds": 3.5}
+    rows = [{"collection": "tiny", "axes": {key: list(v) for key, v in axes.items()}}]
+    rows[0]["grid"] = [{**run, "best_val_acc": 0.9, "val_images": 20, "error": None}]
+    (earlier,) = recipe.earlier_grid(rows, "tiny", axes)
+    assert (earlier.name, earlier.best_val_acc, earlier.seconds) == ("tiny-grid0", 0.9, 3.5)
+    assert recipe.earlier_grid(rows, "glyphs", axes) is None
+    assert recipe.earlier_grid(rows, "tiny", {**axes, "optim.lr": (0.03,)}) is None
