@@ -37,11 +37,11 @@ def automatic(**sizes) -> Config:
 @pytest.mark.parametrize(
     ("train", "batch", "lr", "epochs"),
     [
-        (100, 16, 0.003536, 95),
-        (1_000, 32, 0.005, 30),
-        (1_438, 64, 0.007071, 25),
-        (10_000, 128, 0.01, 10),
-        (50_000, 128, 0.01, 10),
+        (100, 16, 0.003536, 100),
+        (1_000, 32, 0.005, 60),
+        (1_438, 64, 0.007071, 50),
+        (10_000, 128, 0.01, 20),
+        (50_000, 128, 0.01, 20),
     ],
 )
 def test_the_rules_scale_with_the_size_of_the_training_set(train, batch, lr, epochs):

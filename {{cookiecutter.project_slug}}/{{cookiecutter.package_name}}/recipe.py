@@ -13,8 +13,9 @@ sets always wins. The rules, in one place:
 - data.batch_size: 128, or for a small training set the power of 2 that gives it about 16
   batches an epoch, at least 16: few images still make enough optimizer steps;
 - optim.lr: 0.01 * sqrt(batch size / 128), the square-root rule for Adam-type optimizers;
-- train.epochs: 30 * sqrt(1000 / images), between 10 and 100: about the same number of
-  optimizer steps for every size of training set, and more passes over a small one;
+- train.epochs: 60 * sqrt(1000 / images), between 20 and 100: more passes over a small set,
+  and at least 20 over a large one (bench/README.md, "The recipe benchmark": fewer lost
+  1-2 points on the larger collections);
 - train.early_stop_patience: a quarter of the epochs, at least 5; never with fewer than
   MIN_VAL_IMAGES validation images, too few to tell an improvement from noise.
 """
@@ -109,7 +110,7 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
         cfg = with_setting(cfg, "optim.lr", lr)
         log_choice("optim.lr", lr, f"batch size {cfg.data.batch_size}")
     if cfg.train.epochs is None:
-        epochs = min(max(round(30 * math.sqrt(1000 / max(train_images, 1))), 10), 100)
+        epochs = min(max(round(60 * math.sqrt(1000 / max(train_images, 1))), 20), 100)
         cfg = with_setting(cfg, "train.epochs", epochs)
         log_choice("train.epochs", epochs, f"{train_images} training images")
     if cfg.train.early_stop_patience is None:
