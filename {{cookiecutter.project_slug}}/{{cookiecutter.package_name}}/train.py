@@ -113,7 +113,7 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
 
         run_start = time.perf_counter()
         stop = StopRequests(cfg.train.max_steps, team.stop_vote(device), signals)
-        ended_by_hook = train_epochs(session, stop)
+        ended_early = train_epochs(session, stop)
         if saver.saved_step != state.global_step:
             saver.save(state)  # stopped inside an epoch: the next run continues from this batch
         elapsed = time.perf_counter() - run_start
@@ -123,7 +123,7 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
         if team.is_main:
             plots = plot_run(run.path)
             logger.info("plots: %s", ", ".join(str(path) for path in plots) or "none yet")
-        exit_code = report_end(session, run, stop.signal, ended_by_hook, elapsed)
+        exit_code = report_end(session, run, stop.signal, ended_early, elapsed)
         team.leave()
         return exit_code
     finally:
@@ -333,7 +333,7 @@ def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
 
 
 def report_end(
-    session: Session, run: RunFolder, stopped_by: int | None, ended_by_hook: bool, elapsed: float
+    session: Session, run: RunFolder, stopped_by: int | None, ended_early: bool, elapsed: float
 ) -> int:
     """The run's last line; returns the exit code (128 + the signal that stopped it)."""
     state = session.state
@@ -346,7 +346,7 @@ def report_end(
             run.path,
         )
         return 128 + stopped_by
-    if state.epoch < session.cfg.train.epochs and not ended_by_hook:
+    if state.epoch < session.cfg.train.epochs and not ended_early:
         logger.info(
             "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with "
             "run.dir=%s run.resume=auto and a larger train.max_steps",
