@@ -19,6 +19,7 @@ from {{ cookiecutter.package_name }}.engine import PerClass
 from {{ cookiecutter.package_name }}.log import LOGGER_NAME
 from {{ cookiecutter.package_name }}.recipe import (
     AUTOMATIC,
+    choose_machine_settings,
     choose_training_settings,
     setting,
 )
@@ -48,6 +49,24 @@ def test_the_rules_scale_with_the_size_of_the_training_set(train, batch, lr, epo
     cfg = automatic(train=train)
     assert (cfg.data.batch_size, cfg.optim.lr, cfg.train.epochs) == (batch, lr, epochs)
     assert cfg.train.early_stop_patience == max(-(-epochs // 4), 5)
+
+
+@pytest.mark.parametrize(
+    ("cores", "torch_threads", "processes", "workers", "threads"),
+    [(2, 2, 1, 0, 2), (16, 8, 1, 8, 8), (8, 8, 1, 7, 8), (16, 8, 4, 3, 2), (4, 4, 4, 0, 1)],
+)
+def test_workers_and_threads_follow_the_cores_of_this_process(
+    monkeypatch, cores, torch_threads, processes, workers, threads
+):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    cfg = choose_machine_settings(Config())
+    assert (cfg.data.num_workers, cfg.train.threads) == (workers, threads)
+    given = Config()
+    given.data.num_workers, given.train.threads = 5, 0  # set by the user: kept
+    chosen = choose_machine_settings(given)
+    assert (chosen.data.num_workers, chosen.train.threads) == (5, 0)
 
 
 def test_what_the_user_sets_wins_and_the_callers_config_is_left_alone():
