@@ -13,7 +13,7 @@ import yaml
 from conftest import write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
-from {{ cookiecutter.package_name }}.config import Config, ConfigError
+from {{ cookiecutter.package_name }}.config import Config, ConfigError, get_setting
 from {{ cookiecutter.package_name }}.data import build_datasets, cache
 from {{ cookiecutter.package_name }}.engine import PerClass
 from {{ cookiecutter.package_name }}.log import LOGGER_NAME
@@ -21,7 +21,6 @@ from {{ cookiecutter.package_name }}.recipe import (
     AUTOMATIC,
     choose_machine_settings,
     choose_training_settings,
-    setting,
 )
 from {{ cookiecutter.package_name }}.train import main
 
@@ -221,4 +220,4 @@ def test_metrics_hold_the_balanced_accuracy_and_the_log_names_the_weakest_class(
 def test_the_automatic_keys_are_settings_of_the_schema():
     cfg = Config()
     for key in AUTOMATIC:
-        assert setting(cfg, key) is None, f"{key} is not left to the recipe by default"
+        assert get_setting(cfg, key) is None, f"{key} is not left to the recipe by default"

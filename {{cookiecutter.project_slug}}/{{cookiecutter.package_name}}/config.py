@@ -284,7 +284,7 @@ def to_yaml(cfg: Config) -> str:
 def validate(cfg: Config) -> None:
     """Check every rule declared in the schema: choices and numeric ranges."""
     for key, item in schema_fields():
-        value = _get(cfg, key)
+        value = get_setting(cfg, key)
         rules = item.metadata
         if "choices" in rules and value not in rules["choices"]:
             raise ConfigError(
@@ -355,7 +355,8 @@ _RANGE_RULES = (
 )
 
 
-def _get(cfg: Config, key: str) -> Any:
+def get_setting(cfg: Config, key: str) -> Any:
+    """The value of the dotted `key` (e.g. "train.epochs") in `cfg`."""
     value: Any = cfg
     for part in key.split("."):
         value = getattr(value, part)

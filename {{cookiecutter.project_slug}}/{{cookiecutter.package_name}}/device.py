@@ -5,6 +5,7 @@ does without importing the training script's dependencies.
 """
 
 import contextlib
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -13,6 +14,11 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .features import feature_module
+
+
+def processes_on_this_machine() -> int:
+    """The training processes that share this machine (torchrun's LOCAL_WORLD_SIZE; 1 alone)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from .config import Config
+from .config import Config, get_setting
 from .data import DataBundle
+from .device import processes_on_this_machine
 from .log import log_choice
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -47,11 +48,6 @@ MIN_VAL_IMAGES = 20
 BASE_BATCH, BASE_LR = 128, 0.01
 
 
-def setting(cfg: Config, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
 def with_setting(cfg: Config, key: str, value: Any) -> Config:
     """A copy of `cfg` with `key` set: the caller's config is never changed."""
     cfg = copy.deepcopy(cfg)
@@ -66,14 +62,14 @@ def inherit_choices(cfg: Config, saved: dict) -> Config:
     for key in AUTOMATIC:
         section, name = key.split(".")
         value = saved.get(section, {}).get(name)
-        if setting(cfg, key) is None and value is not None:
+        if get_setting(cfg, key) is None and value is not None:
             cfg = with_setting(cfg, key, value)
     return cfg
 
 
 def choose_machine_settings(cfg: Config) -> Config:
     """train.threads and data.num_workers, from this machine's cores."""
-    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+    processes_here = processes_on_this_machine()
     cores = max((os.cpu_count() or 1) // processes_here, 1)
     if cfg.train.threads is None:
         threads = max(torch.get_num_threads() // processes_here, 1)

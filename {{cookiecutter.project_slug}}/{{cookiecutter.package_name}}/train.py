@@ -84,7 +84,8 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
         checkpoints = CheckpointManager(run.checkpoints, team.is_main, cfg.run.keep_last)
         resume = team.find_resume(cfg, checkpoints)
         logger.info("run folder: %s", run.path)
-        if resume is not None:  # its automatic choices, not new ones: it goes on as it began
+        resumed = resume is not None
+        if resumed:  # its automatic choices, not new ones: it goes on as it began
             cfg = inherit_choices(cfg, resume[1]["config"])
         cfg = choose_machine_settings(cfg)
         device = prepare_device(cfg.train, team)
@@ -93,17 +94,17 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
         data = build_datasets(cfg.data, cfg.seed, run.path / STATS_FILE, agree=team.agree)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
-        model = build_training_model(cfg, data, device, team, resumed=resume is not None)
+        model = build_training_model(cfg, data, device, team, resumed=resumed)
         trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch)
 
         state = TrainState()
-        if resume is not None:
+        if resumed:
             state = restore(trainer, resume)
             team.restore(state, resume[1], cfg.seed)
         elif cfg.run.resume == "auto":
             logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
 
-        resumed, trackers = resume is not None, []
+        trackers = []
         if team.is_main:
             open_run_folder(run, cfg, data, team)
             trackers = open_trackers(run.path, state.epoch, resumed, model, loaders.val, device)

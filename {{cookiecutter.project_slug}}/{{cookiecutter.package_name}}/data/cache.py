@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
+from ..device import processes_on_this_machine
 from ..log import log_choice
 from .bundle import DataBundle, DataError
 from .folders import ImageFiles, open_image
@@ -201,7 +202,7 @@ def choose_cache(cfg: DataConfig, images: int, channels: int) -> bool:
     """data.cache=null: cache when the decoded images take at most CACHE_SHARE of the free
     memory (every process of a job on this machine holds a copy); logged either way."""
     side = resize_side(cfg) or cfg.image_size
-    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    copies = processes_on_this_machine()
     size = images * channels * side * side * copies
     available = available_memory(torch.device("cpu"))
     if available is None:
@@ -232,7 +233,7 @@ def cached_bundle(
     side = resize_side(cfg) or cfg.image_size
     size = (len(train) + len(val)) * channels * side * side
     # Every process of a job on this machine decodes its own copy into host memory.
-    check_cache_fits(size, torch.device("cpu"), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    check_cache_fits(size, torch.device("cpu"), processes_on_this_machine())
     started = time.perf_counter()
     train_images, train_labels = decode_images(train, cfg, channels, side)
     val_images, val_labels = decode_images(val, cfg, channels, side)
