@@ -43,6 +43,19 @@ def parse_command_line(argv: list[str]) -> tuple[Config, bool]:
     if "-h" in argv or "--help" in argv:
         print(help_text())
         sys.exit(0)
+    config_files, overrides, print_only = split_arguments(argv)
+    try:
+        cfg = load_config(config_files, overrides)
+    except ConfigError as error:
+        _fail(str(error))
+    if print_only:
+        print(to_yaml(cfg), end="")
+    return cfg, print_only
+
+
+def split_arguments(argv: list[str]) -> tuple[list[str | Path], list[str], bool]:
+    """(config files, starting with configs/default.yaml; key=value overrides; whether
+    --print-config was given); exits 2 with one line for an argument that is neither."""
     # The schema holds the same defaults, so an installed copy without configs/ still works.
     config_files: list[str | Path] = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
     overrides, print_only = [], False
@@ -60,13 +73,7 @@ def parse_command_line(argv: list[str]) -> tuple[Config, bool]:
                 f"argument {argument!r} is neither a .yaml file nor key=value; "
                 "write overrides as key=value, e.g. optim.lr=0.01"
             )
-    try:
-        cfg = load_config(config_files, overrides)
-    except ConfigError as error:
-        _fail(str(error))
-    if print_only:
-        print(to_yaml(cfg), end="")
-    return cfg, print_only
+    return config_files, overrides, print_only
 
 
 def _fail(message: str) -> None:
