@@ -5,7 +5,7 @@ Run `python train.py --help` for every setting. The settings live in configs/def
 
 import sys
 
-from {{ cookiecutter.package_name }}.cli import parse_command_line
+from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG, parse_command_line, split_arguments
 
 
 def main() -> int:
@@ -13,9 +13,13 @@ def main() -> int:
     if print_only:
         return 0
     # Imported only now: torch takes seconds to import, and --help needs none of it.
+    from {{ cookiecutter.package_name }}.resume_rules import settings_given
     from {{ cookiecutter.package_name }}.train import run
 
-    return run(cfg)
+    # A resumed run keeps its own settings but those given here (see resume_rules.py).
+    config_files, overrides, _ = split_arguments(sys.argv[1:])
+    given = settings_given([path for path in config_files if path != DEFAULT_CONFIG], overrides)
+    return run(cfg, given=given)
 
 
 if __name__ == "__main__":

@@ -193,7 +193,9 @@ def test_training_starts_from_model_weights_and_a_resume_does_not_need_them(make
     log = tmp_path / "run" / "train.log"
     assert f"initial weights from {path}" in log.read_text(encoding="utf-8")
     path.unlink()  # the checkpoint holds the weights now
-    resumed = make_config(f"model.weights={path}", "train.epochs=2", "run.resume=auto")
+    resumed = make_config(
+        f"model.weights={path}", "train.epochs=2", "run.resume=auto", "run.extend=true"
+    )
     assert main(resumed) == 0
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert checkpoint["progress"]["epoch"] == 2

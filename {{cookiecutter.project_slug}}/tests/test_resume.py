@@ -348,7 +348,7 @@ def test_stop_signal_saves_and_exits_with_128_plus_the_signal(
             process.communicate()
     assert process.returncode == code, output[-3000:]
     assert signal.Signals(signum).name in output
-    assert f"python train.py run.dir={run_dir} run.resume=auto" in output
+    assert f"continue with: python train.py run.resume={run_dir}" in output
     stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
     assert 0 < stopped["global_step"] < 6 * 8, "the run was not stopped early"
 

@@ -265,7 +265,7 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(make_config, tmp_path, caps
     last = folder / "checkpoints" / "last.pt"
     before = {path: path.read_bytes() for path in (last, folder / "config.yaml")}
 
-    with pytest.raises(ConfigError, match="run.resume=auto"):
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
         main(make_config())
     capsys.readouterr()
     assert run(make_config()) == 2

@@ -406,8 +406,7 @@ def check_finite_weights(model: nn.Module, step: int) -> None:
     if bad:
         raise NonFiniteLossError(
             f"the model's {', '.join(bad[:5])} became NaN or infinite by optimizer step {step}; "
-            "the last checkpoint saved before it is kept. Lower optim.lr or set "
-            "train.grad_clip (e.g. 1.0), then resume with run.resume=auto"
+            "the last checkpoint saved before it is kept"
         )
 
 

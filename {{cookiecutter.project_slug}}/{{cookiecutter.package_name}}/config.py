@@ -207,7 +207,22 @@ class RunConfig:
     )
     name: str = setting("run", "name of the run, used in the default run.dir")
     resume: Optional[str] = setting(
-        None, "'auto' (newest valid checkpoint in run.dir), a checkpoint path, or null (fresh run)"
+        None,
+        "continue a run: its folder, a checkpoint, or 'auto' (run.dir's newest checkpoint; "
+        "without run.dir, the newest run in runs/); null: a fresh run",
+    )
+    fork: bool = setting(
+        False,
+        "with run.resume: start a new run (new folder, optimizer and schedule) from its "
+        "weights, with the settings given now",
+    )
+    extend: bool = setting(
+        False,
+        "with run.resume of a finished run and a larger train.epochs: train the extra "
+        "epochs in the same folder, on a schedule of their own",
+    )
+    allow_changed_data: bool = setting(
+        False, "resume although the data's files changed since the run began"
     )
     keep_last: int = setting(3, "step checkpoints kept besides last.pt and best.pt", ge=1)
     save_every_steps: int = setting(

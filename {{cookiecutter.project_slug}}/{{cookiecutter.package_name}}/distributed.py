@@ -378,6 +378,12 @@ class DistributedProcesses(SingleProcess):
     def stop_vote(self, device: torch.device) -> Callable[[bool], bool]:
         return StopVote(device)
 
+    def launch_command(self) -> str:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        if local == self.world_size:  # one machine
+            return f"torchrun --standalone --nproc_per_node={local} train.py"
+        return "the same torchrun command on each node (train.py) with"
+
     def leave(self) -> None:
         cleanup()
 

@@ -50,6 +50,7 @@ class TrainState:
     correct: float = 0.0
     seen: int = 0
     first_nonfinite_step: int = -1  # first optimizer step whose loss was NaN or infinite
+    schedule_start_epoch: int = 0  # where the learning-rate schedule began (run.extend)
 
     def __post_init__(self) -> None:
         # (loss, predictions, labels, optimizer step) of batches not yet in the sums
@@ -57,8 +58,10 @@ class TrainState:
 
     @property
     def epochs_since_best(self) -> int:
-        """Finished epochs since the one with the best validation accuracy."""
-        return self.epoch - 1 - self.best_epoch if self.best_epoch >= 0 else 0
+        """Finished epochs since the one with the best validation accuracy, counted from
+        the start of the schedule in use at most (an extended run waits afresh)."""
+        since = max(self.best_epoch, self.schedule_start_epoch - 1)
+        return self.epoch - 1 - since if since >= 0 else 0
 
     def as_dict(self) -> dict:
         self.fold_pending()
@@ -105,8 +108,7 @@ class TrainState:
         if self.first_nonfinite_step >= 0 and not fp16_scaler_enabled:
             raise NonFiniteLossError(
                 f"the loss became NaN or infinite at optimizer step {self.first_nonfinite_step}; "
-                "the last checkpoint saved before it is kept. Lower optim.lr or set "
-                "train.grad_clip (e.g. 1.0), then resume with run.resume=auto"
+                "the last checkpoint saved before it is kept"
             )
 
 

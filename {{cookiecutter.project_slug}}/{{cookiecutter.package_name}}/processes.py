@@ -21,6 +21,7 @@ from .config import Config, TrainConfig
 from .engine import TrainState
 from .features import feature_module
 from .resume import find_resume
+from .run_lock import RunFolderBusy, RunLock
 from .runs import resolve_run_dir
 from .seeding import set_rng_state
 
@@ -49,6 +50,24 @@ class SingleProcess:
     def find_resume(self, cfg: Config, checkpoints: CheckpointManager) -> tuple[Path, dict] | None:
         """The checkpoint to continue from, loaded and verified; None for a fresh start."""
         return find_resume(cfg, checkpoints)
+
+    def lock_run_folder(self, folder: Path) -> RunLock | None:
+        """The main process's lock of the run folder (None elsewhere); every process raises
+        RunFolderBusy when another run holds it."""
+        lock, busy = None, None
+        if self.is_main:
+            try:
+                lock = RunLock.acquire(folder)
+            except RunFolderBusy as error:
+                busy = str(error)
+        busy = self.agree(busy)
+        if busy is not None:
+            raise RunFolderBusy(busy)
+        return lock
+
+    def launch_command(self) -> str:
+        """How this run was started, for the command that continues it."""
+        return "python train.py"
 
     def made_run_dir(self, run_dir: Path) -> None:
         """Called by the main process once it has made a new default run folder."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, get_setting
+from .config import Config
 from .data import DataBundle
 from .device import processes_on_this_machine
 from .log import log_choice
@@ -53,17 +53,6 @@ def with_setting(cfg: Config, key: str, value: Any) -> Config:
     cfg = copy.deepcopy(cfg)
     section, name = key.split(".")
     setattr(getattr(cfg, section), name, value)
-    return cfg
-
-
-def inherit_choices(cfg: Config, saved: dict) -> Config:
-    """`cfg` with the automatic choices it leaves open taken from `saved`, the config of the
-    checkpoint a run resumes from, so that the run continues as it started."""
-    for key in AUTOMATIC:
-        section, name = key.split(".")
-        value = saved.get(section, {}).get(name)
-        if get_setting(cfg, key) is None and value is not None:
-            cfg = with_setting(cfg, key, value)
     return cfg
 
 

@@ -2,6 +2,7 @@
 
     runs/<run.name>-<timestamp>/      one run (run.dir names another folder)
         config.yaml                   the resolved config the run trains with
+        run.lock                      held by the run writing here (see run_lock.py)
         train.log                     the console's lines and more (the resolved config, ...)
         metrics.csv, lr.csv           one row per epoch, one per optimizer step
         normalization.json            mean and std, when computed from the training images
@@ -19,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, ConfigError
+from .config import Config
 from .files import atomic_symlink
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -57,23 +58,42 @@ class RunFolder:
 
 def run_dir_of(checkpoint: Path) -> Path:
     """The run folder of a checkpoint: `runs/X/checkpoints/best.pt` -> `runs/X` (a checkpoint
-    kept elsewhere: its own folder)."""
-    folder = Path(checkpoint).parent
+    kept elsewhere: its own folder). A run folder, or its checkpoints folder, leads to itself."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        return checkpoint.parent if checkpoint.name == CHECKPOINTS else checkpoint
+    folder = checkpoint.parent
     return folder.parent if folder.name == CHECKPOINTS else folder
 
 
 def resolve_run_dir(cfg: Config) -> Path:
-    """The run folder: `run.dir`, the folder of a checkpoint to resume, or a new one."""
+    """The run folder: `run.dir`, the run that `run.resume` names, or a new one."""
     if cfg.run.dir:
         return Path(cfg.run.dir)
+    if cfg.run.fork:  # a new run that starts from another's weights
+        return new_run_dir(cfg.run.name)
     if cfg.run.resume == "auto":
-        raise ConfigError(
-            "run.resume=auto needs run.dir, the folder of the run to continue, "
-            "e.g. run.dir=runs/run-20260101-120000"
-        )
+        newest = newest_run()
+        if newest is None:
+            logger.info("run.resume=auto: no run in %s to continue yet, starting a new one", RUNS)
+            return new_run_dir(cfg.run.name)
+        return newest
     if cfg.run.resume:
         return run_dir_of(Path(cfg.run.resume))
     return new_run_dir(cfg.run.name)
+
+
+def newest_run() -> Path | None:
+    """The run folder in runs/ whose newest checkpoint was written last."""
+    newest, newest_time = None, -1.0
+    for folder in RUNS.glob("*/"):
+        if folder.is_symlink():  # runs/latest
+            continue
+        for checkpoint in (folder / CHECKPOINTS).glob("step-*.pt"):
+            written = checkpoint.stat().st_mtime
+            if written > newest_time:
+                newest, newest_time = folder, written
+    return newest
 
 
 def new_run_dir(name: str) -> Path:

@@ -25,6 +25,7 @@ from .checkpoint import (
     CheckpointError,
     CheckpointManager,
 )
+from .class_names import class_difference
 from .config import Config, ConfigError, TrainConfig, to_yaml
 from .data import (
     STATS_FILE,
@@ -51,8 +52,9 @@ from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
-from .recipe import choose_data_settings, choose_machine_settings, inherit_choices
+from .recipe import choose_data_settings, choose_machine_settings
 from .resume import restore
+from .resume_rules import Plan, check_how_to_go_on, plan_continuation
 from .runs import RunFolder, point_latest_at
 from .saver import Saver
 from .seeding import seed_everything
@@ -70,39 +72,43 @@ class Loaders:
     batches_per_epoch: int
 
 
-def main(cfg: Config, hooks: Hooks | None = None) -> int:
-    """Train with `cfg`; returns the process exit code."""
+def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None) -> int:
+    """Train with `cfg`; returns the process exit code. `given`: the settings the command
+    line gave, which a resumed run applies to its own (see resume_rules); None: all."""
     # Ctrl-C and SIGTERM are requests to stop from the first moment on (see GracefulStop).
     signals = GracefulStop()
+    lock = None
     try:
         hooks = hooks or Hooks()
         team = join(cfg.train)
         setup_logging(rank=team.rank)  # held in memory until the run folder is made, below
-        run = RunFolder(team.run_dir(cfg))
         cfg = team.this_attempt(cfg)
+        check_how_to_go_on(cfg)
         check_model_name(cfg.model.name)  # a typo fails here, before any data is made
-        checkpoints = CheckpointManager(run.checkpoints, team.is_main, cfg.run.keep_last)
-        resume = team.find_resume(cfg, checkpoints)
+        run = RunFolder(team.run_dir(cfg))
         logger.info("run folder: %s", run.path)
-        resumed = resume is not None
-        if resumed:  # its automatic choices, not new ones: it goes on as it began
-            cfg = inherit_choices(cfg, resume[1]["config"])
-        cfg = choose_machine_settings(cfg)
+        lock = team.lock_run_folder(run.path)  # before anything in it is read or changed
+        plan, resume = plan_run(cfg, given, team, run)
+        if plan.mode == "finished":
+            return 0
+        if lock is not None:
+            lock.announce()  # from here on, this run writes the folder
+        cfg, resumed = choose_machine_settings(plan.cfg), resume is not None
+        checkpoints = CheckpointManager(run.checkpoints, team.is_main, cfg.run.keep_last)
         device = prepare_device(cfg.train, team)
         seed_everything(cfg.seed)
 
         data = build_datasets(cfg.data, cfg.seed, run.path / STATS_FILE, agree=team.agree)
+        check_classes(resume, data.classes)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
         model = build_training_model(cfg, data, device, team, resumed=resumed)
-        trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch)
+        trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch, plan)
 
         state = TrainState()
         if resumed:
-            state = restore(trainer, resume)
+            state = restore(trainer, resume, extend=plan.mode == "extend")
             team.restore(state, resume[1], cfg.seed)
-        elif cfg.run.resume == "auto":
-            logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
 
         trackers = []
         if team.is_main:
@@ -114,9 +120,7 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
 
         run_start = time.perf_counter()
         stop = StopRequests(cfg.train.max_steps, team.stop_vote(device), signals)
-        ended_early = train_epochs(session, stop)
-        if saver.saved_step != state.global_step:
-            saver.save(state)  # stopped inside an epoch: the next run continues from this batch
+        ended_early = train_with_advice(session, stop, run)
         elapsed = time.perf_counter() - run_start
 
         for tracker in trackers:
@@ -128,7 +132,36 @@ def main(cfg: Config, hooks: Hooks | None = None) -> int:
         team.leave()
         return exit_code
     finally:
+        if lock is not None:
+            lock.release()
         signals.restore()
+
+
+def plan_run(
+    cfg: Config, given: set[str] | None, team: SingleProcess, run: RunFolder
+) -> tuple[Plan, tuple | None]:
+    """How this run goes on: fresh, or from which checkpoint and in which way (see
+    resume_rules); the checkpoint is None for a fresh run or a fork (its weights come in
+    through model.weights)."""
+    resume = team.find_resume(cfg, CheckpointManager(run.checkpoints, is_main=False))
+    if resume is None:
+        if cfg.run.resume == "auto":
+            logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
+        return Plan(cfg, "fresh", 0), None
+    plan = plan_continuation(cfg, given, *resume)
+    return plan, (None if plan.mode == "fork" else resume)
+
+
+def check_classes(resume: tuple | None, classes: list[str]) -> None:
+    """A resumed run trains on the classes it began with, in the same order."""
+    if resume is None:
+        return
+    difference = class_difference(resume[1]["classes"], classes)
+    if difference is not None:
+        raise ConfigError(
+            f"the classes of the data differ from those {resume[0]} was trained on: "
+            f"{difference}. Resume with the data it was trained on, or train a new run"
+        )
 
 
 def prepare_device(cfg: TrainConfig, team: SingleProcess) -> torch.device:
@@ -194,14 +227,14 @@ def build_training_model(
 
 
 def build_trainer(
-    cfg: Config, model: nn.Module, device: torch.device, batches_per_epoch: int
+    cfg: Config, model: nn.Module, device: torch.device, batches_per_epoch: int, plan: Plan
 ) -> Trainer:
     """The optimizer, the learning-rate schedule and the numeric precision of `model`."""
     optimizer = build_optimizer(cfg.optim, model)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
-    # The schedule spans train.epochs; train.max_steps only stops early, so a run stopped
-    # by it and resumed later follows the very same learning-rate curve.
-    total_steps = steps_per_epoch * cfg.train.epochs
+    # The schedule spans train.epochs (an extended run's: the extra ones); train.max_steps
+    # only stops early, so a run stopped by it and resumed later follows the same curve.
+    total_steps = steps_per_epoch * (cfg.train.epochs - plan.schedule_start_epoch)
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     numerics = precision(cfg.train, device)
     logger.info("mixed precision: %s", numerics.describe())
@@ -285,6 +318,29 @@ def train_epochs(session: Session, stop: StopRequests) -> bool:
     return False
 
 
+def train_with_advice(session: Session, stop: StopRequests, run: RunFolder) -> bool:
+    """train_epochs, then a save where it stopped inside an epoch; a loss that became NaN
+    says how to go on from the last good checkpoint."""
+    try:
+        ended_early = train_epochs(session, stop)
+    except NonFiniteLossError as error:
+        raise NonFiniteLossError(f"{error}; {nan_advice(session, run)}") from None
+    if session.saver.saved_step != session.state.global_step:
+        session.saver.save(session.state)  # stopped inside an epoch: the next run goes on here
+    return ended_early
+
+
+def nan_advice(session: Session, run: RunFolder) -> str:
+    lower = f"{session.cfg.optim.lr / 10:g}"
+    if session.saver.saved_step < 0:
+        return f"start again with a lower learning rate, e.g. optim.lr={lower}"
+    return (
+        "go on from it as a new run with a lower learning rate: python train.py "
+        f"run.resume={run.path} run.fork=true optim.lr={lower} (train.grad_clip=1.0 "
+        "may help too)"
+    )
+
+
 def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
     """Validate, step an epoch-wise schedule, write the metrics row, save; returns the row."""
     trainer, state, team = session.trainer, session.state, session.team
@@ -340,21 +396,23 @@ def report_end(
     state = session.state
     if stopped_by is not None:
         logger.warning(
-            "stopped by %s at step %d and saved; continue with: "
-            "python train.py run.dir=%s run.resume=auto",
+            "stopped by %s at step %d and saved; continue with: %s run.resume=%s",
             signal.Signals(stopped_by).name,
             state.global_step,
+            session.team.launch_command(),
             run.path,
         )
         return 128 + stopped_by
     if state.epoch < session.cfg.train.epochs and not ended_early:
         logger.info(
-            "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with "
-            "run.dir=%s run.resume=auto and a larger train.max_steps",
+            "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with: "
+            "%s run.resume=%s train.max_steps=N (N > %d, or 0 for no limit)",
             state.global_step,
             state.epoch + 1,
             elapsed,
+            session.team.launch_command(),
             run.path,
+            state.global_step,
         )
         return 0
     speeds = [float(row["samples_per_s"]) for row in read_csv(run.metrics)]
@@ -380,10 +438,10 @@ def one_line(error: Exception) -> str:
     return str(error)
 
 
-def run(cfg: Config, hooks: Hooks | None = None) -> int:
+def run(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None) -> int:
     """`main` with the project's errors turned into one clear line and an exit code."""
     try:
-        return main(cfg, hooks)
+        return main(cfg, hooks, given)
     except ConfigError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
