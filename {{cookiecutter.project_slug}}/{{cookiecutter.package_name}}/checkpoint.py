@@ -405,8 +405,7 @@ def check_finite_weights(model: nn.Module, step: int) -> None:
     ]
     if bad:
         raise NonFiniteLossError(
-            f"the model's {', '.join(bad[:5])} became NaN or infinite by optimizer step {step}; "
-            "the last checkpoint saved before it is kept"
+            f"the model's {', '.join(bad[:5])} became NaN or infinite by optimizer step {step}"
         )
 
 

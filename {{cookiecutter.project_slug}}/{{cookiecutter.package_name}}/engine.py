@@ -107,8 +107,7 @@ class TrainState:
         self.fold_pending()
         if self.first_nonfinite_step >= 0 and not fp16_scaler_enabled:
             raise NonFiniteLossError(
-                f"the loss became NaN or infinite at optimizer step {self.first_nonfinite_step}; "
-                "the last checkpoint saved before it is kept"
+                f"the loss became NaN or infinite at optimizer step {self.first_nonfinite_step}"
             )
 
 

@@ -331,13 +331,19 @@ def train_with_advice(session: Session, stop: StopRequests, run: RunFolder) -> b
 
 
 def nan_advice(session: Session, run: RunFolder) -> str:
+    """What is kept, and how to go on: the same settings with a lower learning rate (a
+    fork of the last checkpoint may inherit weights already too large to recover)."""
     lower = f"{session.cfg.optim.lr / 10:g}"
+    again = (
+        f"train it again with a lower learning rate: python train.py {run.config} "
+        f"run.dir=null optim.lr={lower}"
+    )
     if session.saver.saved_step < 0:
-        return f"start again with a lower learning rate, e.g. optim.lr={lower}"
+        return f"no checkpoint was saved before it; {again}"
     return (
-        "go on from it as a new run with a lower learning rate: python train.py "
-        f"run.resume={run.path} run.fork=true optim.lr={lower} (train.grad_clip=1.0 "
-        "may help too)"
+        f"checkpoints up to step {session.saver.saved_step} are kept; {again}, or go on "
+        f"from its last checkpoint as a new run: python train.py run.resume={run.path} "
+        f"run.fork=true optim.lr={lower}"
     )
 
 
