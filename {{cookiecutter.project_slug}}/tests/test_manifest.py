@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.data.fingerprint import (
 )
 from {{ cookiecutter.package_name }}.manifest import (
     build_manifest,
+    check_resume,
     compare_for_resume,
     git_state,
     read_manifest,
@@ -203,6 +204,24 @@ def test_git_state_of_a_clean_and_a_dirty_tree(repository):
     assert "-x = 1\n+x = 2\n" in state["diff"]
 
 
+def test_git_state_covers_the_whole_tree_but_the_run_folder(repository):
+    package = repository / "package"
+    package.mkdir()
+    (package / "module.py").write_text("z = 1\n")
+    git(repository, "add", "package")
+    git(repository, "commit", "-q", "-m", "package")
+    run_dir = repository / "runs-here" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    assert git_state(package, leave_out=run_dir)["dirty"] is False
+    assert git_state(package)["dirty"] is True  # the run's files, when not left out
+    (repository / "top.py").write_text("t = 1\n")  # outside the package's own folder
+    (repository / "code.py").write_text("x = 5\n")
+    state = git_state(package, leave_out=run_dir)
+    assert state["diff"].startswith("# untracked: top.py\ndiff --git a/code.py b/code.py")
+    assert write_manifest(run_dir, summarize({}), CPU, source=package)["git"]["dirty"]
+
+
 def test_the_diff_is_saved_beside_the_manifest_and_each_resume_keeps_the_earlier(
     repository, tmp_path
 ):
@@ -264,6 +283,21 @@ def test_changed_data_is_described_for_the_resume():
         "1 file resized (e.g. a/1.png)",
     )
     assert compare_for_resume({**saved, "data": None}, current) == ([], None)
+
+
+def test_check_resume_warns_and_refuses_changed_data_unless_allowed(tmp_path, project_log):
+    data = {**summarize({"a/1.png": 3}), "dataset": "imagefolder", "root": "/data"}
+    saved = write_manifest(tmp_path, data, CPU, source=tmp_path)
+    check_resume(tmp_path, data, CPU, allow_changed_data=False)
+    assert project_log.text == ""
+    (tmp_path / "manifest.json").write_text(json.dumps({**saved, "torch": "1.0"}))
+    changed = {**summarize({"a/1.png": 4}), "dataset": "imagefolder", "root": "/data"}
+    refusal = r"1 file resized \(e.g. a/1.png\), since .* set run.allow_changed_data=true"
+    with pytest.raises(ConfigError, match=refusal):
+        check_resume(tmp_path, changed, CPU, allow_changed_data=False)
+    assert f"torch 1.0 -> {torch.__version__}" in project_log.text
+    check_resume(tmp_path, changed, CPU, allow_changed_data=True)
+    assert "continuing on changed data: the data in /data changed" in project_log.text
 
 
 def test_a_missing_or_damaged_manifest_reads_as_none(tmp_path, project_log):

@@ -9,8 +9,8 @@ as `git.resume-N.diff`), so the top level always describes the latest session.
 
 On resume, `compare_for_resume` tells what changed since the run's last session: another
 torch, CUDA, cuDNN or device (a warning: the continued run is not promised to be
-bit-identical to one never interrupted), and changed data (the caller refuses it unless
-asked to accept it).
+bit-identical to one never interrupted), and changed data, which `check_resume` refuses
+unless run.allow_changed_data is set.
 """
 
 import datetime
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
 from .data.fingerprint import describe_change
 from .files import atomic_write_text
 
@@ -68,7 +69,7 @@ def write_manifest(
     manifest = build_manifest(data_fingerprint, device)
     earlier = read_manifest(run_dir)
     sessions = [] if earlier is None else [*earlier.pop("earlier_sessions", []), earlier]
-    state = git_state(source)
+    state = git_state(source, leave_out=run_dir)
     if state is not None:
         diff = state.pop("diff")
         if diff:
@@ -127,6 +128,25 @@ def compare_for_resume(saved: dict | None, current: dict) -> tuple[list[str], st
     return warnings, describe_change(saved["data"], current["data"])
 
 
+def check_resume(
+    run_dir: Path, data_fingerprint: dict, device: torch.device, allow_changed_data: bool
+) -> None:
+    """Before a run continues: warn of another environment (compare_for_resume), and
+    refuse changed data with ConfigError unless `allow_changed_data` (run.allow_changed_data)."""
+    saved = read_manifest(run_dir)
+    warnings, data_change = compare_for_resume(saved, build_manifest(data_fingerprint, device))
+    for warning in warnings:
+        logger.warning("%s", warning)
+    if data_change and not allow_changed_data:
+        raise ConfigError(
+            f"{data_change}, since this run's last session; its checkpoints were trained on "
+            "the data as it was: restore it, set run.allow_changed_data=true to continue on "
+            "the changed data, or start a new run"
+        )
+    if data_change:
+        logger.warning("run.allow_changed_data=true: continuing on changed data: %s", data_change)
+
+
 def _shown(value) -> str:
     return "none" if value is None else str(value)
 
@@ -154,22 +174,32 @@ def installed_packages() -> dict[str, str]:
     return dict(sorted(packages.items(), key=lambda item: item[0].lower()))
 
 
-def git_state(folder: Path) -> dict | None:
-    """{"commit", "dirty", "diff"} of the git work tree holding `folder`; None when git is
-    missing, times out, or `folder` is not in a work tree. `commit` is None before the first
-    commit; `diff` is "" for a clean tree, else the changes against the commit (staged or
-    not), headed by the names of untracked files as comment lines (`git apply` skips them)."""
-    if _git(folder, "rev-parse", "--is-inside-work-tree") != "true\n":
+def git_state(folder: Path, leave_out: Path | None = None) -> dict | None:
+    """{"commit", "dirty", "diff"} of the git work tree holding `folder`, all of it but the
+    folder `leave_out` (a run folder inside the project: its own files are no change to the
+    code); None when git is missing, fails, times out, or `folder` is in no work tree.
+
+    `commit` is None before the first commit; `diff` is "" for a clean tree, else the
+    changes against the commit (staged or not), headed by the names of untracked files as
+    comment lines (`git apply` skips them).
+    """
+    top = _git(folder, "rev-parse", "--show-toplevel")
+    if top is None:
         return None
-    commit = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD")
-    status = _git(folder, "status", "--porcelain", "--untracked-files=all")
+    top = Path(top.strip()).resolve()
+    # From the top, so that names and untracked files cover the whole tree, not a sub-folder.
+    paths = ["--", ":(top)"]
+    if leave_out is not None and Path(leave_out).resolve().is_relative_to(top):
+        paths.append(f":(top,exclude){Path(leave_out).resolve().relative_to(top).as_posix()}")
+    commit = _git(top, "rev-parse", "--verify", "--quiet", "HEAD")
+    status = _git(top, "status", "--porcelain", "--untracked-files=all", *paths)
     if status is None:
         return None
     diff = ""
     if status:
-        untracked = (_git(folder, "ls-files", "--others", "--exclude-standard") or "").splitlines()
-        header = "".join(f"# untracked: {name}\n" for name in untracked)
-        changes = _git(folder, "diff", "HEAD") if commit else _git(folder, "diff", "--cached")
+        untracked = _git(top, "ls-files", "--others", "--exclude-standard", *paths) or ""
+        header = "".join(f"# untracked: {name}\n" for name in untracked.splitlines())
+        changes = _git(top, "diff", "HEAD" if commit else "--cached", *paths)
         diff = header + (changes or "")
     return {"commit": commit.strip() if commit else None, "dirty": bool(status), "diff": diff}
 

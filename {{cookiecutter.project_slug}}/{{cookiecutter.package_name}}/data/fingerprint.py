@@ -69,11 +69,12 @@ def image_folder_files(root: Path) -> dict[str, int]:
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
-    """The entries of `folder` whose names do not start with a dot; none if it is missing."""
+    """The entries of `folder` whose names do not start with a dot; none if it cannot be
+    listed (missing, or unreadable: data loading, too, skips such a folder or names it)."""
     try:
         with os.scandir(folder) as entries:
             return [entry for entry in entries if not entry.name.startswith(".")]
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return []
 
 
