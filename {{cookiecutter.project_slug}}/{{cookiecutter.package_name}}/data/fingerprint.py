@@ -5,9 +5,9 @@
 - torchvision datasets: every file of the dataset's own folder under `data.root`;
 - the built-in shapes: the settings that generate them (seed, sizes, image size).
 
-Files are listed with `stat` only, never read, so that a fingerprint of a million images
-takes seconds, not an hour: a file rewritten with the same size (an image edited in place,
-say) is not noticed. The listing is reduced to a SHA-256, counts and total bytes, plus a
+Files are listed with `stat` only, never read (30,000 files took 0.7 s on a 2-core machine
+with the folder cached; reading them all would take minutes to hours): a file rewritten
+with the same size (an image edited in place, say) is not noticed. The listing is reduced to a SHA-256, counts and total bytes, plus a
 summary per folder; the full listing of (path, size) is kept up to LISTING_LIMIT files, to
 name changed files by example (beyond it, changes are named by folder).
 """
