@@ -202,28 +202,14 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    dir: Optional[str] = setting(
-        None, "output folder of this run (default: runs/<run.name>-<timestamp>)"
-    )
+    dir: Optional[str] = setting(None, "output folder (default: runs/<run.name>-<timestamp>)")
     name: str = setting("run", "name of the run, used in the default run.dir")
     resume: Optional[str] = setting(
-        None,
-        "continue a run: its folder, a checkpoint, or 'auto' (run.dir's newest checkpoint; "
-        "without run.dir, the newest run in runs/); null: a fresh run",
+        None, "go on from: a run folder, a checkpoint, auto (newest), or null (a fresh run)"
     )
-    fork: bool = setting(
-        False,
-        "with run.resume: start a new run (new folder, optimizer and schedule) from its "
-        "weights, with the settings given now",
-    )
-    extend: bool = setting(
-        False,
-        "with run.resume of a finished run and a larger train.epochs: train the extra "
-        "epochs in the same folder, on a schedule of their own",
-    )
-    allow_changed_data: bool = setting(
-        False, "resume although the data's files changed since the run began"
-    )
+    fork: bool = setting(False, "with run.resume: a new run from its weights, settings given now")
+    extend: bool = setting(False, "with run.resume of a finished run: train more train.epochs")
+    allow_changed_data: bool = setting(False, "resume although the data's files changed")
     keep_last: int = setting(3, "step checkpoints kept besides last.pt and best.pt", ge=1)
     save_every_steps: int = setting(
         0, "also save a checkpoint every N optimizer steps (0 = only at each epoch's end)", ge=0

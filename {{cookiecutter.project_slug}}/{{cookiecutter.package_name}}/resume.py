@@ -1,12 +1,20 @@
-"""Resuming a run: which checkpoint to continue from, and taking back its training state."""
+"""Resuming a run: which checkpoint to go on from and how (see resume_rules), whether the
+data is still what it was, and taking back the training state."""
 
 import logging
 from pathlib import Path
 
+import torch
+
 from .checkpoint import CheckpointManager, load_checkpoint, load_model_state
+from .class_names import class_difference
 from .config import Config, ConfigError
+from .data import DataBundle
+from .data.fingerprint import fingerprint
 from .engine import Trainer, TrainState
-from .runs import CHECKPOINTS, RUNS, newest_run, run_dir_of
+from .manifest import check_resume
+from .resume_rules import Plan, plan_continuation
+from .runs import CHECKPOINTS, RUNS, RunFolder, newest_run, run_dir_of
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -72,3 +80,37 @@ def restore(trainer: Trainer, resume: tuple[Path, dict], extend: bool = False) -
         state.global_step,
     )
     return state
+
+
+def plan_run(
+    cfg: Config, given: set[str] | None, team, run: RunFolder
+) -> tuple[Plan, tuple | None]:
+    """How this run goes on: fresh, or from which checkpoint and in which way (see
+    resume_rules); the checkpoint is None for a fresh run or a fork (its weights come in
+    through model.weights)."""
+    resume = team.find_resume(cfg, CheckpointManager(run.checkpoints, is_main=False))
+    if resume is None:
+        if cfg.run.resume == "auto":
+            logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
+        return Plan(cfg, "fresh", 0), None
+    plan = plan_continuation(cfg, given, *resume)
+    return plan, (None if plan.mode == "fork" else resume)
+
+
+def check_data(
+    run: RunFolder, cfg: Config, data: DataBundle, resume: tuple | None, device: torch.device
+) -> dict:
+    """The data's fingerprint (for manifest.json). A resumed run must find the classes it
+    began with, in the same order, and the same files unless run.allow_changed_data; another
+    torch, CUDA or device only costs a warning (see manifest.py)."""
+    data_fingerprint = fingerprint(cfg)
+    if resume is None:
+        return data_fingerprint
+    difference = class_difference(resume[1]["classes"], data.classes)
+    if difference is not None:
+        raise ConfigError(
+            f"the classes of the data differ from those {resume[0]} was trained on: "
+            f"{difference}. Resume with the data it was trained on, or train a new run"
+        )
+    check_resume(run.path, data_fingerprint, device, cfg.run.allow_changed_data)
+    return data_fingerprint

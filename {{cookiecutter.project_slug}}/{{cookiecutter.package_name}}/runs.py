@@ -3,6 +3,10 @@
     runs/<run.name>-<timestamp>/      one run (run.dir names another folder)
         config.yaml                   the resolved config the run trains with
         run.lock                      held by the run writing here (see run_lock.py)
+        manifest.json                 Python/torch/CUDA/cuDNN versions, device, packages, git
+                                      commit, data fingerprint (see manifest.py)
+        git.diff                      uncommitted changes when the run began (git.resume-N.diff:
+                                      at a resume)
         train.log                     the console's lines and more (the resolved config, ...)
         metrics.csv, lr.csv           one row per epoch, one per optimizer step
         normalization.json            mean and std, when computed from the training images

@@ -25,7 +25,6 @@ from .checkpoint import (
     CheckpointError,
     CheckpointManager,
 )
-from .class_names import class_difference
 from .config import Config, ConfigError, TrainConfig, to_yaml
 from .data import (
     STATS_FILE,
@@ -48,13 +47,14 @@ from .engine import (
 from .files import atomic_write_text
 from .hooks import Hooks
 from .log import attach_log_file, draws_progress_bar, progress_bar, read_csv, setup_logging
+from .manifest import write_manifest
 from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
-from .resume import restore
-from .resume_rules import Plan, check_how_to_go_on, plan_continuation
+from .resume import check_data, plan_run, restore
+from .resume_rules import Plan, check_how_to_go_on
 from .runs import RunFolder, point_latest_at
 from .saver import Saver
 from .seeding import seed_everything
@@ -99,7 +99,7 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         seed_everything(cfg.seed)
 
         data = build_datasets(cfg.data, cfg.seed, run.path / STATS_FILE, agree=team.agree)
-        check_classes(resume, data.classes)
+        data_fingerprint = check_data(run, cfg, data, resume, device)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
         model = build_training_model(cfg, data, device, team, resumed=resumed)
@@ -113,6 +113,7 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         trackers = []
         if team.is_main:
             open_run_folder(run, cfg, data, team)
+            write_manifest(run.path, data_fingerprint, device)
             trackers = open_trackers(run.path, state.epoch, resumed, model, loaders.val, device)
         saver = Saver(checkpoints, trainer, team, cfg, data, hooks, run.lr)
         saver.start(state, resumed)
@@ -135,33 +136,6 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         if lock is not None:
             lock.release()
         signals.restore()
-
-
-def plan_run(
-    cfg: Config, given: set[str] | None, team: SingleProcess, run: RunFolder
-) -> tuple[Plan, tuple | None]:
-    """How this run goes on: fresh, or from which checkpoint and in which way (see
-    resume_rules); the checkpoint is None for a fresh run or a fork (its weights come in
-    through model.weights)."""
-    resume = team.find_resume(cfg, CheckpointManager(run.checkpoints, is_main=False))
-    if resume is None:
-        if cfg.run.resume == "auto":
-            logger.info("run.resume=auto: no checkpoint in %s yet, starting fresh", run.path)
-        return Plan(cfg, "fresh", 0), None
-    plan = plan_continuation(cfg, given, *resume)
-    return plan, (None if plan.mode == "fork" else resume)
-
-
-def check_classes(resume: tuple | None, classes: list[str]) -> None:
-    """A resumed run trains on the classes it began with, in the same order."""
-    if resume is None:
-        return
-    difference = class_difference(resume[1]["classes"], classes)
-    if difference is not None:
-        raise ConfigError(
-            f"the classes of the data differ from those {resume[0]} was trained on: "
-            f"{difference}. Resume with the data it was trained on, or train a new run"
-        )
 
 
 def prepare_device(cfg: TrainConfig, team: SingleProcess) -> torch.device:
