@@ -112,8 +112,10 @@ def _rank_process(job: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no rank {rank} among the children of torchrun: {children}")
 
 
-def _stall_one_rank(job: subprocess.Popen, run_dir: Path) -> dict:
-    """Once `job` has saved a checkpoint, SIGSTOP rank 1 and wait for the job to end.
+def _stall_one_rank(job: subprocess.Popen, run_dir: Path, env: dict) -> dict:
+    """Once `job` has saved a checkpoint, start a second writer on its run folder (it must
+    be refused: "second_writer", with rank 0's pid), then SIGSTOP rank 1 and wait for the
+    job to end.
 
     Returns the pid of the stopped rank, and the seconds from the stop until rank 0 logged
     its error and until the job ended ("error_s", "exit_s"; None if it did not happen)."""
@@ -122,9 +124,19 @@ def _stall_one_rank(job: subprocess.Popen, run_dir: Path) -> dict:
         if job.poll() is not None or time.monotonic() > deadline:
             return {"pid": 0, "error_s": None, "exit_s": None}
         time.sleep(0.1)
+    second_writer = subprocess.run(
+        [sys.executable, "train.py", f"run.resume={run_dir}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rank_0 = _rank_process(job, 0)
     stopped = _rank_process(job, 1)
     os.kill(stopped, signal.SIGSTOP)  # it stops answering, without dying
     stalled_at, times = time.monotonic(), {"pid": stopped, "error_s": None, "exit_s": None}
+    times.update(second_writer=second_writer, rank_0=rank_0)
     limit = stalled_at + STALL_TIMEOUT_S + STALL_MARGIN_S + TORCHRUN_KILL_GRACE_S + 30
     while job.poll() is None and time.monotonic() < limit:
         log = (run_dir / "train.log").read_text(encoding="utf-8")
@@ -181,7 +193,7 @@ def two_process_runs(tmp_path_factory, small_overrides, subprocess_env):
     try:
         stall = {"pid": 0}
         if "stalled" in processes:
-            stall = _stall_one_rank(processes["stalled"], root / "stalled")
+            stall = _stall_one_rank(processes["stalled"], root / "stalled", env)
         results = {name: _finish(process) for name, process in processes.items()}
     finally:
         for process in processes.values():  # after an error above, leave nothing running
@@ -270,6 +282,15 @@ def test_a_stalled_rank_fails_the_job_within_the_timeout(two_process_runs):
     assert stall["error_s"] is not None
     assert stall["error_s"] < STALL_TIMEOUT_S + STALL_MARGIN_S, stall  # the message says why
     assert stall["exit_s"] < STALL_TIMEOUT_S + STALL_MARGIN_S + TORCHRUN_KILL_GRACE_S, stall
+
+
+def test_rank_0_holds_the_run_folder_and_a_second_writer_is_refused(two_process_runs):
+    _, results, stall = two_process_runs
+    assert stall["pid"], _output(results["stalled"])
+    second = stall["second_writer"]
+    errors = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(errors) == 1, second.stdout[-2000:] + second.stderr
+    assert f"pid {stall['rank_0']} on " in errors[0] and "in use by another run" in errors[0]
 
 
 def test_without_a_process_group_everything_is_one_process(monkeypatch):
