@@ -206,6 +206,50 @@ def test_slurm_script_starts_torchrun_on_every_node_with_the_job_rendezvous(tmp_
     assert (cfg.run.dir, cfg.run.resume, cfg.optim.lr) == ("runs/slurm-4242", "auto", 0.1)
 
 
+def _fake_torch(folder: Path, version: str, torchrun: str) -> Path:
+    """A torch package of `version` whose torch/distributed/run.py reads `torchrun`."""
+    (folder / "torch" / "distributed").mkdir(parents=True)
+    (folder / "torch" / "__init__.py").write_text("")
+    (folder / "torch" / "distributed" / "run.py").write_text(torchrun)
+    (folder / f"torch-{version}.dist-info").mkdir()
+    metadata = f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n"
+    (folder / f"torch-{version}.dist-info" / "METADATA").write_text(metadata)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("python_path", "expected"),
+    [
+        (
+            "older",
+            "error: the torchrun of torch 2.8.0 cannot pass SIGUSR1 on to its processes "
+            "(no --signals-to-handle); upgrade torch (2.9 or newer)",
+        ),
+        ("none", " has no torch; activate the project environment"),
+    ],
+)
+def test_a_torchrun_that_cannot_pass_the_notice_on_is_refused_in_one_line(
+    tmp_path, python_path, expected
+):
+    """torchrun learnt --signals-to-handle in torch 2.9: an older one would die of SIGUSR1
+    and leave its processes training, so the script stops before starting anything."""
+    tools = _tools(tmp_path / "bin", IDLE_SRUN)
+    (tmp_path / "tmp").mkdir()
+    env = _job_environment(os.environ, tools, "78", tmp_path)
+    env["EXIT_CODE"] = "0"
+    if python_path == "older":  # found before the real torch
+        older = _fake_torch(tmp_path / "older", "2.8.0", 'parser.add_argument("--nnodes")\n')
+        env["PYTHONPATH"] = str(older)
+    else:  # a Python without torch: no site-packages at all
+        env["PYTHONNOUSERSITE"] = "1"
+        (tools / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    result = _finish(_start([], env, tmp_path / "job"), timeout=60)
+    assert result.returncode == 2, _output(result)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith(expected), line
+    assert "rendezvous" not in result.stdout
+
+
 @pytest.mark.parametrize(
     ("notice", "srun_exit", "requeued", "script_exit"),
     [
