@@ -21,7 +21,12 @@ FEATURE_FILES: list[tuple[dict[str, bool | str], list[str]]] = [
     ({"use_amp": True}, ["{package}/amp.py", "tests/test_amp.py"]),
     (
         {"use_ddp": True},
-        ["{package}/distributed.py", "tests/test_distributed.py", "scripts/slurm.sbatch"],
+        [
+            "{package}/distributed.py",
+            "tests/test_distributed.py",
+            "tests/test_preemption.py",
+            "scripts/slurm.sbatch",
+        ],
     ),
     ({"use_safetensors": True}, ["{package}/safetensors_io.py", "tests/test_safetensors.py"]),
     ({"tracker": "tensorboard"}, ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"]),

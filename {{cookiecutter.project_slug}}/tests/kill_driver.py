@@ -1,4 +1,5 @@
-"""Runs training the way train.py does, but SIGKILLs itself at an exact point.
+"""Runs training the way train.py does, but SIGKILLs itself at an exact point (or waits
+there for a stop signal).
 
 Used by test_resume.py and test_distributed.py: a kill at a chosen optimizer step, without
 racing a timer, shows whether a run resumed with run.resume=auto ends exactly where an
@@ -26,7 +27,10 @@ KILL is `none` or `WHEN:STEP`, WHEN being one of
     scheduler    inside scheduler.step() after optimizer step STEP (the optimizer has
                  stepped, the scheduler not yet);
     save_op      before file operation number STEP of the first save (see
-                 kill_inside_first_save).
+                 kill_inside_first_save);
+    notice       not a kill: after optimizer step STEP, print NOTICE_WAIT and wait (at
+                 most NOTICE_WAIT_S) until a stop signal (Ctrl-C, SIGTERM, SIGUSR1) has
+                 come, so that a test can send one at an exact step.
 """
 
 import json
@@ -47,7 +51,10 @@ from {{ cookiecutter.package_name }}.checkpoint import (
 )
 from {{ cookiecutter.package_name }}.cli import parse_command_line
 from {{ cookiecutter.package_name }}.model import flops_per_sample
+from {{ cookiecutter.package_name }}.stopping import active_stop
 from {{ cookiecutter.package_name }}.train import Hooks, run
+
+NOTICE_WAIT, NOTICE_WAIT_S = "waiting for a stop signal at step", 120
 
 
 def die() -> None:
@@ -84,6 +91,8 @@ def install_kill(kill: str, hooks: Hooks) -> None:
         torch.optim.lr_scheduler.LRScheduler.step = scheduler_step
     elif when == "save_op":
         kill_inside_first_save(step, hooks)
+    elif when == "notice":
+        hooks.after_step = chain(hooks.after_step, wait_for_a_stop_signal_at(step))
     else:
         raise SystemExit(f"unknown kill point {kill!r}")
 
@@ -96,6 +105,22 @@ def chain(first, second):
         second(state)
 
     return both
+
+
+def wait_for_a_stop_signal_at(step: int):
+    """An after_step hook that, at optimizer step `step`, waits for a stop signal."""
+
+    def wait(state) -> None:
+        if state.global_step != step:
+            return
+        print(f"{NOTICE_WAIT} {step}", flush=True)
+        deadline = time.monotonic() + NOTICE_WAIT_S
+        while active_stop().received is None:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no stop signal came within {NOTICE_WAIT_S} s")
+            time.sleep(0.01)
+
+    return wait
 
 
 FILE_OPERATIONS = ("fsync", "replace", "link", "unlink")
@@ -311,7 +336,9 @@ def main(argv: list[str]) -> int:
     if mode == "rank":
         first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         chosen = os.environ.get("RANK") == rest[0]
-        return train(rest[2:], rest[1] if first_attempt and chosen else "none")
+        code = train(rest[2:], rest[1] if first_attempt and chosen else "none")
+        print(f"rank {os.environ.get('RANK')} exits with {code}", flush=True)
+        return code
     if mode == "plan":
         run_plan(Path(rest[0]))
         return 0

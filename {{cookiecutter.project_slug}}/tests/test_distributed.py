@@ -544,55 +544,6 @@ def test_more_processes_than_training_samples_is_a_clear_error():
         build_loader(data.train, cfg, train=True, seed=0, rank=0, world_size=4)
 
 
-def test_slurm_script_starts_torchrun_on_every_node_with_the_job_rendezvous(tmp_path):
-    """scripts/slurm.sbatch run with stand-ins for srun and scontrol: the torchrun command
-    it would start on each node parses, and names the first node, the job and the run."""
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "scontrol").write_text("#!/bin/sh\nprintf 'node-a\\nnode-b\\n'\n")
-    (fake_bin / "srun").write_text(
-        '#!/bin/sh\nprintf "%s\\n" "$OMP_NUM_THREADS" "$@" > "$SRUN_ARGUMENTS"\n'
-    )
-    for tool in fake_bin.iterdir():
-        tool.chmod(0o755)
-    slurm = {
-        "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NODELIST": "node-[a-b]",
-        "SLURM_NNODES": "2",
-        "SLURM_GPUS_ON_NODE": "4",
-        "SLURM_CPUS_PER_TASK": "16",
-        "SLURM_SUBMIT_DIR": str(PROJECT_ROOT),
-    }
-    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    env.update(slurm, PATH=f"{fake_bin}{os.pathsep}{env['PATH']}")
-    env["SRUN_ARGUMENTS"] = str(tmp_path / "srun-arguments")
-    result = subprocess.run(
-        ["bash", str(PROJECT_ROOT / "scripts" / "slurm.sbatch"), "optim.lr=0.1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "rendezvous at node-a:29500, run folder runs/slurm-4242" in result.stdout
-    threads, *arguments = (tmp_path / "srun-arguments").read_text().splitlines()
-    assert threads == "4"  # 16 cores shared by 4 processes
-    assert arguments[:4] == ["--kill-on-bad-exit=1", "python", "-m", "torch.distributed.run"]
-
-    from torch.distributed.run import get_args_parser
-
-    from {{ cookiecutter.package_name }}.cli import parse_command_line
-
-    torchrun = get_args_parser().parse_args(arguments[4:])
-    assert (torchrun.nnodes, torchrun.nproc_per_node) == ("2", "4")
-    assert (torchrun.rdzv_backend, torchrun.rdzv_endpoint) == ("c10d", "node-a:29500")
-    assert (torchrun.rdzv_id, torchrun.max_restarts) == ("4242", 3)
-    assert torchrun.training_script == "train.py"
-    cfg, _ = parse_command_line(torchrun.training_script_args)
-    assert (cfg.run.dir, cfg.run.resume, cfg.optim.lr) == ("runs/slurm-4242", "auto", 0.1)
-
-
 def test_each_rank_resumes_its_own_random_stream():
     from {{ cookiecutter.package_name }}.distributed import rng_of_rank
 

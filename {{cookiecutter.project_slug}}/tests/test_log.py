@@ -1,12 +1,21 @@
-"""The metrics CSV and the logger."""
+"""The metrics CSV, the logger and the progress bar."""
 
 import csv
 import logging
+import re
 
+import torch
+from torch import nn
+
+from {{ cookiecutter.package_name }}.config import TrainConfig
+from {{ cookiecutter.package_name }}.device import float32_precision
+from {{ cookiecutter.package_name }}.engine import Trainer, TrainState, train_one_epoch
 from {{ cookiecutter.package_name }}.log import (
     LOGGER_NAME,
     METRIC_COLUMNS,
     MetricsCSV,
+    ProgressBar,
+    progress_bar,
     setup_logging,
 )
 
@@ -60,3 +69,80 @@ def test_only_rank_0_writes_the_log_file(tmp_path):
         handler.flush()
     assert "hello from rank 0" in (tmp_path / "rank0.log").read_text(encoding="utf-8")
     assert len(logger.handlers) == 2  # console and file, not one more per call
+
+
+class RecordingBar:
+    """A tqdm stand-in that records what the loop does to it, in order."""
+
+    def __init__(self) -> None:
+        self.events = []
+
+    def update(self, count: int = 1) -> None:
+        self.events.append(("update", count))
+
+    def set_postfix_str(self, text: str) -> None:
+        self.events.append(("postfix", text))
+
+    def close(self) -> None:
+        self.events.append(("close", None))
+
+
+def small_trainer(batches: int = 6):
+    """A linear model, its optimizer and `batches` batches of 5 random samples; the step
+    log lines (train.log_every) are far apart, so that only the bar shows figures."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cpu = torch.device("cpu")
+    trainer = Trainer(
+        model, optimizer, scheduler, False, float32_precision(cpu), TrainConfig(log_every=1000), cpu
+    )
+    data = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(batches)]
+    return trainer, data
+
+
+def epoch_figures(state: TrainState, lr: float) -> str:
+    """The postfix the bar must end on: the loss and accuracy of all the epoch's batches."""
+    loss, accuracy = state.loss_sum / state.seen, state.correct / state.seen
+    return f"loss {loss:.4f} acc {accuracy:.3f} lr {lr:.3g}"
+
+
+def test_the_progress_bar_shows_the_loss_from_the_first_step_and_ends_on_the_epoch():
+    trainer, data = small_trainer()
+    recording = RecordingBar()
+    state = TrainState()
+    train_one_epoch(trainer, data, len(data), state, progress=ProgressBar(recording))
+    events = recording.events
+    # The running loss of the first batch, right after it (not train.log_every steps later).
+    assert events[0] == ("update", 1)
+    kind, text = events[1]
+    assert kind == "postfix" and re.fullmatch(r"loss \d\.\d{4} acc \d\.\d{3} lr 0\.1", text)
+    assert state.seen == 30
+    assert events[-1] == ("postfix", epoch_figures(state, trainer.lr))
+    assert sum(count for kind, count in events if kind == "update") == len(data)
+
+
+def test_the_progress_bar_refreshes_its_figures_every_refresh_s():
+    trainer, data = small_trainer()
+    recording = RecordingBar()
+    bar = ProgressBar(recording)
+    bar.REFRESH_S = 0.0  # this bar's own setting: figures after every step
+    train_one_epoch(trainer, data, len(data), TrainState(), progress=bar)
+    kinds = [kind for kind, _ in recording.events]
+    assert kinds == ["update", "postfix"] * len(data) + ["postfix"]
+    bar.REFRESH_S = 3600.0
+    assert not bar.due()  # shown just now: not due again within the hour
+
+
+def test_the_live_bar_draws_the_running_figures_on_the_terminal(capsys):
+    trainer, data = small_trainer()
+    state = TrainState()
+    bar = progress_bar(len(data), 0, "epoch 1/1", enabled=True)
+    train_one_epoch(trainer, data, len(data), state, progress=bar)
+    bar.close()
+    drawn = capsys.readouterr().out.split("\r")
+    first_with_figures = next(line for line in drawn if "loss " in line)
+    assert "1/6" in first_with_figures  # already after the first batch
+    assert epoch_figures(state, trainer.lr) in [line for line in drawn if line.strip()][-1]
+    assert "epoch 1/1" in drawn[-1] and "6/6" in drawn[-1]

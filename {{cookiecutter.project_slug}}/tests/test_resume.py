@@ -396,6 +396,18 @@ def test_a_signal_inside_a_nested_graceful_stop_reaches_the_outer_one():
     assert active_stop() is None
 
 
+def test_sigusr1_is_a_stop_request_like_sigterm():
+    """SIGUSR1 is the notice a cluster sends before the time limit (scripts/slurm.sbatch):
+    the run saves and stops, and exits with 128 + 10 (train.report_end)."""
+    stop = GracefulStop()
+    try:
+        signal.raise_signal(signal.SIGUSR1)  # handled at once, in this main thread
+        assert stop.received == signal.SIGUSR1
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
 def test_nan_loss_exits_1_naming_the_step_and_keeps_a_finite_checkpoint(
     make_config, tmp_path, capsys
 ):

@@ -161,8 +161,9 @@ def train_one_epoch(
 
     `loader` must already be positioned at `state.batch_in_epoch` (see EpochBatchSampler).
     `after_step` runs after every optimizer step (checkpoints, stop requests, max_steps).
-    `progress` is a tqdm-like bar (see log.progress_bar); with a live bar, the periodic
-    step lines go to the log file only, and the bar shows the same numbers.
+    `progress` is a bar of log.progress_bar; with a live bar, the periodic step lines go
+    to the log file only, and the bar shows the running loss and accuracy from the first
+    step on, and at the end those of the whole epoch.
     """
     model, cfg, device, scaler = (
         trainer.model,
@@ -199,9 +200,13 @@ def train_one_epoch(
         if state.global_step % cfg.log_every == 0:
             samples = labels.size(0) * accumulation
             log_progress(trainer, state, speed.samples_per_s(state.global_step, samples), progress)
+        elif progress is not None and progress.due():
+            show_running_figures(trainer, state, progress)
         if after_step():
             break
     state.check_finite(scaler.is_enabled())
+    if progress is not None:  # the bar ends on the figures of all the epoch's batches
+        show_running_figures(trainer, state, progress)
 
 
 def optimizer_step(trainer: Trainer) -> None:
@@ -246,10 +251,16 @@ def log_progress(trainer: Trainer, state: TrainState, samples_per_s: float, prog
         extra={"console": progress is None or isinstance(progress, NoProgressBar)},
     )
     if progress is not None:
-        progress.set_postfix_str(
-            f"loss {loss_now:.4f} acc {acc_now:.3f} lr {trainer.lr:.3g} "
-            f"{samples_per_s:.0f} samples/s"
-        )
+        show_running_figures(trainer, state, progress)
+
+
+def show_running_figures(trainer: Trainer, state: TrainState, progress) -> None:
+    """The running loss and accuracy of the epoch so far, on the progress bar (reading
+    them waits for the device: see log.ProgressBar for how often)."""
+    state.fold_pending()
+    seen = max(state.seen, 1)
+    loss, accuracy = state.loss_sum / seen, state.correct / seen
+    progress.show(f"loss {loss:.4f} acc {accuracy:.3f} lr {trainer.lr:.3g}")
 
 
 @torch.inference_mode()

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from logging.handlers import MemoryHandler
 from pathlib import Path
 
@@ -144,25 +145,60 @@ def draws_progress_bar(rank: int) -> bool:
 
 
 class NoProgressBar:
-    """Stands in for a tqdm bar where none is drawn (logs, CI, SLURM, other ranks)."""
+    """Stands in for a ProgressBar where none is drawn (logs, CI, SLURM, other ranks)."""
 
     def update(self, count: int = 1) -> None:
         pass
 
-    def set_postfix_str(self, text: str) -> None:
+    def due(self) -> bool:
+        return False
+
+    def show(self, text: str) -> None:
         pass
 
     def close(self) -> None:
         pass
 
 
-def progress_bar(total: int, initial: int, description: str, enabled: bool):
+class ProgressBar:
+    """A tqdm bar over an epoch's batches, with the running figures as its postfix.
+
+    The loop asks `due()` after each optimizer step and then `show`s the running loss: at
+    the first step, and from then on every REFRESH_S seconds. Reading the running loss
+    waits for the device (the loop otherwise never does), so it is not read every step;
+    once a second costs nothing that can be measured, and is as often as anyone can read.
+    """
+
+    REFRESH_S = 1.0
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+        self.shown_at: float | None = None
+
+    def update(self, count: int = 1) -> None:
+        self.bar.update(count)
+
+    def due(self) -> bool:
+        """Whether the figures shown are older than REFRESH_S (or none are shown yet)."""
+        return self.shown_at is None or time.monotonic() - self.shown_at >= self.REFRESH_S
+
+    def show(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+        self.shown_at = time.monotonic()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def progress_bar(
+    total: int, initial: int, description: str, enabled: bool
+) -> ProgressBar | NoProgressBar:
     """A tqdm bar over an epoch's batches when `enabled`, else a stand-in drawing nothing."""
     if not enabled:
         return NoProgressBar()
     from tqdm import tqdm
 
-    return tqdm(
+    bar = tqdm(
         total=total,
         initial=initial,
         desc=description,
@@ -172,6 +208,7 @@ def progress_bar(total: int, initial: int, description: str, enabled: bool):
         ncols=shutil.get_terminal_size((100, 24)).columns,
         file=sys.stdout,
     )
+    return ProgressBar(bar)
 
 
 def _format(value) -> str:

@@ -1,4 +1,4 @@
-"""When a run stops before its last epoch: Ctrl-C, SIGTERM, or train.max_steps."""
+"""When a run stops before its last epoch: Ctrl-C, SIGTERM, SIGUSR1, or train.max_steps."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ if TYPE_CHECKING:  # engine imports torch, which sweep.py's handling of signals 
     from .engine import TrainState
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+# Signals that ask a run to save and stop besides Ctrl-C and SIGTERM (Windows has none).
+STOP_NOTICES = tuple(getattr(signal, name) for name in ("SIGUSR1",) if hasattr(signal, name))
 
 
 class GracefulStop:
-    """Ctrl-C or SIGTERM: finish the current step, save, and exit. A second Ctrl-C exits
-    at once (the last checkpoint on disk stays intact either way).
+    """Ctrl-C, SIGTERM or SIGUSR1: finish the current step, save, and exit with 128 + the
+    signal's number. A second Ctrl-C exits at once (the last checkpoint on disk stays intact
+    either way). SIGUSR1 is the notice a cluster sends before a job's time limit
+    (scripts/slurm.sbatch asks SLURM for it): the run saves, and the requeued job goes on.
 
     Installed from the first moment of a run, so that a signal during set-up is a request
     like any other, never a KeyboardInterrupt inside a library that may swallow it (OmegaConf
@@ -25,7 +29,8 @@ class GracefulStop:
     starts with a request the outer one already got, and passes new ones out.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # SIGINT first: a GracefulStop finds the one it holds from that signal's handler.
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *STOP_NOTICES)
 
     def __init__(self) -> None:
         self.received: int | None = None

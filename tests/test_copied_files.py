@@ -1,0 +1,83 @@
+"""Files that cookiecutter copies as they are (`_copy_without_render`): the picture of the
+built-in samples, in sync with the generator, and a stray ruff cache in the template."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+from cookiecutter.main import cookiecutter
+from PIL import Image
+
+from tests.conftest import DEFAULT, TEMPLATE, run_python
+
+PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
+SAMPLES = PROJECT_TEMPLATE / "docs" / "samples.png"
+
+
+def _shape_classes() -> tuple[str, ...]:
+    """SHAPE_CLASSES of the template's shapes.py (a module without Jinja)."""
+    path = PROJECT_TEMPLATE / "{{cookiecutter.package_name}}" / "shapes.py"
+    spec = importlib.util.spec_from_file_location("template_shapes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SHAPE_CLASSES
+
+
+def test_the_samples_picture_is_what_the_generator_draws(baked, tmp_path):
+    result = baked(DEFAULT)
+    assert result.exit_code == 0, result.exception
+    project = Path(result.project_path)
+    assert (project / "docs" / "samples.png").read_bytes() == SAMPLES.read_bytes()
+    assert "![" in (project / "README.md").read_text(encoding="utf-8")
+    assert "(docs/samples.png)" in (project / "README.md").read_text(encoding="utf-8")
+
+    drawn = tmp_path / "drawn.png"
+    process = run_python(["scripts/draw_samples.py", str(drawn)], cwd=project)
+    assert process.returncode == 0, process.stderr
+    with Image.open(SAMPLES) as committed, Image.open(drawn) as fresh:
+        assert committed.format == "PNG" and committed.mode == "RGB"
+        # A row of 64-pixel tiles (32x32 images, zoom 2) and 4-pixel gaps for every class.
+        assert committed.size == (100 + 6 * 68, len(_shape_classes()) * 68 + 4)
+        assert fresh.size == committed.size
+        assert fresh.tobytes() == committed.tobytes(), (
+            "docs/samples.png is out of date: run python scripts/draw_samples.py in a baked "
+            "project and copy docs/samples.png into the template"
+        )
+
+
+def test_the_generator_refuses_extra_arguments_in_one_line(baked):
+    project = Path(baked(DEFAULT).project_path)
+    process = run_python(["scripts/draw_samples.py", "a.png", "b.png"], cwd=project)
+    assert process.returncode == 2
+    assert process.stderr.startswith("error: too many arguments;")
+    assert len(process.stderr.strip().splitlines()) == 1
+    assert not (project / "a.png").exists()
+
+
+def test_a_stray_ruff_cache_in_the_template_does_not_break_a_bake(tmp_path):
+    """`ruff` run inside the template folder without --no-cache leaves .ruff_cache there:
+    files of paths and binary data that must not be rendered as templates."""
+    template = tmp_path / "template"
+    template.mkdir()
+    shutil.copy(TEMPLATE / "cookiecutter.json", template)
+    shutil.copytree(TEMPLATE / "hooks", template / "hooks")
+    shutil.copytree(PROJECT_TEMPLATE, template / PROJECT_TEMPLATE.name)
+    caches = [
+        template / PROJECT_TEMPLATE.name / ".ruff_cache",
+        template / PROJECT_TEMPLATE.name / "{{cookiecutter.package_name}}" / ".ruff_cache",
+    ]
+    contents = {
+        "CACHEDIR.TAG": b"Signature: 8a477f597d28d172789f06886806bc55",
+        "0.17.6/1234": b"{{cookiecutter.package_name}}/train.py {{ not_a_variable }} {% if",
+        "0.17.6/5678": b"\x00\xff\xfe{%\x80 binary",
+    }
+    for cache in caches:
+        for name, data in contents.items():
+            (cache / name).parent.mkdir(parents=True, exist_ok=True)
+            (cache / name).write_bytes(data)
+
+    project = Path(cookiecutter(str(template), no_input=True, output_dir=str(tmp_path / "out")))
+    assert (project / "train.py").is_file()
+    for cache in (project / ".ruff_cache", project / "shape_classifier" / ".ruff_cache"):
+        for name, data in contents.items():
+            assert (cache / name).read_bytes() == data, f"{cache / name} was rendered"

@@ -1,0 +1,63 @@
+"""Draw docs/samples.png: the built-in shapes as the model sees them, a row per class.
+
+    python scripts/draw_samples.py [OUTPUT.png]
+
+Each row holds the first training images of one class with the default settings (seed 0,
+32x32 pixels), enlarged without smoothing, and the class name. The README shows the
+picture; draw it again after changing shapes.py (the template's tests check that the
+picture in docs/ is what this script draws).
+"""
+
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = PROJECT_ROOT / "docs" / "samples.png"
+PER_CLASS, IMAGE_SIZE, SEED, ZOOM = 6, 32, 0, 2
+LABEL_WIDTH, GAP = 100, 4
+BACKGROUND, TEXT = (255, 255, 255), (0, 0, 0)
+
+
+def draw_samples(per_class: int = PER_CLASS, image_size: int = IMAGE_SIZE, seed: int = SEED):
+    """The picture, as a PIL image: a row per class of `per_class` images."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if str(PROJECT_ROOT) not in sys.path:  # the package, also without `pip install -e .`
+        sys.path.insert(0, str(PROJECT_ROOT))
+    from {{ cookiecutter.package_name }}.shapes import SHAPE_CLASSES, make_shapes
+
+    # Classes are balanced and shuffled: 20 images per class are plenty to find the first few.
+    images, labels = make_shapes(20 * per_class * len(SHAPE_CLASSES), image_size, seed)
+    tile = image_size * ZOOM
+    width = LABEL_WIDTH + per_class * (tile + GAP)
+    picture = Image.new("RGB", (width, len(SHAPE_CLASSES) * (tile + GAP) + GAP), BACKGROUND)
+    draw = ImageDraw.Draw(picture)
+    # The bitmap font built into Pillow: the same pixels on every machine.
+    font = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+    for row, name in enumerate(SHAPE_CLASSES):
+        top = GAP + row * (tile + GAP)
+        draw.text((GAP, top + tile // 2 - 5), name, fill=TEXT, font=font)
+        chosen = (labels == row).nonzero().squeeze(1)[:per_class]
+        for column, index in enumerate(chosen.tolist()):
+            pixels = images[index].permute(1, 2, 0).contiguous().numpy()
+            sample = Image.fromarray(pixels).resize((tile, tile), Image.Resampling.NEAREST)
+            picture.paste(sample, (LABEL_WIDTH + column * (tile + GAP), top))
+    return picture
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        print(
+            "error: too many arguments; usage: python scripts/draw_samples.py [OUTPUT.png]",
+            file=sys.stderr,
+        )
+        return 2
+    output = Path(argv[0]) if argv else OUTPUT
+    output.parent.mkdir(parents=True, exist_ok=True)
+    draw_samples().save(output, optimize=True)
+    print(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
