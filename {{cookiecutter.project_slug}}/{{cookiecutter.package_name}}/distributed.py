@@ -379,6 +379,8 @@ class DistributedProcesses(SingleProcess):
         return StopVote(device)
 
     def launch_command(self) -> str:
+        if not self.context.enabled:  # plain python, without torchrun
+            return super().launch_command()
         local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
         if local == self.world_size:  # one machine
             return f"torchrun --standalone --nproc_per_node={local} train.py"
