@@ -168,6 +168,9 @@ class TrainConfig:
     grad_accum_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
     grad_clip: float = setting(0.0, "clip the gradient norm to this value (0 = off)", ge=0)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
+    ema_decay: float = setting(
+        0.0, "decay of a moving average of the weights, e.g. 0.999 (0 = off)", ge=0, lt=1
+    )
 {% if cookiecutter.use_amp %}
     amp: bool = setting(True, "mixed precision where it pays: fp16 with a grad scaler on CUDA")
     amp_dtype: str = setting(

@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .device import Precision
+from .ema import WeightAverage
 from .log import NoProgressBar
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -143,6 +144,7 @@ class Trainer:
     precision: Precision
     cfg: TrainConfig
     device: torch.device
+    ema: WeightAverage | None = None  # the weights' moving average (train.ema_decay)
 
     @property
     def lr(self) -> float:
@@ -220,6 +222,8 @@ def optimizer_step(trainer: Trainer) -> None:
     optimizer.zero_grad(set_to_none=True)
     if trainer.step_scheduler_per_batch:
         trainer.scheduler.step()
+    if trainer.ema is not None:
+        trainer.ema.update()
 
 
 class SpeedMeter:

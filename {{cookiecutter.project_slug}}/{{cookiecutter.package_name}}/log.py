@@ -24,6 +24,8 @@ METRIC_COLUMNS = (
     "val_loss",
     "val_acc",
     "val_balanced_acc",
+    "val_loss_ema",  # of the weights' moving average (train.ema_decay); empty without one
+    "val_acc_ema",
     "lr",
     "epoch_time_s",
     "samples_per_s",
@@ -113,7 +115,10 @@ class CSVLog:
             writer = csv.DictWriter(file, fieldnames=self.columns)
             if new_file:
                 writer.writeheader()
-            writer.writerows({key: _format(row[key]) for key in self.columns} for row in rows)
+            writer.writerows(
+                {key: _format(row[key]) if key in row else "" for key in self.columns}
+                for row in rows
+            )
 
     def write(self, row: dict) -> None:
         self.write_rows([row])

@@ -11,6 +11,7 @@ from .class_names import class_difference
 from .config import Config, ConfigError
 from .data import DataBundle
 from .data.fingerprint import fingerprint
+from .ema import WeightAverage
 from .engine import Trainer, TrainState
 from .manifest import check_resume
 from .resume_rules import Plan, plan_continuation
@@ -72,6 +73,10 @@ def restore(trainer: Trainer, resume: tuple[Path, dict], extend: bool = False) -
     else:
         trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.precision.scaler.load_state_dict(checkpoint["scaler"])
+    if trainer.ema is not None and "ema" in checkpoint:
+        trainer.ema.load_state_dict(checkpoint["ema"])
+    elif trainer.ema is not None:  # a checkpoint without one: the average starts here
+        trainer.ema = WeightAverage(trainer.model, trainer.ema.decay)
     logger.info(
         "resumed from %s: epoch %d, batch %d, step %d",
         path,

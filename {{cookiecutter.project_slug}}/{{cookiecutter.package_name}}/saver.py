@@ -64,6 +64,8 @@ class Saver:
             self.data.normalization(),
         )
         snapshot.update(team.rng_states_of_ranks())
+        if trainer.ema is not None:
+            snapshot["ema"] = trainer.ema.state_dict()
         self.checkpoints.save(snapshot, trainer.model, is_best)
         self.hooks.after_save(state)
         if team.is_main:

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from .data import (
     save_stats,
 )
 from .device import pick_device, precision
+from .ema import WeightAverage
 from .engine import (
     NonFiniteLossError,
     PerClass,
@@ -46,13 +46,14 @@ from .engine import (
 )
 from .files import atomic_write_text
 from .hooks import Hooks
-from .log import attach_log_file, draws_progress_bar, progress_bar, read_csv, setup_logging
+from .log import attach_log_file, draws_progress_bar, progress_bar, setup_logging
 from .manifest import write_manifest
 from .model import build_model, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
+from .report import nan_advice, report_end
 from .resume import check_data, plan_run, restore
 from .resume_rules import Plan, check_how_to_go_on
 from .runs import RunFolder, point_latest_at
@@ -213,7 +214,8 @@ def build_trainer(
     numerics = precision(cfg.train, device)
     logger.info("mixed precision: %s", numerics.describe())
     per_step = cfg.sched.name in PER_STEP_SCHEDULERS
-    return Trainer(model, optimizer, scheduler, per_step, numerics, cfg.train, device)
+    ema = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    return Trainer(model, optimizer, scheduler, per_step, numerics, cfg.train, device, ema)
 
 
 def open_run_folder(run: RunFolder, cfg: Config, data: DataBundle, team: SingleProcess) -> None:
@@ -304,23 +306,6 @@ def train_with_advice(session: Session, stop: StopRequests, run: RunFolder) -> b
     return ended_early
 
 
-def nan_advice(session: Session, run: RunFolder) -> str:
-    """What is kept, and how to go on: the same settings with a lower learning rate (a
-    fork of the last checkpoint may inherit weights already too large to recover)."""
-    lower = f"{session.cfg.optim.lr / 10:g}"
-    again = (
-        f"train it again with a lower learning rate: python train.py {run.config} "
-        f"run.dir=null optim.lr={lower}"
-    )
-    if session.saver.saved_step < 0:
-        return f"no checkpoint was saved before it; {again}"
-    return (
-        f"checkpoints up to step {session.saver.saved_step} are kept; {again}, or go on "
-        f"from its last checkpoint as a new run: python train.py run.resume={run.path} "
-        f"run.fork=true optim.lr={lower}"
-    )
-
-
 def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
     """Validate, step an epoch-wise schedule, write the metrics row, save; returns the row."""
     trainer, state, team = session.trainer, session.state, session.team
@@ -328,25 +313,17 @@ def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
         [state.loss_sum, state.correct, state.seen], dtype=torch.float64, device=trainer.device
     )
     train_totals = team.sum(train_totals)
-    classes = len(session.classes)
-    validation = evaluate(
-        trainer.model, session.loaders.val, trainer.device, trainer.precision, classes
-    )
-    val_totals = team.sum(validation)
     train_loss, train_acc = (train_totals[:2] / train_totals[2]).tolist()
-    val_loss, val_acc = (val_totals[:2] / val_totals[2]).tolist()
-    per_class = PerClass(session.classes, val_totals[3:])
+    validation, notes = validate(session)
     if not trainer.step_scheduler_per_batch:
         plateau = session.cfg.sched.name == "plateau"
-        trainer.scheduler.step(val_loss) if plateau else trainer.scheduler.step()
+        trainer.scheduler.step(validation["val_loss"]) if plateau else trainer.scheduler.step()
     row = {
         "epoch": state.epoch,
         "step": state.global_step,
         "train_loss": train_loss,
         "train_acc": train_acc,
-        "val_loss": val_loss,
-        "val_acc": val_acc,
-        "val_balanced_acc": per_class.balanced_accuracy,
+        **validation,
         "lr": trainer.lr,
         "epoch_time_s": epoch_time,
         "samples_per_s": samples * team.world_size / epoch_time,
@@ -355,57 +332,42 @@ def end_epoch(session: Session, epoch_time: float, samples: int) -> dict:
         "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  (%.1f s)",
         state.epoch + 1,
         session.cfg.train.epochs,
-        *(train_loss, train_acc, val_loss, val_acc),
-        per_class.summary(),
+        *(train_loss, train_acc, validation["val_loss"], validation["val_acc"]),
+        notes,
         epoch_time,
     )
     for tracker in session.trackers:
         tracker.write(row)
-    is_best = val_acc > state.best_val_acc
+    # With a moving average of the weights, it is what best.pt and early stopping go by.
+    score = validation.get("val_acc_ema", validation["val_acc"])
+    is_best = score > state.best_val_acc
     if is_best:
-        state.best_val_acc, state.best_epoch = val_acc, state.epoch
+        state.best_val_acc, state.best_epoch = score, state.epoch
     state.start_epoch(state.epoch + 1)  # the checkpoint of a finished epoch points at the next
     session.saver.save(state, is_best)
     return row
 
 
-def report_end(
-    session: Session, run: RunFolder, stopped_by: int | None, ended_early: bool, elapsed: float
-) -> int:
-    """The run's last line; returns the exit code (128 + the signal that stopped it)."""
-    state = session.state
-    if stopped_by is not None:
-        logger.warning(
-            "stopped by %s at step %d and saved; continue with: %s run.resume=%s",
-            signal.Signals(stopped_by).name,
-            state.global_step,
-            session.team.launch_command(),
-            run.path,
-        )
-        return 128 + stopped_by
-    if state.epoch < session.cfg.train.epochs and not ended_early:
-        logger.info(
-            "stopped at step %d (train.max_steps) in epoch %d after %.1f s; continue with: "
-            "%s run.resume=%s train.max_steps=N (N > %d, or 0 for no limit)",
-            state.global_step,
-            state.epoch + 1,
-            elapsed,
-            session.team.launch_command(),
-            run.path,
-            state.global_step,
-        )
-        return 0
-    speeds = [float(row["samples_per_s"]) for row in read_csv(run.metrics)]
-    logger.info(
-        "done in %.1f s: best val acc %.4f at epoch %d, %.0f samples/s on average; "
-        "best checkpoint %s",
-        elapsed,
-        state.best_val_acc,
-        state.best_epoch + 1,
-        sum(speeds) / max(len(speeds), 1),
-        run.checkpoints / "best.pt",
-    )
-    return 0
+def validate(session: Session) -> tuple[dict, str]:
+    """The validation metrics of the weights, and of their moving average when there is one
+    (summed over all processes); and what the epoch line adds to them."""
+    trainer, classes = session.trainer, session.classes
+
+    def sums_of(model: nn.Module) -> torch.Tensor:
+        sums = evaluate(model, session.loaders.val, trainer.device, trainer.precision, len(classes))
+        return session.team.sum(sums)
+
+    totals = sums_of(trainer.model)
+    per_class = PerClass(classes, totals[3:])
+    loss, accuracy = (totals[:2] / totals[2]).tolist()
+    metrics = {"val_loss": loss, "val_acc": accuracy}
+    metrics["val_balanced_acc"] = per_class.balanced_accuracy
+    notes = per_class.summary()
+    if trainer.ema is not None:
+        totals = sums_of(trainer.ema.model)
+        metrics["val_loss_ema"], metrics["val_acc_ema"] = (totals[:2] / totals[2]).tolist()
+        notes += f"  ema acc {metrics['val_acc_ema']:.4f}"
+    return metrics, notes
 
 
 def one_line(error: Exception) -> str:
