@@ -32,7 +32,10 @@ def restore(trainer: Trainer, resume: tuple[Path, dict]) -> TrainState:
     load_model_state(trainer.model, checkpoint["model"], path)
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-    trainer.precision.scaler.load_state_dict(checkpoint["scaler"])
+    # A run that trained without a grad scaler (on a CPU, in bf16 or float32) saved an empty
+    # state; resumed in fp16 (on a GPU, say), its scaler starts from the initial scale.
+    if checkpoint["scaler"]:
+        trainer.precision.scaler.load_state_dict(checkpoint["scaler"])
     state = TrainState(**checkpoint["progress"])
     logger.info(
         "resumed from %s: epoch %d, batch %d, step %d",
