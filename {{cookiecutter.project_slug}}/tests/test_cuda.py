@@ -150,6 +150,34 @@ def test_bf16_autocast_trains_without_a_scaler(make_config):
     assert losses[2] < losses[0]  # it learns
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_training_steps_do_not_wait_for_the_gpu(make_config, tmp_path, cached):
+    """Between two folds of the running sums, no step copies to the host or waits for the
+    GPU (torch's sync debug mode raises at the first operation that would): the built-in
+    data sliced on the GPU, and cached images cropped and flipped there."""
+    overrides = ["train.device=cuda"]
+    if cached:
+        write_images(tmp_path / "images", {"a": 40, "b": 40})
+        overrides += [
+            "data.dataset=imagefolder",
+            f"data.root={tmp_path / 'images'}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "data.cache=true",
+        ]
+    trainer, train_loader, _ = cuda_trainer(make_config(*overrides))
+    assert epoch_batch_sampler(train_loader).batches_per_epoch >= 8
+
+    def watch(state: TrainState) -> None:  # from after step 1 until step 7 (in epoch 1)
+        torch.cuda.set_sync_debug_mode("error" if state.global_step < 7 else "default")
+
+    try:
+        state, _ = train_steps(trainer, train_loader, 7, watch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert state.global_step == 7
+
+
 def tensors_of(value):
     if isinstance(value, torch.Tensor):
         yield value
