@@ -107,6 +107,7 @@ def build(args, *extra: str, with_model: bool = True) -> dict:
             "flops_per_sample": flops}  # fmt: skip
 
 
+@functools.cache  # made once for all the jobs of the process
 def random_images(count: int, side: int):
     """A DataBundle of `count` random RGB images of side `side`, 10 classes."""
     data = package("data")
