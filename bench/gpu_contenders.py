@@ -236,6 +236,7 @@ def device_batches(setup: dict):
     one indexing operation a batch (per-sample collation would be slower than the model)."""
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
+    copy_to = package("device").copy_to  # as the engine's loader copies its indices
     dataset = setup["data"].train.to(setup["device"])
     generator = torch.Generator().manual_seed(0)
     order = RandomSampler(range(len(dataset)), generator=generator)
@@ -243,7 +244,7 @@ def device_batches(setup: dict):
 
     class Batches(torch.utils.data.Dataset):
         def __getitem__(self, indices: list[int]):
-            return dataset[torch.tensor(indices).to(setup["device"], non_blocking=True)]
+            return dataset[copy_to(torch.tensor(indices), setup["device"])]
 
     return DataLoader(Batches(), batch_size=None, sampler=batches)
 

@@ -88,7 +88,7 @@ def mfu_row(label: str, engine: dict | None, peak: float | None, device: str) ->
         return [name, "n/a", f"engine: {why_missing(engine)}"]
     flops = TRAINING_FLOPS_PER_FORWARD * engine["flops_per_sample"] * engine["samples_per_s"]
     detail = (
-        f"{flops / 1e12:,.2f} TFLOP/s, {engine['precision']} autocast, batch {engine['batch_size']}"
+        f"{flops / 1e12:,.2f} TFLOP/s, autocast {engine['precision']}, batch {engine['batch_size']}"
     )
     if peak is None:
         return [name, "unknown", f"{detail}; no bf16 peak known for {device}"]
