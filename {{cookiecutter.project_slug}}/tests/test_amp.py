@@ -3,6 +3,7 @@
 import torch
 
 from {{ cookiecutter.package_name }}.amp import amp_dtype
+from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import TrainConfig
 from {{ cookiecutter.package_name }}.device import precision
 from {{ cookiecutter.package_name }}.train import main
@@ -39,3 +40,14 @@ def test_autocast_runs_matmuls_in_the_amp_dtype():
 def test_training_without_amp_also_runs(make_config, tmp_path):
     assert main(make_config("train.amp=false", "train.max_steps=2")) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_run_without_a_grad_scaler_resumes_in_fp16(make_config, tmp_path):
+    # A run begun on a CPU (no scaler) and continued on a GPU (fp16 and its scaler): fp16 on
+    # the CPU stands in for the GPU here. The empty scaler state once stopped the resume.
+    assert main(make_config("train.amp=false", "train.max_steps=2")) == 0
+    resumed = make_config("train.amp_dtype=fp16", "train.max_steps=4", "run.resume=auto")
+    assert main(resumed) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["progress"]["global_step"] == 4
+    assert checkpoint["scaler"]["scale"] > 0

@@ -37,6 +37,15 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def copy_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (a batch's indices, its random crops) on `device`. To a GPU it goes
+    through pinned memory without blocking: a plain copy would make the host wait for every
+    step queued on the GPU, once a batch."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass(frozen=True)
 class Precision:
     """How forward passes compute: `autocast()` is entered around each one, and `scaler`

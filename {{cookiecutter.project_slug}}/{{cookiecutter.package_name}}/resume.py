@@ -72,7 +72,10 @@ def restore(trainer: Trainer, resume: tuple[Path, dict], extend: bool = False) -
         state.schedule_start_epoch = state.epoch
     else:
         trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-    trainer.precision.scaler.load_state_dict(checkpoint["scaler"])
+    # A run that trained without a grad scaler (on a CPU, in bf16 or float32) saved an empty
+    # state; resumed in fp16 (on a GPU, say), its scaler starts from the initial scale.
+    if checkpoint["scaler"]:
+        trainer.precision.scaler.load_state_dict(checkpoint["scaler"])
     if trainer.ema is not None and "ema" in checkpoint:
         trainer.ema.load_state_dict(checkpoint["ema"])
     elif trainer.ema is not None:  # a checkpoint without one: the average starts here

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
-from ..device import processes_on_this_machine
+from ..device import copy_to, processes_on_this_machine
 from ..log import log_choice
 from .bundle import DataBundle, DataError
 from .folders import ImageFiles, open_image
@@ -81,10 +81,11 @@ class CachedImages(Dataset):
         # [N, C, side - crop + 1, side - crop + 1, crop, crop]. Picking one window per image
         # is then a single gather (2.6x faster on a CPU than indexing rows and columns).
         windows = self.images.unfold(2, crop, 1).unfold(3, crop, 1)
-        pixels = windows[indices, :, tops.to(device), lefts.to(device)]
+        pixels = windows[indices, :, copy_to(tops, device), copy_to(lefts, device)]
         if flip:
             flips = torch.rand(count, generator=generator) < 0.5
-            pixels = torch.where(flips.to(device).view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+            flips = copy_to(flips, device).view(-1, 1, 1, 1)
+            pixels = torch.where(flips, pixels.flip(-1), pixels)
         return self.normalize(pixels), self.labels[indices]
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:

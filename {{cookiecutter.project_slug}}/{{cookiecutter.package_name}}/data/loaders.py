@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
+from ..device import copy_to
 from .cache import CachedImages
 from .samplers import EpochBatchSampler, GlobalBatchShardSampler, ShardSampler, TensorBatchSampler
 
@@ -51,7 +52,7 @@ class InMemoryLoader:
 
     def __iter__(self):
         for indices in self.batch_sampler:
-            yield self.dataset[indices.to(self.device)]
+            yield self.dataset[copy_to(indices, self.device)]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -85,7 +86,7 @@ class AugmentingLoader(InMemoryLoader):
             seed = sample_seed(self.seed, self.batch_sampler.epoch, int(indices[0]))
             generator = torch.Generator().manual_seed(seed)
             yield self.dataset.augmented(
-                indices.to(self.device), generator, self.random_crop, self.flip
+                copy_to(indices, self.device), generator, self.random_crop, self.flip
             )
 
 
