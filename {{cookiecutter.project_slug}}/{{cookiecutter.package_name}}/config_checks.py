@@ -93,7 +93,7 @@ def value_problem(key: str, value: Any, item: dataclasses.Field) -> str:
     base, nullable = _annotation(item)
     if isinstance(value, dict):
         return f"{key} is a setting, not a section; give it {type_words(item)}"
-    if value is None and nullable:
+    if (value is None and nullable) or _is_interpolation(value):
         return ""
     if base.startswith("list["):
         item_type = base[len("list[") : -1]
@@ -154,8 +154,8 @@ def _name_problem(key: str, fields: Fields, style: str) -> str:
 
 def _fits(value: Any, base: str) -> bool:
     """Whether OmegaConf may convert `value` to the type `base` without losing its meaning."""
-    if isinstance(value, str) and "${" in value:
-        return True  # an interpolation: checked once OmegaConf has resolved it
+    if _is_interpolation(value):
+        return True
     if value == "???":  # OmegaConf's marker of a missing value
         return False
     if base == "bool":
@@ -169,6 +169,11 @@ def _fits(value: Any, base: str) -> bool:
     if base == "str":  # OmegaConf writes numbers as text (run.name=1 is "1")
         return isinstance(value, (str, int, float)) and not isinstance(value, bool)
     return False
+
+
+def _is_interpolation(value: Any) -> bool:
+    """`${...}`: OmegaConf checks the value it resolves to (config.py words its errors)."""
+    return isinstance(value, str) and "${" in value
 
 
 def _fits_exactly(value: Any, base: str) -> bool:

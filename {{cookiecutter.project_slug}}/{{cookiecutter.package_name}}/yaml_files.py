@@ -22,6 +22,7 @@ NAME_KEY_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int", MERGE_KEY_TAG
 HINTS = (
     ("'\\t'", "indent with spaces; YAML does not allow tabs there"),
     ("mapping values are not allowed", "check the indentation, and quote a value holding ': '"),
+    ("expected <block end>", "check the indentation"),
     ("expected ',' or ']'", "close the list with ']'"),
     ("expected ',' or '}'", "close the mapping with '}'"),
     ("another document", "keep one document: remove the '---' line"),
@@ -166,6 +167,8 @@ def _locate(error: Exception, text: str) -> tuple[str, str]:
     lines = str(error).strip().splitlines()
     if isinstance(error, (yaml.YAMLError, OmegaConfBaseException)) and lines:
         return "", lines[0]
+    if isinstance(error, UnicodeEncodeError):  # undecodable bytes of a command line
+        return "", "it holds bytes that are not UTF-8 text"
     # PyYAML's constructors of explicit tags (!!int x) fail with Python's own errors
     return "", f"{type(error).__name__}: {lines[0] if lines else ''}"
 
