@@ -1,10 +1,12 @@
 """The configuration schema, and loading it from YAML files and `key=value` overrides.
 
 The dataclasses below are the single source of truth: every setting, its type, default,
-allowed values and one-line help. OmegaConf merges `configs/default.yaml`, any further
-YAML files and the command-line overrides onto them and checks the types; `validate`
-then checks choices and ranges. Any problem becomes one `ConfigError` naming the full key
-and what is allowed, raised before any work starts.
+allowed values and one-line help. `configs/default.yaml`, any further YAML files (read by
+yaml_files.py, which knows each key's line) and the command-line overrides are checked
+against them in a user's words (config_checks.py: unknown keys, sections, types), OmegaConf
+merges them onto the schema, and `validate` checks choices and ranges. Any problem becomes
+one `ConfigError` naming the full key (and the file's line) and what is allowed, raised
+before any work starts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config_checks import choice_problem, key_problem, tree_problem
-from .yaml_files import YamlError, parse_value, read_mapping
+from .yaml_files import YamlError, parse_value, read_mapping, spelling
 
 
 class ConfigError(ValueError):
@@ -382,11 +384,11 @@ def _read_settings_file(path: Path) -> dict[Any, Any]:
     except YamlError as error:
         raise ConfigError(str(error)) from None
     key, problem = tree_problem(settings, dict(schema_fields()), style="yaml")
+    if not problem:
+        return settings
     while key and key not in positions:  # reached through an alias: name the nearest key
         key = key.rpartition(".")[0]
-    if problem:
-        raise ConfigError(f"{positions.get(key, str(path))}: {problem}")
-    return settings
+    raise ConfigError(f"{positions.get(key, str(path))}: {problem}")
 
 
 def _parse_overrides(overrides: list[str]) -> list[dict[str, Any]]:
@@ -398,8 +400,9 @@ def _parse_overrides(overrides: list[str]) -> list[dict[str, Any]]:
         key, sep, text = override.partition("=")
         key = key.removeprefix("+").strip()
         if not sep or not key:
+            missing = "value" if not sep else "key"
             raise ConfigError(
-                f"override {override!r} has no key; write it as key=value, e.g. optim.lr=0.01"
+                f"override {override!r} has no {missing}; write it as key=value, e.g. optim.lr=0.01"
             )
         if text.strip() == "":
             raise ConfigError(
@@ -411,7 +414,7 @@ def _parse_overrides(overrides: list[str]) -> list[dict[str, Any]]:
         try:
             nested = parse_value(text)
         except YamlError as error:
-            raise ConfigError(f"{key}={text!r}: {error}") from None
+            raise ConfigError(f"{key}={spelling(text)}: {error}") from None
         for part in reversed(key.split(".")):
             nested = {part: nested}
         problem = tree_problem(nested, fields, style="override")[1]

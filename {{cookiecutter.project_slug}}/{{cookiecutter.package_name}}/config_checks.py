@@ -31,7 +31,7 @@ INTEGER_TEXT = re.compile(r"[-+]?\d+")
 
 
 def type_words(item: dataclasses.Field, in_help: bool = False) -> str:
-    """The setting's type as a user says it: "an integer or null", "one of: adamw, sgd"."""
+    """The setting's type as a user says it: "an integer or null", "adamw or sgd"."""
     base, nullable = _annotation(item)
     if "choices" in item.metadata:
         words = choice_words(item.metadata["choices"])
@@ -77,8 +77,9 @@ def tree_problem(tree: dict, fields: Fields, style: str, prefix: str = "") -> tu
 
 
 def key_problem(key: str, fields: Fields) -> str:
-    """What is wrong with the dotted `key` of an override whatever its value ("" if none):
-    only a key that is no setting, no section and nothing below a setting is."""
+    """What is wrong with an override's dotted `key` whatever its value: it names no setting,
+    no section and nothing below a setting. "" for any other key (tree_problem checks the
+    key with its value)."""
     parts = key.split(".")
     prefixes = [".".join(parts[: end + 1]) for end in range(len(parts))]
     if all(re.fullmatch(r"\w+", part) for part in parts) and (
@@ -107,13 +108,13 @@ def unknown_key(key: str, fields: Fields) -> str:
     """The unknown-key message, with the closest known keys or else the keys there are."""
     close = closest_keys(key, list(fields))
     if close:
-        return f"unknown config key {key!r}; did you mean {' or '.join(close)}?"
+        return f"unknown config key {spelling(key)}; did you mean {' or '.join(close)}?"
     section = key.split(".")[0]
     if section in _sections(fields):
         names = [known.split(".", 1)[1] for known in fields if known.startswith(f"{section}.")]
-        return f"unknown config key {key!r}; keys in {section}: {', '.join(names)}"
+        return f"unknown config key {spelling(key)}; keys in {section}: {', '.join(names)}"
     top = list(dict.fromkeys(known.split(".")[0] for known in fields))
-    return f"unknown config key {key!r}; top-level keys: {', '.join(top)}"
+    return f"unknown config key {spelling(key)}; top-level keys: {', '.join(top)}"
 
 
 def closest_keys(key: str, known: list[str], limit: int = 3) -> list[str]:

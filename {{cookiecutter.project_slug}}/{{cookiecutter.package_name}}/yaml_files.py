@@ -3,7 +3,7 @@
 OmegaConf builds the values (its YAML rules: `1e-3` is a number, `${...}` an interpolation),
 but its errors lose the line and column, and a key given twice is not named. Here a file is
 first composed with PyYAML to find both, so every problem is one `YamlError` that starts
-with `FILE:LINE:COLUMN:`. Nothing here knows the schema (config.py checks the keys).
+with `FILE:LINE:COLUMN:`. Nothing here knows the schema (config_checks.py checks the keys).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ HINTS = (
     ("undefined alias", "define the anchor (&name) before its alias (*name)"),
     ("constructor for the tag", "remove the tag: settings are plain values"),
     ("characters are not allowed", "remove that character"),
+    ("nested too deeply", "flatten it"),
 )
 
 
@@ -42,10 +43,8 @@ def read_mapping(path: Path) -> tuple[dict[Any, Any], dict[str, str]]:
     text = _read_text(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, RecursionError) as error:
         raise YamlError(_describe(error, str(path), text)) from None
-    except RecursionError:
-        raise YamlError(f"{path}: nested too deeply to read; flatten the file") from None
     if node is None:
         return {}, {}
     if not isinstance(node, yaml.MappingNode):
@@ -92,14 +91,15 @@ def _spell(value: Any) -> str:
 
 
 def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise YamlError(f"config file {path} does not exist; give the path of a YAML file")
-    if not path.is_file():
-        raise YamlError(f"config file {path} is not a file; give the path of a YAML file")
     try:
+        if not path.is_file():
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise YamlError(f"config file {path} {problem}; give the path of a YAML file")
         data = path.read_bytes()
-    except OSError as error:
-        raise YamlError(f"config file {path} cannot be read: {error.strerror}") from None
+    except OSError as error:  # no permission, a name too long, ...
+        raise YamlError(
+            f"config file {path} cannot be read ({error.strerror}); check the path"
+        ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -167,6 +167,8 @@ def _locate(error: Exception, text: str) -> tuple[str, str]:
     lines = str(error).strip().splitlines()
     if isinstance(error, (yaml.YAMLError, OmegaConfBaseException)) and lines:
         return "", lines[0]
+    if isinstance(error, RecursionError):
+        return "", "nested too deeply to read"
     if isinstance(error, UnicodeEncodeError):  # undecodable bytes of a command line
         return "", "it holds bytes that are not UTF-8 text"
     # PyYAML's constructors of explicit tags (!!int x) fail with Python's own errors
