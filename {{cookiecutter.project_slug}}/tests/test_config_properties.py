@@ -37,8 +37,15 @@ PROPERTY_SETTINGS = settings(
     deadline=None,  # a loaded machine is slow, not wrong
     derandomize=True,
     database=None,  # nothing written into the project
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def dump(value, flow: bool) -> str:
+    """`value` as YAML text: on one line (flow), or in blocks."""
+    text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True, sort_keys=False)
+    return text.removesuffix("\n...\n").strip() if flow else text
+
 
 # Undecodable bytes reach sys.argv as lone surrogates (Python's surrogateescape).
 argv_bytes = st.binary(max_size=6).map(lambda data: data.decode("utf-8", "surrogateescape"))
@@ -77,6 +84,7 @@ plausible_values = st.one_of(
 
 
 def values_like_the_default(key: str) -> st.SearchStrategy:
+    """Values of the setting's own kind: its choices, booleans, small numbers."""
     default = DEFAULTS[key]
     if key in CHOICES:
         return st.sampled_from(CHOICES[key])
@@ -126,12 +134,6 @@ settings_trees = st.dictionaries(
     ),
     max_size=4,
 )
-
-
-def dump(value, flow: bool) -> str:
-    """`value` as YAML text: on one line (flow), or in blocks."""
-    text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True, sort_keys=False)
-    return text.removesuffix("\n...\n").strip() if flow else text
 
 
 @pytest.fixture(scope="module")
