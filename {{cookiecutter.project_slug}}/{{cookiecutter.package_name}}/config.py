@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config_checks import choice_problem, key_problem, tree_problem
+from .config_checks import key_problem, rule_problem, tree_problem
 from .yaml_files import YamlError, parse_value, read_mapping, spelling
 
 
@@ -292,15 +292,9 @@ def to_yaml(cfg: Config) -> str:
 def validate(cfg: Config) -> None:
     """Check every rule declared in the schema: choices and numeric ranges."""
     for key, item in schema_fields():
-        value = get_setting(cfg, key)
-        rules = item.metadata
-        if "choices" in rules and value not in rules["choices"]:
-            raise ConfigError(choice_problem(key, value, rules["choices"]))
-        for rule, holds, words in _RANGE_RULES:
-            if rule in rules and value is not None and not holds(value, rules[rule]):
-                raise ConfigError(
-                    f"{key}={value!r} is out of range; it must be {words} {rules[rule]}"
-                )
+        problem = rule_problem(key, get_setting(cfg, key), item.metadata)
+        if problem:
+            raise ConfigError(problem)
     if cfg.optim.name == "adamw" and (
         len(cfg.optim.betas) != 2 or not all(0 <= beta < 1 for beta in cfg.optim.betas)
     ):
@@ -351,14 +345,6 @@ def _validate_images(data: DataConfig) -> None:
         )
     if not all(value > 0 for value in data.std):
         raise ConfigError(f"data.std={data.std} is not allowed; every value must be > 0")
-
-
-_RANGE_RULES = (
-    ("gt", lambda value, bound: value > bound, ">"),
-    ("ge", lambda value, bound: value >= bound, ">="),
-    ("lt", lambda value, bound: value < bound, "<"),
-    ("le", lambda value, bound: value <= bound, "<="),
-)
 
 
 def get_setting(cfg: Config, key: str) -> Any:

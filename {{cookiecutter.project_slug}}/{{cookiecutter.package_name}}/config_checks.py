@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .yaml_files import spelling
@@ -28,6 +29,12 @@ TYPE_WORDS = {  # annotation -> (in a sentence, in the help)
     "list[str]": ("a list of names", "list of names"),
 }
 INTEGER_TEXT = re.compile(r"[-+]?\d+")
+RANGE_RULES = (  # the schema's range rules: (name, whether a value keeps it, its sign)
+    ("gt", lambda value, bound: value > bound, ">"),
+    ("ge", lambda value, bound: value >= bound, ">="),
+    ("lt", lambda value, bound: value < bound, "<"),
+    ("le", lambda value, bound: value <= bound, "<="),
+)
 
 
 def type_words(item: dataclasses.Field, in_help: bool = False) -> str:
@@ -46,11 +53,17 @@ def choice_words(choices: tuple[str, ...]) -> str:
     return listed if len(choices) <= 2 else f"one of {listed}"
 
 
-def choice_problem(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    """A value that is none of the choices, with the closest choice when one is close."""
-    close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return f"{key}={spelling(value)} is not allowed; choose {choice_words(choices)}{hint}"
+def rule_problem(key: str, value: Any, rules: Mapping[str, Any]) -> str:
+    """What breaks a rule of the setting's schema field (choices, gt, ge, lt, le), or ""."""
+    choices = rules.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"{key}={spelling(value)} is not allowed; choose {choice_words(choices)}{hint}"
+    for rule, holds, words in RANGE_RULES:
+        if rule in rules and value is not None and not holds(value, rules[rule]):
+            return f"{key}={value!r} is out of range; it must be {words} {rules[rule]}"
+    return ""
 
 
 def tree_problem(tree: dict, fields: Fields, style: str, prefix: str = "") -> tuple[str, str]:
