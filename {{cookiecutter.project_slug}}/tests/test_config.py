@@ -187,3 +187,111 @@ def test_unknown_option_and_stray_argument_exit_2(run_train, tmp_path):
         assert result.returncode == 2, argument
         assert result.stderr.startswith("error:") and argument in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def one_error_line(result) -> str:
+    """The single `error:` line of a run that must end with exit 2 and nothing else."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+YAML_MISTAKES = {
+    # file text: (what the one line says after "FILE:", besides the position)
+    "optim:\n  lr: [0.1\n": (":3:1: ", "close the list"),
+    "optim:\n\tlr: 0.1\n": (":2:1: ", "indent with spaces"),
+    "optim:\n  lr: 0.1\n  weight_decay: 0\n  lr: 0.2\n": (":4:3: ", "'optim.lr' (first at line 2)"),
+    "data:\n  flip: true\ndata:\n  flip: false\n": (":3:1: ", "duplicate key 'data'"),
+    "optim: 0.001\n": (":1:1: ", "optim is a section, not a setting"),
+    "optim:\n  lr:\n    peak: 0.1\n": (":2:3: ", "optim.lr is a setting, not a section"),
+    "data:\n  flip: 2\n": (":2:3: ", "data.flip must be true or false, got 2"),
+    "optim.lr: 0.1\n": (":1:1: ", "write optim.lr nested in a YAML file"),
+    "- optim\n": (":1:1: ", "holds a list, not settings"),
+}
+
+
+@pytest.mark.parametrize("text", YAML_MISTAKES, ids=list(YAML_MISTAKES))
+def test_a_yaml_mistake_is_one_line_with_its_line_and_column(run_train, tmp_path, text):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(text, encoding="utf-8")
+    line = one_error_line(run_train(str(overlay), f"run.dir={tmp_path / 'never'}"))
+    position, words = YAML_MISTAKES[text]
+    assert f"error: {overlay}{position}" in line, line
+    assert words in line, line
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_file_that_is_not_utf8_text_names_the_byte(run_train, tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_bytes(b"optim:\n  lr: 0.1 # \xff\n")
+    line = one_error_line(run_train(str(overlay)))
+    assert f"{overlay}:2:13: byte 0xff is not UTF-8" in line, line
+
+
+def test_a_section_given_a_value_says_which_key_was_meant():
+    with pytest.raises(ConfigError) as error:
+        load_config([DEFAULT_CONFIG], ["optim=0.001"])
+    message = str(error.value)
+    assert message.startswith("optim is a section, not a setting"), message
+    assert "lr, weight_decay" in message and message.endswith("e.g. optim.lr=0.001"), message
+
+
+WRONG_VALUES = {
+    "optim.lr=abc": "optim.lr must be a number or null, got 'abc'",
+    "optim.lr=[0.1]": "optim.lr must be a number or null, got [0.1]",
+    "optim.lr={peak: 0.1}": "optim.lr is a setting, not a section",
+    "optim.lr.peak=0.1": "optim.lr is a setting, not a section",
+    "optim.lr=.inf": "optim.lr must be a number or null, got inf",
+    "train.epochs=1.5": "train.epochs must be an integer or null, got 1.5",
+    "data.flip=maybe": "data.flip must be true or false, got 'maybe'",
+    "data.flip=2": "data.flip must be true or false, got 2",
+    "optim.betas=0.9": "optim.betas must be a list of numbers, got 0.9",
+    "optim.betas=[a,b]": "optim.betas must be a list of numbers, got ['a', 'b']",
+    "model.freeze=[[stem]]": "model.freeze must be a list of names, got [['stem']]",
+    "model.freeze={stem: 1}": "model.freeze is a setting, not a section",
+    "optim.name=[adamw]": "optim.name must be adamw or sgd, got ['adamw']",
+    "optim.name=adam": "optim.name='adam' is not allowed; choose adamw or sgd; did you mean adamw?",
+    "train.lr=0.1": "unknown config key 'train.lr'; did you mean optim.lr?",
+    "optim.lrr=0.1": "unknown config key 'optim.lrr'; did you mean optim.lr?",
+    "batch_size=8": "unknown config key 'batch_size'; did you mean data.batch_size?",
+    "optim.lr=[0.1,": "optim.lr='[0.1,': not a YAML value",
+    "seed=4294967296": "seed=4294967296 is out of range; it must be < 4294967296",
+}
+
+
+@pytest.mark.parametrize("override", WRONG_VALUES, ids=list(WRONG_VALUES))
+def test_a_wrong_value_is_named_in_the_users_words(override):
+    with pytest.raises(ConfigError) as error:
+        load_config([DEFAULT_CONFIG], [override])
+    assert WRONG_VALUES[override] in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_spellings_that_mean_the_same_are_taken():
+    cfg = load_config(
+        [DEFAULT_CONFIG],
+        ["data.flip=yes", "data.cache=null", "optim.lr=1e-3", "run.name=2", "seed='7'"],
+    )
+    assert (cfg.data.flip, cfg.data.cache, cfg.optim.lr) == (True, None, 0.001)
+    assert (cfg.run.name, cfg.seed) == ("2", 7)
+
+
+def test_a_broken_override_value_is_one_line(run_train, tmp_path):
+    line = one_error_line(run_train("optim.lr=[0.1,", f"run.dir={tmp_path / 'never'}"))
+    assert "optim.lr=" in line and "Traceback" not in line
+
+
+def test_help_spells_types_and_defaults_in_yaml(run_train):
+    result = run_train("--help")
+    assert result.returncode == 0, result.stderr
+    for line in (
+        "  optim.lr [number or null] = null",
+        "  data.flip [true/false] = false",
+        "  optim.betas [list of numbers] = [0.9, 0.999]",
+        "  optim.name [adamw or sgd] = 'adamw'",
+        "  train.epochs [integer or null] = null",
+        "  model.freeze [list of names] = []",
+    ):
+        assert line in result.stdout.splitlines(), line
+    assert "Optional" not in result.stdout and "None" not in result.stdout

@@ -6,7 +6,9 @@ Kept free of torch imports, so `--help` and config errors answer at once.
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config, schema_fields, to_yaml
+from .config import Config, ConfigError, get_setting, load_config, schema_fields, to_yaml
+from .config_checks import type_words
+from .yaml_files import spelling
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 USAGE = """\
@@ -21,17 +23,13 @@ key=value overrides (later wins). Examples:
 
 
 def help_text() -> str:
-    """The usage line and every setting with its type, default and description."""
+    """The usage line and every setting with its type and default in YAML, and what it does."""
     lines = [USAGE, "settings:"]
     defaults = Config()
     for key, item in schema_fields():
-        value = defaults
-        for part in key.split("."):
-            value = getattr(value, part)
-        choices = item.metadata.get("choices")
-        suffix = f" (one of: {', '.join(choices)})" if choices else ""
-        lines.append(f"  {key} [{item.type}] = {value!r}")
-        lines.append(f"      {item.metadata['help']}{suffix}")
+        default = spelling(get_setting(defaults, key), limit=200)
+        lines.append(f"  {key} [{type_words(item, in_help=True)}] = {default}")
+        lines.append(f"      {item.metadata['help']}")
     return "\n".join(lines)
 
 
@@ -77,5 +75,6 @@ def split_arguments(argv: list[str]) -> tuple[list[str | Path], list[str], bool]
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    one_line = " ".join(message.split())  # a value quoted in the message may hold a line break
+    print(f"error: {one_line}", file=sys.stderr)
     sys.exit(2)

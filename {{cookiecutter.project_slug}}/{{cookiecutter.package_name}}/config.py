@@ -1,10 +1,12 @@
 """The configuration schema, and loading it from YAML files and `key=value` overrides.
 
 The dataclasses below are the single source of truth: every setting, its type, default,
-allowed values and one-line help. OmegaConf merges `configs/default.yaml`, any further
-YAML files and the command-line overrides onto them and checks the types; `validate`
-then checks choices and ranges. Any problem becomes one `ConfigError` naming the full key
-and what is allowed, raised before any work starts.
+allowed values and one-line help. `configs/default.yaml`, any further YAML files (read by
+yaml_files.py, which knows each key's line) and the command-line overrides are checked
+against them in a user's words (config_checks.py: unknown keys, sections, types), OmegaConf
+merges them onto the schema, and `validate` checks choices and ranges. Any problem becomes
+one `ConfigError` naming the full key (and the file's line) and what is allowed, raised
+before any work starts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .config_checks import key_problem, rule_problem, tree_problem
+from .yaml_files import YamlError, parse_value, read_mapping, spelling
 
 
 class ConfigError(ValueError):
@@ -221,7 +226,9 @@ class RunConfig:
 
 @dataclass
 class Config:
-    seed: int = setting(0, "seed of data generation, init, shuffling and augmentation", ge=0)
+    seed: int = setting(
+        0, "seed of data generation, init, shuffling and augmentation", ge=0, lt=2**32
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -256,7 +263,7 @@ def load_config(config_files: list[str | Path], overrides: list[str]) -> Config:
     """Merge YAML files (later wins) and `key=value` overrides onto the schema, then validate."""
     merged = OmegaConf.structured(Config)
     for path in config_files:
-        merged = _merge(merged, _load_yaml(Path(path)), source=str(path))
+        merged = _merge(merged, _read_settings_file(Path(path)), source=str(path))
     return _finish(merged, overrides)
 
 
@@ -267,7 +274,8 @@ def load_saved_config(saved: dict[str, Any], overrides: list[str]) -> Config:
 
 
 def _finish(merged: Any, overrides: list[str]) -> Config:
-    merged = _merge(merged, _parse_overrides(overrides), source="the command line")
+    for override in _parse_overrides(overrides):
+        merged = _merge(merged, override, source="the command line")
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
@@ -288,17 +296,9 @@ def to_yaml(cfg: Config) -> str:
 def validate(cfg: Config) -> None:
     """Check every rule declared in the schema: choices and numeric ranges."""
     for key, item in schema_fields():
-        value = get_setting(cfg, key)
-        rules = item.metadata
-        if "choices" in rules and value not in rules["choices"]:
-            raise ConfigError(
-                f"{key}={value!r} is not allowed; choose one of: {', '.join(rules['choices'])}"
-            )
-        for rule, holds, words in _RANGE_RULES:
-            if rule in rules and value is not None and not holds(value, rules[rule]):
-                raise ConfigError(
-                    f"{key}={value!r} is out of range; it must be {words} {rules[rule]}"
-                )
+        problem = rule_problem(key, get_setting(cfg, key), item.metadata)
+        if problem:
+            raise ConfigError(problem)
     if cfg.optim.name == "adamw" and (
         len(cfg.optim.betas) != 2 or not all(0 <= beta < 1 for beta in cfg.optim.betas)
     ):
@@ -351,14 +351,6 @@ def _validate_images(data: DataConfig) -> None:
         raise ConfigError(f"data.std={data.std} is not allowed; every value must be > 0")
 
 
-_RANGE_RULES = (
-    ("gt", lambda value, bound: value > bound, ">"),
-    ("ge", lambda value, bound: value >= bound, ">="),
-    ("lt", lambda value, bound: value < bound, "<"),
-    ("le", lambda value, bound: value <= bound, "<="),
-)
-
-
 def get_setting(cfg: Config, key: str) -> Any:
     """The value of the dotted `key` (e.g. "train.epochs") in `cfg`."""
     value: Any = cfg
@@ -368,50 +360,58 @@ def get_setting(cfg: Config, key: str) -> Any:
 
 
 def _load_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; give the path of a YAML file")
+    """A YAML file's top-level mapping, not checked against the schema (sweep files use it)."""
     try:
-        loaded = OmegaConf.load(path)
-    except Exception as error:  # YAML syntax errors come in several exception types
-        first_line = str(error).strip().splitlines()[0]
-        raise ConfigError(f"config file {path} is not valid YAML: {first_line}") from None
-    if not OmegaConf.is_dict(loaded):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not a list")
-    return loaded
+        return OmegaConf.create(read_mapping(Path(path))[0])
+    except YamlError as error:
+        raise ConfigError(str(error)) from None
 
 
-def _parse_overrides(overrides: list[str]) -> Any:
-    """`a.b=value` strings to a config; Hydra's `+a.b=value` form is accepted as `a.b=value`."""
-    dotlist = []
+def _read_settings_file(path: Path) -> dict[Any, Any]:
+    """A YAML file's settings, checked against the schema; a problem names its line."""
+    try:
+        settings, positions = read_mapping(path)
+    except YamlError as error:
+        raise ConfigError(str(error)) from None
+    key, problem = tree_problem(settings, dict(schema_fields()), style="yaml")
+    if not problem:
+        return settings
+    while key and key not in positions:  # reached through an alias: name the nearest key
+        key = key.rpartition(".")[0]
+    raise ConfigError(f"{positions.get(key, str(path))}: {problem}")
+
+
+def _parse_overrides(overrides: list[str]) -> list[dict[str, Any]]:
+    """`a.b=value` strings as nested settings, each checked against the schema; Hydra's
+    `+a.b=value` form is accepted as `a.b=value`."""
+    fields = dict(schema_fields())
+    parsed = []
     for override in overrides:
-        key, sep, value = override.partition("=")
+        key, sep, text = override.partition("=")
         key = key.removeprefix("+").strip()
         if not sep or not key:
+            missing = "value" if not sep else "key"
             raise ConfigError(
-                f"override {override!r} has no value; write it as key=value, e.g. optim.lr=0.01"
+                f"override {override!r} has no {missing}; write it as key=value, e.g. optim.lr=0.01"
             )
-        if value.strip() == "":
+        if text.strip() == "":
             raise ConfigError(
                 f"{key} is missing a value; write it as {key}=VALUE (use {key}=null for none)"
             )
-        _check_known_key(key)
-        dotlist.append(f"{key}={value}")
-    try:
-        return OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as error:
-        raise ConfigError(_describe(error)) from None
-
-
-def _check_known_key(key: str) -> None:
-    known = {name for name, _ in schema_fields()}
-    if key in known:
-        return
-    section = key.split(".")[0]
-    if section in _SECTIONS:
-        options = [name for name in sorted(known) if name.startswith(f"{section}.")]
-        raise ConfigError(f"unknown config key {key!r}; keys in {section!r}: {', '.join(options)}")
-    sections = sorted({name.split(".")[0] for name in known})
-    raise ConfigError(f"unknown config key {key!r}; top-level keys: {', '.join(sections)}")
+        problem = key_problem(key, fields)
+        if problem:
+            raise ConfigError(problem)
+        try:
+            nested = parse_value(text)
+        except YamlError as error:
+            raise ConfigError(f"{key}={spelling(text)}: {error}") from None
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        problem = tree_problem(nested, fields, style="override")[1]
+        if problem:
+            raise ConfigError(problem)
+        parsed.append(nested)
+    return parsed
 
 
 def _merge(base: Any, update: Any, source: str) -> Any:
@@ -422,35 +422,9 @@ def _merge(base: Any, update: Any, source: str) -> Any:
 
 
 def _describe(error: OmegaConfBaseException) -> str:
-    """One line from an OmegaConf error: the full key, the bad value and what is expected."""
-    key = getattr(error, "full_key", None) or "?"
-    message = str(error).strip().splitlines()[0]
-    if "not in struct" in message.lower() or "key" in type(error).__name__.lower():
-        try:
-            _check_known_key(key)
-        except ConfigError as known:
-            return str(known)
-    expected = _expected_type(key)
-    if expected:
-        value = getattr(error, "msg", message)
-        return f"{key}: {value.splitlines()[0]}; expected {expected}"
-    return f"{key}: {message}"
-
-
-def _expected_type(key: str) -> str:
-    fields = dict(schema_fields())
-    if key not in fields:
-        return ""
-    annotation = str(fields[key].type)
-    return {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "str": "a string",
-        "Optional[str]": "a string or null",
-        "Optional[int]": "an integer or null",
-        "Optional[list[float]]": "a list of numbers, e.g. [0.5,0.5,0.5], or null",
-        "list[str]": "a list of strings, e.g. [a,b]",
-        "list[int]": "a list of integers, e.g. [30,60]",
-        "list[float]": "a list of numbers, e.g. [0.9,0.999]",
-    }.get(annotation, annotation)
+    """One line from an OmegaConf error that the checks before it let through: an
+    interpolation (`${...}`) that does not resolve, or resolves to the wrong type."""
+    key = getattr(error, "full_key", None) or "config"
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else type(error).__name__
+    return f"{key}: {message}; fix the value or its interpolation"
