@@ -1,7 +1,10 @@
 """Mixed precision (use_amp): the autocast dtype per device, the fp16 grad scaler, training."""
 
+from dataclasses import replace
+
 import torch
 
+from {{ cookiecutter.package_name }} import train
 from {{ cookiecutter.package_name }}.amp import amp_dtype
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import TrainConfig
@@ -42,11 +45,18 @@ def test_training_without_amp_also_runs(make_config, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
-def test_a_run_without_a_grad_scaler_resumes_in_fp16(make_config, tmp_path):
-    # A run begun on a CPU (no scaler) and continued on a GPU (fp16 and its scaler): fp16 on
-    # the CPU stands in for the GPU here. The empty scaler state once stopped the resume.
-    assert main(make_config("train.amp=false", "train.max_steps=2")) == 0
-    resumed = make_config("train.amp_dtype=fp16", "train.max_steps=4", "run.resume=auto")
+def test_a_run_without_a_grad_scaler_resumes_in_fp16(make_config, tmp_path, monkeypatch):
+    # A run begun on a CPU (no scaler) and continued, with the same settings, on a GPU (fp16
+    # and its scaler): fp16 on the CPU stands in for the GPU here, and the first run gets
+    # the precision a CPU gives it. The empty scaler state once stopped the resume.
+    settings = ("train.amp=true", "train.amp_dtype=fp16")
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            train, "precision", lambda cfg, device: precision(replace(cfg, amp=False), device)
+        )
+        assert main(make_config(*settings, "train.max_steps=2")) == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["scaler"] == {}
+    resumed = make_config(*settings, "train.max_steps=4", "run.resume=auto")
     assert main(resumed) == 0
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert checkpoint["progress"]["global_step"] == 4
