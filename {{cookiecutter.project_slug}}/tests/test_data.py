@@ -315,6 +315,7 @@ DATA_ERRORS = {
     "no-val-and-no-fraction": (no_val_folder, {"val_fraction": 0.0}, ["data.val_fraction"]),
     "val-without-train": (val_without_train, {}, ["train", "does not"]),
     "one-class": (one_class, {}, ["one class folder (only)", "at least two classes"]),
+    "resize-below-crop": (no_val_folder, {"resize": 10, "image_size": 12}, ["data.resize=10"]),
     "smaller-than-crop": (no_val_folder, {"resize": 0, "image_size": 24}, ["16x16", "crop"]),
 }
 
@@ -656,7 +657,7 @@ def test_images_beside_the_class_folders_bring_one_warning(tmp_path, project_log
     (line,) = [
         record.getMessage() for record in project_log.records if "beside" in record.getMessage()
     ]
-    assert line.startswith(f"2 images in {tmp_path} lie beside the class folders")
+    assert line.startswith(f"not used: 2 images in {tmp_path} beside the class folders")
     assert "another.png" in line and "move each into the folder of its class" in line
 
 

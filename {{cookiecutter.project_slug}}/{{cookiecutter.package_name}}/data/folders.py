@@ -9,10 +9,12 @@ pixels: training, the cache, the statistics, evaluation and prediction see the s
 PIL is imported only here, and only when needed.
 """
 
+import contextlib
 import logging
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -80,8 +82,10 @@ def open_image(path: Path):
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with quiet_pil(), Image.open(path) as image:
             image.load()
+            if image.mode == "P" and "transparency" in image.info:
+                return image.convert("RGBA")  # as PIL asks, rather than warn at each convert
             if image.mode in PLAIN_MODES:
                 return image
             if image.mode in GRAYSCALE_MODES:
@@ -89,6 +93,15 @@ def open_image(path: Path):
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise _unreadable(path, error) from None
+
+
+@contextlib.contextmanager
+def quiet_pil():
+    """PIL's warnings silenced: about damaged metadata (EXIF, TIFF tags) of an image that
+    decodes all the same, they would be lines on stderr that ask nothing of the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        yield
 
 
 def to_8_bits(image):
@@ -117,7 +130,7 @@ def _unreadable(path: Path, error: Exception) -> DataError:
 
 def _reason(error: Exception, path: Path) -> str:
     """The first line of PIL's message, without the path that the error names already."""
-    text = str(error).strip().replace(f" '{path}'", "").replace(str(path), "the file")
+    text = str(error).strip().replace(f" {str(path)!r}", "").replace(str(path), "the file")
     return text.splitlines()[0] if text else type(error).__name__
 
 
@@ -230,8 +243,8 @@ def _scan_class_folders(
         )
     if loose:
         logger.warning(
-            "%d image%s in %s lie beside the class folders and are not used (e.g. %s); "
-            "move each into the folder of its class",
+            "not used: %d image%s in %s beside the class folders (e.g. %s); move each into "
+            "the folder of its class",
             len(loose),
             "s" if len(loose) > 1 else "",
             folder,
@@ -330,7 +343,7 @@ def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) ->
     good = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with quiet_pil(), Image.open(path) as image:
                 size, mode = image.size, image.mode
                 image.verify()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
