@@ -4,6 +4,7 @@ import random
 import shutil
 import struct
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,6 +304,11 @@ def one_class(root):
     write_images(root, {"only": 4})
 
 
+def line_break_in_a_name(root):
+    write_images(root, {"a": 4, "b\nc": 4})
+    (root / "b\nc" / "002.png").write_bytes(b"not an image")
+
+
 # setup(root), extra settings, words the one-line error must contain
 DATA_ERRORS = {
     "missing-folder": (lambda root: None, {}, ["does not exist", "data.root"]),
@@ -315,6 +321,8 @@ DATA_ERRORS = {
     "no-val-and-no-fraction": (no_val_folder, {"val_fraction": 0.0}, ["data.val_fraction"]),
     "val-without-train": (val_without_train, {}, ["train", "does not"]),
     "one-class": (one_class, {}, ["one class folder (only)", "at least two classes"]),
+    "root-is-a-file": (lambda root: root.write_text("x"), {}, ["is a file, not a folder"]),
+    "line-break-in-a-name": (line_break_in_a_name, {}, ["b\\nc/002.png", "not a readable"]),
     "resize-below-crop": (no_val_folder, {"resize": 10, "image_size": 12}, ["data.resize=10"]),
     "smaller-than-crop": (no_val_folder, {"resize": 0, "image_size": 24}, ["16x16", "crop"]),
 }
@@ -646,6 +654,34 @@ def test_hidden_files_and_folders_are_left_out_at_every_depth(tmp_path, project_
         f"skipped 5 images in hidden files or folders (names starting with '.', or "
         f"__MACOSX), e.g. {tmp_path / '.git' / 'image.png'}; rename or move them to use them"
     ]
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    """As a folder without read permission (not testable as root, who reads everything)."""
+    from {{ cookiecutter.package_name }}.data import folders
+
+    write_images(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "b" / "locked").mkdir()
+    real_walk = folders.os.walk
+
+    def walk(top, onerror=None, **options):
+        for parent, names, files in real_walk(top, onerror=onerror, **options):
+            if "locked" in names:
+                names.remove("locked")
+                onerror(PermissionError(13, "Permission denied", str(Path(parent) / "locked")))
+            yield parent, names, files
+
+    monkeypatch.setattr(folders.os, "walk", walk)
+    with pytest.raises(ConfigError) as error:
+        build_datasets(images_config(tmp_path), seed=0)
+    assert str(error.value) == (
+        f"cannot list the folder {tmp_path / 'b' / 'locked'} (Permission denied); make it "
+        "readable for this user, or move it out of data.root"
+    )
+    # Inside a hidden folder it does not matter: nothing there is used.
+    (tmp_path / "b" / "locked").rename(tmp_path / "b" / ".cache")
+    (tmp_path / "b" / ".cache" / "locked").mkdir()
+    assert len(build_datasets(images_config(tmp_path), seed=0).classes) == 2
 
 
 def test_images_beside_the_class_folders_bring_one_warning(tmp_path, project_log):

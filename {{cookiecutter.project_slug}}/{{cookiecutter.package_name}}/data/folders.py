@@ -179,8 +179,9 @@ def _check_layout(cfg: DataConfig, root: Path) -> tuple[bool, bool]:
     """Whether `root` has a train/ and a val/ folder; an error for a missing root, or for a
     val/ without train/."""
     if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"data.root={cfg.root!r}: folder {root.resolve()} does not exist; point data.root "
+            f"data.root={cfg.root!r}: folder {root.resolve()} {problem}; point data.root "
             "at the folder that holds train/ and val/ (or one sub-folder per class)"
         )
     has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
@@ -215,13 +216,15 @@ def _check_all_images(file_lists: list[list[Path]], cfg: DataConfig) -> set:
     if tiny:
         path, (width, height) = tiny[0]
         logger.warning(
-            "%d images are smaller than half of data.image_size=%d (e.g. %s, %dx%d) and are "
-            "scaled up a lot; a smaller data.image_size may suit them better",
+            "%d %s smaller than half of data.image_size=%d (e.g. %s, %dx%d) and %s scaled up "
+            "a lot; a smaller data.image_size may suit them better",
             len(tiny),
+            "images are" if len(tiny) > 1 else "image is",
             cfg.image_size,
             path,
             width,
             height,
+            "are" if len(tiny) > 1 else "is",
         )
     return modes
 
@@ -232,7 +235,10 @@ def _scan_class_folders(
     """Class names (sub-folder names, sorted) and each class's image files (at any depth).
     Images under hidden entries are added to `skipped`; images beside the class folders
     bring a warning, as they belong to no class."""
-    entries = list(folder.iterdir())
+    try:
+        entries = list(folder.iterdir())
+    except OSError as error:
+        raise _unlistable(error) from None
     classes = sorted(e.name for e in entries if e.is_dir() and not is_hidden(e.name))
     loose = [entry for entry in entries if is_image_file(entry)]
     if not classes:
@@ -277,9 +283,14 @@ def is_hidden(name: str) -> bool:
 def _images_under(folder: Path) -> tuple[list[Path], list[Path]]:
     """(used, hidden): the image files at any depth under `folder`, sorted, and those left
     out because they or a folder between them and `folder` are hidden (is_hidden)."""
+
+    def stop_unless_hidden(error: OSError) -> None:  # a hidden folder may stay unreadable
+        if not any(map(is_hidden, Path(error.filename).relative_to(folder).parts)):
+            raise _unlistable(error)
+
     used, hidden = [], []
-    for parent, _, names in os.walk(folder):
-        inside_hidden = any(is_hidden(part) for part in Path(parent).relative_to(folder).parts)
+    for parent, _, names in os.walk(folder, onerror=stop_unless_hidden):
+        inside_hidden = any(map(is_hidden, Path(parent).relative_to(folder).parts))
         for name in names:
             path = Path(parent) / name
             if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -289,6 +300,14 @@ def _images_under(folder: Path) -> tuple[list[Path], list[Path]]:
             elif path.is_file():
                 used.append(path)
     return sorted(used), hidden
+
+
+def _unlistable(error: OSError) -> DataError:
+    """The error for a folder of the data that cannot be listed (no permission, say)."""
+    return DataError(
+        f"cannot list the folder {error.filename} ({error.strerror or error}); make it "
+        "readable for this user, or move it out of data.root"
+    )
 
 
 def image_files_under(folder: Path) -> list[Path]:
