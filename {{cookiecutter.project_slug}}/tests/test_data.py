@@ -652,7 +652,7 @@ def test_hidden_files_and_folders_are_left_out_at_every_depth(tmp_path, project_
     warnings = [record.getMessage() for record in project_log.records]
     assert [line for line in warnings if "hidden" in line] == [
         f"skipped 5 images in hidden files or folders (names starting with '.', or "
-        f"__MACOSX), e.g. {tmp_path / '.git' / 'image.png'}; rename or move them to use them"
+        f"__MACOSX), e.g. {tmp_path / '.git' / 'image.png'}; rename or move them to train on them"
     ]
 
 

@@ -242,7 +242,8 @@ def _scan_class_folders(
     classes = sorted(e.name for e in entries if e.is_dir() and not is_hidden(e.name))
     loose = [entry for entry in entries if is_image_file(entry)]
     if not classes:
-        where = f"holds {len(loose)} images but no class folders" if loose else "is empty"
+        count = f"{len(loose)} image{'s' if len(loose) > 1 else ''}"
+        where = f"holds {count} but no class folders" if loose else "is empty"
         raise DataError(
             f"{folder} {where}; put the images in one sub-folder per class, e.g. "
             f"{folder / 'cat' / '001.png'} (supported: {', '.join(IMAGE_SUFFIXES)})"
@@ -334,7 +335,7 @@ def _report_skipped(skipped: list[Path]) -> None:
     if skipped:
         logger.warning(
             "skipped %d image%s in hidden files or folders (names starting with '.', or "
-            "__MACOSX), e.g. %s; rename or move them to use them",
+            "__MACOSX), e.g. %s; rename or move them to train on them",
             len(skipped),
             "s" if len(skipped) > 1 else "",
             min(skipped),
