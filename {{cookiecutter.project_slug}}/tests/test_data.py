@@ -1,9 +1,12 @@
 """Datasets and samplers: the built-in shapes, the user's image folders and batch order."""
 
 import random
+import shutil
 import struct
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_images
@@ -280,7 +283,7 @@ def no_images_at_all(root):
 
 
 def unknown_val_class(root):
-    write_images(root / "train", {"cat": 3})
+    write_images(root / "train", {"cat": 3, "dog": 3})
     write_images(root / "val", {"cat": 3, "emu": 3})
 
 
@@ -297,6 +300,15 @@ def val_without_train(root):
     write_images(root / "val", {"a": 3})
 
 
+def one_class(root):
+    write_images(root, {"only": 4})
+
+
+def line_break_in_a_name(root):
+    write_images(root, {"a": 4, "b\nc": 4})
+    (root / "b\nc" / "002.png").write_bytes(b"not an image")
+
+
 # setup(root), extra settings, words the one-line error must contain
 DATA_ERRORS = {
     "missing-folder": (lambda root: None, {}, ["does not exist", "data.root"]),
@@ -308,6 +320,10 @@ DATA_ERRORS = {
     "too-few-for-split": (too_few_for_the_split, {}, ["too few images", "lonely", "1 image"]),
     "no-val-and-no-fraction": (no_val_folder, {"val_fraction": 0.0}, ["data.val_fraction"]),
     "val-without-train": (val_without_train, {}, ["train", "does not"]),
+    "one-class": (one_class, {}, ["one class folder (only)", "at least two classes"]),
+    "root-is-a-file": (lambda root: root.write_text("x"), {}, ["is a file, not a folder"]),
+    "line-break-in-a-name": (line_break_in_a_name, {}, ["b\\nc/002.png", "not a readable"]),
+    "resize-below-crop": (no_val_folder, {"resize": 10, "image_size": 12}, ["data.resize=10"]),
     "smaller-than-crop": (no_val_folder, {"resize": 0, "image_size": 24}, ["16x16", "crop"]),
 }
 
@@ -529,3 +545,209 @@ def test_cache_larger_than_the_memory_is_a_clear_error(tmp_path, monkeypatch):
     bundle = build_datasets(images_config(tmp_path, cache=True), seed=0)
     with pytest.raises(ConfigError, match="meta has 0.0 MB available"):
         bundle.train.to(torch.device("meta"))
+
+
+# 8x8 test patterns wider than 8 bits per pixel, as PIL writes them: (mode, suffix, the
+# pixels in that mode, the value of white). PIL's convert("L") clips these instead of scaling.
+GRADIENT = np.arange(64).reshape(8, 8)
+WIDE_IMAGES = {
+    "I;16-png": ("I;16", ".png", (GRADIENT * 1040).astype(np.uint16), 65535),
+    "I;16B-tiff": ("I;16B", ".tiff", (GRADIENT * 1000 + 500).astype(">u2"), 65535),
+    "I-tiff": ("I", ".tif", (65535 - GRADIENT * 900).astype(np.int32), 65535),
+    "F-tiff": ("F", ".tiff", (GRADIENT / 63).astype(np.float32), 1.0),
+}
+
+
+def write_wide_image(path, mode: str, pixels) -> None:
+    image = Image.frombytes(mode, (8, 8), pixels.tobytes())
+    image.save(path)
+    with Image.open(path) as written:  # the file holds what the test means
+        assert written.mode == ("I;16" if mode == "I;16B" and path.suffix == ".png" else mode)
+
+
+@pytest.mark.parametrize("kind", WIDE_IMAGES)
+def test_16_bit_and_float_images_are_scaled_to_8_bits_everywhere(tmp_path, kind):
+    """Training, the cache and the statistics all see the pixels scaled from the white
+    level (65535, or 1.0 for floats), rounded: not 0/255 as PIL's convert() clips them."""
+    mode, suffix, pixels, white = WIDE_IMAGES[kind]
+    for split in ("train", "val"):
+        for name, pattern in (("a", pixels), ("b", np.ascontiguousarray(pixels[::-1]))):
+            (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+            write_wide_image(tmp_path / split / name / f"0{suffix}", mode, pattern)
+    expected = torch.from_numpy(np.rint(pixels.astype(np.float64) * 255 / white) / 255).float()
+    exact = dict(image_size=8, resize=0, random_crop=False, flip=False)
+    plain = images_config(tmp_path, mean=[0.0], std=[1.0], **exact)
+    bundle = build_datasets(plain, seed=0)
+    assert bundle.in_channels == 1
+    image, label = bundle.val[0]
+    assert label == 0 and torch.allclose(image[0], expected, rtol=0, atol=1e-6)
+    assert len(image.unique()) == 64  # a gradient, not two values
+    cached = build_datasets(images_config(tmp_path, mean=[0.0], std=[1.0], cache=True, **exact), 0)
+    for index in range(2):
+        assert torch.equal(cached.train[index][0], bundle.train[index][0])
+    computed = build_datasets(images_config(tmp_path, **exact), seed=0)
+    assert computed.mean[0] == pytest.approx(expected.mean().item(), abs=1e-5)
+    # Colour models convert the same pixels to grey, each of its three channels.
+    rgb = build_datasets(
+        images_config(tmp_path, mean=[0.0] * 3, std=[1.0] * 3, channels=3, **exact), 0
+    )
+    assert torch.allclose(rgb.val[0][0], expected.expand(3, 8, 8), rtol=0, atol=1e-6)
+
+
+def test_open_image_rounds_to_the_nearest_8_bit_level(tmp_path):
+    """open_image is what evaluation and prediction decode files with, too."""
+    from {{ cookiecutter.package_name }}.data import open_image
+
+    cases = [
+        ("I;16", [0, 128, 129, 257, 32767, 32768, 65534, 65535], [0, 0, 1, 1, 127, 128, 255, 255]),
+        # A float image: NaN black, +inf white, negative clipped, [0, 1] its range.
+        (
+            "F",
+            [np.nan, np.inf, -np.inf, -0.5, 0.25, 0.5, 0.999, 1.0],
+            [0, 255, 0, 0, 64, 128, 255, 255],
+        ),
+        # Floats beyond 1 are in [0, 255], beyond 255 in [0, 65535].
+        ("F", [0, 1, 2, 127.4, 200, 255, 254.6, 3], [0, 1, 2, 127, 200, 255, 255, 3]),
+        ("F", [0, 257, 65535, 300, 0, 0, 0, 0], [0, 1, 255, 1, 0, 0, 0, 0]),
+    ]
+    for number, (mode, values, expected) in enumerate(cases):
+        dtype = np.uint16 if mode == "I;16" else np.float32
+        path = tmp_path / f"{number}{'.png' if mode == 'I;16' else '.tiff'}"
+        write_wide_image(path, mode, np.array([values] * 8, dtype=dtype))
+        image = open_image(path)
+        assert image.mode == "L"
+        assert np.asarray(image)[0].tolist() == expected, (mode, values)
+
+
+def test_other_colour_models_decode_as_rgb(tmp_path):
+    from {{ cookiecutter.package_name }}.data import open_image
+
+    for mode in ("CMYK", "YCbCr", "LAB"):
+        path = tmp_path / f"{mode}.tiff"
+        Image.new(mode, (8, 8)).save(path)
+        assert open_image(path).mode == "RGB"
+
+
+def test_hidden_files_and_folders_are_left_out_at_every_depth(tmp_path, project_log):
+    """Jupyter's checkpoints inside a class folder, macOS's __MACOSX and ._ files, a .git
+    folder: none is trained on, and one warning line counts them."""
+    write_images(tmp_path, {"a": 3, "b": 3})
+    image = tmp_path / "a" / "000.png"
+    for copy in (
+        "a/.ipynb_checkpoints/000-checkpoint.png",
+        "a/nested/.hidden.png",
+        "b/deeper/.thumbs/x/y.jpg",
+        "__MACOSX/a/._000.png",
+        ".git/image.png",
+    ):
+        (tmp_path / copy).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, tmp_path / copy)
+    (tmp_path / "a" / "nested" / "deep").mkdir()
+    shutil.copy(image, tmp_path / "a" / "nested" / "deep" / "visible.png")
+    bundle = build_datasets(images_config(tmp_path), seed=0)
+    assert bundle.classes == ["a", "b"]
+    used = [path for path, _ in bundle.train.samples + bundle.val.samples]
+    assert len(used) == 7 and tmp_path / "a" / "nested" / "deep" / "visible.png" in used
+    assert not any(part.startswith((".", "__")) for path in used for part in path.parts)
+    warnings = [record.getMessage() for record in project_log.records]
+    assert [line for line in warnings if "hidden" in line] == [
+        f"skipped 5 images in hidden files or folders (names starting with '.', or "
+        f"__MACOSX), e.g. {tmp_path / '.git' / 'image.png'}; rename or move them to train on them"
+    ]
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    """As a folder without read permission (not testable as root, who reads everything)."""
+    from {{ cookiecutter.package_name }}.data import folders
+
+    write_images(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "b" / "locked").mkdir()
+    real_walk = folders.os.walk
+
+    def walk(top, onerror=None, **options):
+        for parent, names, files in real_walk(top, onerror=onerror, **options):
+            if "locked" in names:
+                names.remove("locked")
+                onerror(PermissionError(13, "Permission denied", str(Path(parent) / "locked")))
+            yield parent, names, files
+
+    monkeypatch.setattr(folders.os, "walk", walk)
+    with pytest.raises(ConfigError) as error:
+        build_datasets(images_config(tmp_path), seed=0)
+    assert str(error.value) == (
+        f"cannot list the folder {tmp_path / 'b' / 'locked'} (Permission denied); make it "
+        "readable for this user, or move it out of data.root"
+    )
+    # Inside a hidden folder it does not matter: nothing there is used.
+    (tmp_path / "b" / "locked").rename(tmp_path / "b" / ".cache")
+    (tmp_path / "b" / ".cache" / "locked").mkdir()
+    assert len(build_datasets(images_config(tmp_path), seed=0).classes) == 2
+
+
+def test_images_beside_the_class_folders_bring_one_warning(tmp_path, project_log):
+    write_images(tmp_path, {"a": 3, "b": 3})
+    shutil.copy(tmp_path / "a" / "000.png", tmp_path / "stray.png")
+    shutil.copy(tmp_path / "b" / "000.png", tmp_path / "another.png")
+    bundle = build_datasets(images_config(tmp_path), seed=0)
+    assert len(bundle.train) + len(bundle.val) == 6
+    (line,) = [
+        record.getMessage() for record in project_log.records if "beside" in record.getMessage()
+    ]
+    assert line.startswith(f"not used: 2 images in {tmp_path} beside the class folders")
+    assert "another.png" in line and "move each into the folder of its class" in line
+
+
+def test_one_class_folder_stops_training_with_exit_2(tmp_path, make_config, capsys):
+    from {{ cookiecutter.package_name }}.train import run
+
+    write_images(tmp_path / "images", {"only": 4})
+    cfg = make_config("data.dataset=imagefolder", f"data.root={tmp_path / 'images'}")
+    assert run(cfg) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "only" in line and "at least two classes" in line
+
+
+OFFLINE_TRAIN = """
+import runpy, sys, urllib.error, urllib.request
+
+def offline(*args, **kwargs):
+    raise urllib.error.URLError("no network in this test")
+
+urllib.request.urlopen = offline
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_failed_download_is_one_line_with_the_fix(tmp_path, run_python):
+    """train.py with data.download=true and no network: one line, not torchvision's
+    traceback (urlopen is replaced, so the test never reaches the network)."""
+    root, run_dir = tmp_path / "data", tmp_path / "run"
+    result = run_python(
+        "-c",
+        OFFLINE_TRAIN,
+        "data.dataset=cifar10",
+        "data.download=true",
+        f"data.root={root}",
+        f"run.dir={run_dir}",
+        "train.device=cpu",
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: data.dataset=cifar10: downloading CIFAR10 into")
+    assert "failed (no network in this test)" in line and "copy its folder into" in line
+
+
+def test_a_failed_mnist_download_names_the_last_mirror_error(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(ConfigError) as error:
+        build_datasets(small_data(dataset="mnist", root=str(tmp_path), download=True), seed=0)
+    message = str(error.value)
+    assert "\n" not in message and "downloading MNIST" in message
+    assert "(no route to host)" in message and "HTTPS_PROXY" in message

@@ -21,7 +21,16 @@ from .builtin import ShapesDataset
 from .bundle import SHAPES_MEAN, SHAPES_STD, DataBundle, DataError
 from .cache import CachedImages, decode_images
 from .datasets import DATASET_CHOICES, build_datasets
-from .folders import GRAYSCALE_MODES, IMAGE_SUFFIXES, ImageFiles, is_image_file, open_image
+from .folders import (
+    GRAYSCALE_MODES,
+    IMAGE_SUFFIXES,
+    ImageFiles,
+    image_files_under,
+    is_hidden,
+    is_image_file,
+    open_image,
+    to_8_bits,
+)
 from .loaders import (
     AugmentingLoader,
     InMemoryLoader,
@@ -64,10 +73,13 @@ __all__ = [
     "compute_stats",
     "decode_images",
     "epoch_batch_sampler",
+    "image_files_under",
     "image_transform",
+    "is_hidden",
     "is_image_file",
     "open_image",
     "resize_side",
     "sample_seed",
     "save_stats",
+    "to_8_bits",
 ]

@@ -11,7 +11,13 @@ SHAPES_MEAN, SHAPES_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 class DataError(ConfigError):
-    """A problem with the data files; the message names the file or folder and the fix."""
+    """A problem with the data files; the message names the file or folder and the fix.
+
+    The message is one line: a line break in a file name is shown as \\n.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from .cache import cached_bundle, choose_cache
 from .folders import image_folder
 from .stats import normalization_stats
 from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
-from .transforms import image_transform
+from .transforms import image_transform, resize_side
 
 DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
 
@@ -31,6 +31,12 @@ def build_datasets(
     """
     if cfg.dataset == "shapes":
         return shapes_bundle(cfg, seed)
+    if 0 < resize_side(cfg) < cfg.image_size:
+        raise ConfigError(
+            f"data.resize={cfg.resize} is smaller than data.image_size={cfg.image_size}: the "
+            f"crop would not fit in the resized images; set data.resize to at least "
+            f"{cfg.image_size}, or null (image_size * 1.14)"
+        )
     if cfg.dataset == "imagefolder":
         train, val, classes, channels = image_folder(cfg)
     elif cfg.dataset in TORCHVISION_DATASETS:
