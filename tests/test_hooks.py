@@ -528,11 +528,10 @@ def test_main_tolerates_missing_files(tmp_path):
 def test_next_steps_text():
     text = post_gen_project.next_steps("proj", use_ddp=True, use_sweeps=True)
 
-    assert text.splitlines()[:3] == [
-        "Created proj. Next steps:",
-        "  cd proj",
-        "  python -m pip install -e .",
-    ]
+    lines = text.splitlines()
+    assert lines[:2] == ["Created proj. Next steps:", "  cd proj"]
+    assert lines[2].startswith("  python -m venv .venv")  # the project's own environment
+    assert lines[3].startswith("  python -m pip install -e .") and "GB" in lines[3]
     assert "torchrun --standalone --nproc_per_node=2 train.py" in text
     assert "python sweep.py --trials 20" in text
     assert "torchrun" not in post_gen_project.next_steps("proj", use_ddp=False)
