@@ -90,13 +90,17 @@ def test_a_run_logs_metrics_params_and_artefacts_and_a_resume_no_step_twice(tmp_
 
 def test_sigkill_between_tracker_and_checkpoint_then_resume_keeps_one_run(tmp_path, store):
     run_dir = tmp_path / "runs" / "killed"
+    # Epoch 1's row reaches MLflow, then the run dies before the folder has any checkpoint:
+    # the next start begins afresh, in the same MLflow run.
+    killed = train(run_dir, *EPOCHS, kill="save_before:8")
+    assert killed.returncode == -9, killed.stderr[-3000:]
     # Epoch 2's row reaches MLflow, then the run dies before that epoch's checkpoint.
-    killed = train(run_dir, *EPOCHS, kill="save_before:16")
+    killed = train(run_dir, *EPOCHS, "run.resume=auto", kill="save_before:16")
     assert killed.returncode == -9, killed.stderr[-3000:]
     resumed = train(run_dir, *EPOCHS, "run.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = only_run(store)
-    assert_metrics_equal_metrics_csv(store, run.info.run_id, run_dir)  # step 16 once
+    assert_metrics_equal_metrics_csv(store, run.info.run_id, run_dir)  # steps 8 and 16 once
     assert len(_read_metrics(run_dir)) == 3
 
 

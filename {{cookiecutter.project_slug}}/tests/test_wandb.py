@@ -104,13 +104,17 @@ def test_an_offline_run_keeps_metrics_and_files_and_a_resume_logs_no_step_twice(
 
 def test_sigkill_between_tracker_and_checkpoint_then_resume_keeps_one_run(tmp_path, wandb_env):
     run_dir = tmp_path / "runs" / "killed"
-    # Epoch 2's row goes to W&B (which may not flush it before the kill), then the run dies
-    # before that epoch's checkpoint.
-    killed = train(run_dir, wandb_env, *EPOCHS, kill="save_before:16")
+    # Epoch 1's row goes to W&B (which flushes its log only every few seconds), then the run
+    # dies before the folder has any checkpoint: the next start begins afresh, in the same
+    # W&B run.
+    killed = train(run_dir, wandb_env, *EPOCHS, kill="save_before:8")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # Epoch 2's row goes to W&B, then the run dies before that epoch's checkpoint.
+    killed = train(run_dir, wandb_env, *EPOCHS, "run.resume=auto", kill="save_before:16")
     assert killed.returncode == -9, killed.stderr[-3000:]
     resumed = train(run_dir, wandb_env, *EPOCHS, "run.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert len(starts(run_dir)) == 2
+    assert len(starts(run_dir)) == 3
     assert_one_run_equal_to_metrics_csv(run_dir)
 
 

@@ -47,21 +47,37 @@ def open_tracker(
     resumed: bool,
     saved: dict | None = None,
 ) -> "MLflowRun":
-    """The MLflow run of the checkpoint resumed from, or a new one with the config logged."""
+    """The MLflow run of the checkpoint resumed from (or of a start of this run folder killed
+    before its first checkpoint), or a new one with the config logged."""
     uri = tracking_uri(run_dir)
     client = MlflowClient(tracking_uri=uri)
-    run_id = (saved or {}).get("run_id")
+    experiment_id = experiment_of(client, run_dir)
+    run_id = (saved or {}).get("run_id") or killed_run_of(client, experiment_id, run_dir)
     if run_id and run_exists(client, run_id, uri):
         client.update_run(run_id, status="RUNNING")
         logger.info("MLflow: continuing run %s in %s", run_id, uri)
         return MLflowRun(client, run_id, run_dir)
-    experiment_id = experiment_of(client, run_dir)
     run = client.create_run(
         experiment_id, run_name=run_dir.name, tags={"run_folder": str(run_dir.resolve())}
     )
     log_config(client, run.info.run_id, run_dir)
     logger.info("MLflow: run %s in %s", run.info.run_id, uri)
     return MLflowRun(client, run.info.run_id, run_dir)
+
+
+def killed_run_of(client: MlflowClient, experiment_id: str, run_dir: Path) -> str | None:
+    """The MLflow run of `run_dir` that is still marked running: a start killed before the
+    folder had a checkpoint, which the start now beginning in it takes over."""
+    folder = str(run_dir.resolve())
+    if "'" in folder:  # not expressible in MLflow's filter syntax
+        return None
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.run_folder = '{folder}' and attributes.status = 'RUNNING'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def run_exists(client: MlflowClient, run_id: str, uri: str) -> bool:

@@ -52,8 +52,9 @@ def open_tracker(
     resumed: bool,
     saved: dict | None = None,
 ) -> "WandbRun":
-    """The W&B run of the checkpoint resumed from, or a new one with the config."""
-    run_id = (saved or {}).get("run_id")
+    """The W&B run of the checkpoint resumed from (or of a start of this run folder killed
+    before its first checkpoint), or a new one with the config."""
+    run_id = (saved or {}).get("run_id") or killed_run_of(run_dir / "wandb")
     # Read before wandb.init adds this start's folder: what the earlier starts logged.
     logged = logged_steps(run_dir / "wandb", run_id) if run_id else set()
     run = wandb.init(
@@ -99,6 +100,16 @@ class WandbRun:
                 "W&B run kept offline; upload it with: wandb sync %s",
                 self.run_dir / "wandb" / f"offline-run-*-{self.run.id}",
             )
+
+
+def killed_run_of(wandb_dir: Path) -> str | None:
+    """The id of the newest start in `wandb_dir` if it never finished (its log has no exit
+    record): a start killed before the run folder had a checkpoint."""
+    logs = wandb_dir.glob("*run-*-*/run-*.wandb")  # in (offline-)run-<time>-<id> folders
+    starts = sorted(logs, key=lambda log: log.parent.name.split("run-", 1)[1])
+    if not starts or any(record.HasField("exit") for record in transaction_records(starts[-1])):
+        return None
+    return starts[-1].parent.name.rsplit("-", 1)[1]
 
 
 def logged_steps(wandb_dir: Path, run_id: str) -> set[int]:
