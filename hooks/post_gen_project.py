@@ -30,6 +30,8 @@ FEATURE_FILES: list[tuple[dict[str, bool | str], list[str]]] = [
     ),
     ({"use_safetensors": True}, ["{package}/safetensors_io.py", "tests/test_safetensors.py"]),
     ({"tracker": "tensorboard"}, ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"]),
+    ({"tracker": "mlflow"}, ["{package}/mlflow_log.py", "tests/test_mlflow.py"]),
+    ({"tracker": "wandb"}, ["{package}/wandb_log.py", "tests/test_wandb.py"]),
     (
         {"use_sweeps": True},
         [

@@ -20,10 +20,12 @@ import unicodedata
 # import names; they are compared in lowercase because macOS and Windows ignore case in paths.
 SHADOWED_PACKAGES = (
     "PIL",
+    "alembic",
     "cookiecutter",
     "jinja2",
     "lightning",
     "matplotlib",
+    "mlflow",
     "numpy",
     "omegaconf",
     "optuna",
@@ -33,12 +35,14 @@ SHADOWED_PACKAGES = (
     "ruff",
     "safetensors",
     "setuptools",
+    "sqlalchemy",
     "tensorboard",
     "torch",
     "torchaudio",
     "torchvision",
     "tqdm",
     "triton",
+    "wandb",
     "wheel",
     "yaml",
 )

@@ -1,11 +1,12 @@
 """Every combination of the feature prompts bakes, lints clean and trains.
 
-For each of the 64 combinations: the bake succeeds with the asked-for answers (cookiecutter
-silently drops a misspelt extra_context key, so the context is checked), no Jinja is left
-in any file, and `ruff check` and `ruff format --check` pass with the baked pyproject.toml.
+For each of the 64 combinations, and the defaults with each of the trackers outside the
+matrix (mlflow, wandb): the bake succeeds with the asked-for answers (cookiecutter silently
+drops a misspelt extra_context key, so the context is checked), no Jinja is left in any
+file, and `ruff check` and `ruff format --check` pass with the baked pyproject.toml.
 `ci` and `use_sweeps` leave the training code untouched (proved here for every combination),
 so the 16 combinations of the other answers train: a one-step smoke train writes `last.pt`,
-and a one-epoch run writes the whole run folder.
+and a one-epoch run writes the whole run folder. The other trackers run their own tests.
 """
 
 import csv
@@ -41,7 +42,13 @@ SMALL_RUN = [
     "train.epochs=1",
 ]
 
-combinations = pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+# The trackers beyond csv and tensorboard change only their own module, test file, dependency
+# and README lines: each is baked, linted and trained once, with the other answers at their
+# defaults, instead of doubling the matrix. Their own tests train, kill and resume them.
+MORE_TRACKERS = [{**DEFAULT, "tracker": tracker} for tracker in ("mlflow", "wandb")]
+combinations = pytest.mark.parametrize(
+    "combination", COMBINATIONS + MORE_TRACKERS, ids=combination_id
+)
 train_combinations = pytest.mark.parametrize("combination", TRAIN_COMBINATIONS, ids=combination_id)
 PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
 # Files that cookiecutter copies as they are (pictures, a stray ruff cache): no templates.
@@ -233,6 +240,17 @@ def test_bad_config_gives_one_line_and_exit_2(baked, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], lines
         assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("combination", MORE_TRACKERS, ids=combination_id)
+def test_other_trackers_pass_their_own_tests(baked, combination, tmp_path):
+    """tests/test_<tracker>.py of the bake: a run, a SIGKILL and resume, an unreachable store."""
+    project = shutil.copytree(project_of(baked, combination), tmp_path / "project")
+    own_tests = f"tests/test_{combination['tracker']}.py"
+    command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", own_tests]
+    result = run_python(command, cwd=project, timeout=600)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " skipped" not in result.stdout
 
 
 @pytest.mark.parametrize("combination", [DEFAULT, ALL_FEATURES], ids=["default", "all-features"])

@@ -439,6 +439,10 @@ def table_files(*entries: dict, package: str = "pkg") -> list[str]:
     ]
 
 
+# The feature table's entries of the trackers that ALL_FEATURES (tracker=tensorboard) leaves out.
+OTHER_TRACKERS = ({"tracker": "mlflow"}, {"tracker": "wandb"})
+
+
 def test_files_to_remove():
     features = {"package_name": "pkg", "project_slug": "proj"}
     all_off = {
@@ -456,24 +460,24 @@ def test_files_to_remove():
     assert {"pkg/amp.py", "pkg/sweep_torchrun.py", "sweep.py", ".github/workflows/ci.yml"} <= set(
         removed
     )
-    assert post_gen_project.files_to_remove({**features, **ALL_FEATURES}) == []
+    # All features on still leaves out the trackers other than the one chosen.
+    assert post_gen_project.files_to_remove({**features, **ALL_FEATURES}) == (
+        table_files(*OTHER_TRACKERS)
+    )
     assert post_gen_project.files_to_remove({**features, **ALL_FEATURES, "use_amp": "no"}) == (
-        table_files({"use_amp": True})
+        table_files({"use_amp": True}, *OTHER_TRACKERS)
     )
     assert "pkg/amp.py" in table_files({"use_amp": True})
     # Text answers in any case and spacing count, as cookiecutter may pass them on.
-    assert (
-        post_gen_project.files_to_remove(
-            {
-                **features,
-                **ALL_FEATURES,
-                "use_ddp": "Yes",
-                "tracker": " TensorBoard ",
-                "ci": "GitHub",
-            }
-        )
-        == []
-    )
+    assert post_gen_project.files_to_remove(
+        {
+            **features,
+            **ALL_FEATURES,
+            "use_ddp": "Yes",
+            "tracker": " TensorBoard ",
+            "ci": "GitHub",
+        }
+    ) == table_files(*OTHER_TRACKERS)
 
 
 def test_files_of_sweeps_with_ddp_need_both_answers():
@@ -482,11 +486,13 @@ def test_files_of_sweeps_with_ddp_need_both_answers():
     assert "pkg/sweep_torchrun.py" in both
 
     without_ddp = post_gen_project.files_to_remove({**features, "use_ddp": "no"})
-    assert without_ddp == table_files({"use_ddp": True}, {"use_sweeps": True, "use_ddp": True})
+    assert without_ddp == table_files(
+        {"use_ddp": True}, {"use_sweeps": True, "use_ddp": True}, *OTHER_TRACKERS
+    )
     assert "pkg/sweep.py" not in without_ddp
     without_sweeps = post_gen_project.files_to_remove({**features, "use_sweeps": False})
     assert without_sweeps == table_files(
-        {"use_sweeps": True}, {"use_sweeps": True, "use_ddp": True}
+        {"use_sweeps": True}, {"use_sweeps": True, "use_ddp": True}, *OTHER_TRACKERS
     )
     assert "pkg/distributed.py" not in without_sweeps
 

@@ -11,6 +11,7 @@ from .engine import Trainer, TrainState
 from .hooks import Hooks
 from .log import CSVLog
 from .processes import SingleProcess
+from .trackers import tracker_states
 
 
 class Saver:
@@ -25,8 +26,10 @@ class Saver:
         data: DataBundle,
         hooks: Hooks,
         lr_file: Path,
+        trackers: list = (),
     ) -> None:
         self.checkpoints, self.trainer, self.team = checkpoints, trainer, team
+        self.trackers = trackers  # each checkpoint keeps their state (e.g. a run id)
         self.cfg, self.data, self.hooks = cfg, data, hooks
         self.lr_log = CSVLog(lr_file, ("step", "lr"), position_column="step")
         self.lr_trace = []  # (step, lr) since the last save
@@ -64,6 +67,7 @@ class Saver:
             self.data.normalization(),
         )
         snapshot.update(team.rng_states_of_ranks())
+        snapshot["trackers"] = tracker_states(self.trackers)
         if trainer.ema is not None:
             snapshot["ema"] = trainer.ema.state_dict()
         self.checkpoints.save(snapshot, trainer.model, is_best)

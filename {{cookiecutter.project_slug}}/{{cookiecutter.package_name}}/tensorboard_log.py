@@ -16,9 +16,15 @@ SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_
 
 
 def open_tracker(
-    run_dir: Path, model: nn.Module, val_loader, device: torch.device, resumed: bool
+    run_dir: Path,
+    model: nn.Module,
+    val_loader,
+    device: torch.device,
+    resumed: bool,
+    saved: dict | None = None,
 ) -> "TensorBoardWriter":
-    """The writer of `run_dir/tensorboard`; a new run also gets sample images and the graph."""
+    """The writer of `run_dir/tensorboard`; a new run also gets sample images and the graph.
+    (`saved`: nothing to take back, a resumed run adds event files to the same folder.)"""
     tensorboard = TensorBoardWriter(run_dir / "tensorboard")
     if not resumed:
         sample_images = next(iter(val_loader))[0]
@@ -53,6 +59,9 @@ class TensorBoardWriter:
                 self.writer.add_graph(unwrap(model), example[:1])
         except Exception as error:  # tracing is best-effort: some models cannot be traced
             logger.info("TensorBoard model graph skipped: %s", str(error).splitlines()[0])
+
+    def state(self) -> dict:
+        return {}
 
     def close(self) -> None:
         self.writer.close()

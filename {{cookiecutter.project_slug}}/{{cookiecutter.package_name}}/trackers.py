@@ -1,37 +1,179 @@
 """Where each epoch's metrics go: `metrics.csv` always, plus the project's tracker.
 
-A tracker is a module of its own (tensorboard_log.py for tracker=tensorboard), which the
-post-generation hook deletes when another tracker was chosen. Each has
-`open_tracker(run_dir, model, val_loader, device, resumed)`, returning an object with
-`write(row)` (one metrics.csv row per epoch) and `close()`.
+A tracker is a module of its own (tensorboard_log.py, mlflow_log.py or wandb_log.py, after
+the `tracker` answer), which the post-generation hook deletes when another tracker was
+chosen. Each has `open_tracker(run_dir, model, val_loader, device, resumed, saved)`, `saved`
+being the state it gave the checkpoint now resumed (None for a new run), and returns an
+object with `write(row)` (one metrics.csv row per epoch), `state()` (plain types kept in every
+checkpoint under "trackers", e.g. the tracker's run id, so that a resume, a torchrun restart
+or a SLURM requeue continues the same tracker run), `close()` and, where the tracker can
+tell, `logged_steps()`: the optimizer steps whose rows its run already holds.
+
+A tracker is a guest of the training run: an error of its library or a server that cannot
+be reached costs one warning and switches that tracker off; training goes on.
 """
 
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from .features import feature_module
-from .log import MetricsCSV
+from .log import MetricsCSV, read_csv
 
-TRACKER_MODULES = ("tensorboard_log",)
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+
+TRACKER_MODULES = ("tensorboard_log", "mlflow_log", "wandb_log")
+# The metrics.csv columns that count rows rather than measure them.
+POSITION_COLUMNS = ("epoch", "step")
 
 
 def open_trackers(
     run_dir: Path,
     first_epoch: int,
-    resumed: bool,
+    resume: tuple[Path, dict] | None,
     model: nn.Module,
     val_loader,
     device: torch.device,
 ) -> list:
     """metrics.csv (rows from `first_epoch` on dropped: a resumed run writes them again)
-    and the trackers this project has; `resumed`: whether the run continues a checkpoint."""
+    and the trackers this project has; `resume`: the checkpoint the run continues, if any.
+
+    A tracker that is resumed first gets the metrics.csv rows its run lacks (a killed run's
+    tracker may not have flushed its last rows), and later skips the rows it already has
+    (a run killed after its tracker wrote a row, but before the checkpoint, writes it again).
+    """
     metrics = MetricsCSV(run_dir / "metrics.csv")
     metrics.keep_epochs_before(first_epoch)
+    saved = resume[1].get("trackers", {}) if resume is not None else {}
+    earlier_rows = [numeric_row(row) for row in read_csv(run_dir / "metrics.csv")]
     trackers = [metrics]
     for name in TRACKER_MODULES:
         module = feature_module(name)
-        if module is not None:
-            trackers.append(module.open_tracker(run_dir, model, val_loader, device, resumed))
+        if module is None:
+            continue
+        tracker = GuardedTracker(name, saved.get(name))
+        tracker.open(module, run_dir, model, val_loader, device, resume is not None)
+        tracker.catch_up(earlier_rows)
+        trackers.append(tracker)
     return trackers
+
+
+def tracker_states(trackers: list) -> dict:
+    """What the checkpoint keeps of each tracker: {module name: its state()}."""
+    return {tracker.name: tracker.state() for tracker in trackers if hasattr(tracker, "state")}
+
+
+class GuardedTracker:
+    """One tracker of the run; its first failure is logged in one line and switches it off."""
+
+    def __init__(self, name: str, saved: dict | None) -> None:
+        self.name = name
+        self.tracker = None
+        self.saved = saved
+        self.last_state = dict(saved or {})  # kept when the tracker fails: a resume retries
+        self.logged: set[int] | None = None  # None: the tracker cannot tell
+
+    def open(self, module, run_dir: Path, model, val_loader, device, resumed: bool) -> None:
+        self.tracker = self.call(
+            "start", module.open_tracker, run_dir, model, val_loader, device, resumed, self.saved
+        )
+        if self.tracker is not None and hasattr(self.tracker, "logged_steps"):
+            self.logged = self.call("read its run", self.tracker.logged_steps)
+
+    def catch_up(self, rows: list[dict]) -> None:
+        """Write the rows of metrics.csv that the tracker's run does not hold yet."""
+        if self.logged is not None:
+            for row in rows:
+                self.write(row)
+
+    def write(self, row: dict) -> None:
+        if self.logged is not None and row["step"] in self.logged:
+            return  # written before a kill that the checkpoint resumed from predates
+        if self.tracker is not None:
+            self.call("write", self.tracker.write, row)
+            if self.logged is not None:
+                self.logged.add(row["step"])
+
+    def state(self) -> dict:
+        if self.tracker is not None:
+            self.last_state = self.call("report its state", self.tracker.state) or self.last_state
+        return self.last_state
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.call("finish", self.tracker.close)
+
+    def call(self, action: str, function, *args):
+        """`function(*args)`, or None, a warning and this tracker switched off if it fails."""
+        try:
+            return function(*args)
+        except Exception as error:  # any failure of a tracker's library costs only the tracker
+            text = (str(error).strip() or type(error).__name__).splitlines()[0]
+            logger.warning(
+                "tracker %s failed to %s, training goes on without it: %s",
+                self.name.removesuffix("_log"),
+                action,
+                text,
+            )
+            self.tracker = None
+            return None
+
+
+def numeric_row(row: dict) -> dict:
+    """A metrics.csv row read back as numbers (epoch and step as int); empty cells dropped."""
+    converted = {}
+    for key, text in row.items():
+        if text not in (None, ""):
+            converted[key] = int(text) if key in POSITION_COLUMNS else float(text)
+    return converted
+
+
+def flat_config(run_dir: Path) -> dict[str, object]:
+    """The run's config.yaml as {"optim.lr": 0.01, ...}: settings a tracker can compare."""
+    path = run_dir / "config.yaml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}{key}.", inner)
+        else:
+            flat[prefix.rstrip(".")] = value
+
+    walk("", config or {})
+    return flat
+
+
+def link_artefacts(run_dir: Path, folder: Path) -> list[Path]:
+    """Put the run's files worth keeping with its tracker run into `folder`: config.yaml,
+    manifest.json, the plots and the best checkpoint as checkpoints/best.pt (with its
+    weights file where they are kept beside it). Hard links where possible (free, and
+    untouched when the run later deletes an old step file), copies elsewhere.
+
+    Returns the paths written under `folder`.
+    """
+    wanted = [run_dir / "config.yaml", run_dir / "manifest.json", *sorted(run_dir.glob("*.png"))]
+    placed = {path.name: path for path in wanted if path.is_file()}
+    best = run_dir / "checkpoints" / "best.pt"
+    if best.exists():
+        placed["checkpoints/best.pt"] = best.resolve()
+        weights = best.resolve().with_suffix(".safetensors")
+        if weights.is_file():
+            placed["checkpoints/best.safetensors"] = weights
+    written = []
+    for name, source in placed.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(source, target)
+        written.append(target)
+    return written

@@ -115,8 +115,8 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         if team.is_main:
             open_run_folder(run, cfg, data, team)
             write_manifest(run.path, data_fingerprint, device)
-            trackers = open_trackers(run.path, state.epoch, resumed, model, loaders.val, device)
-        saver = Saver(checkpoints, trainer, team, cfg, data, hooks, run.lr)
+            trackers = open_trackers(run.path, state.epoch, resume, model, loaders.val, device)
+        saver = Saver(checkpoints, trainer, team, cfg, data, hooks, run.lr, trackers)
         saver.start(state, resumed)
         session = Session(cfg, team, trainer, loaders, state, saver, data.classes, trackers, hooks)
 
@@ -125,11 +125,11 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         ended_early = train_with_advice(session, stop, run)
         elapsed = time.perf_counter() - run_start
 
-        for tracker in trackers:
-            tracker.close()
         if team.is_main:
             plots = plot_run(run.path)
             logger.info("plots: %s", ", ".join(str(path) for path in plots) or "none yet")
+        for tracker in trackers:  # after the plots: a tracker keeps them with its run
+            tracker.close()
         exit_code = report_end(session, run, stop.signal, ended_early, elapsed)
         team.leave()
         return exit_code
