@@ -135,7 +135,10 @@ def test_the_progress_bar_refreshes_its_figures_every_refresh_s():
     assert not bar.due()  # shown just now: not due again within the hour
 
 
-def test_the_live_bar_draws_the_running_figures_on_the_terminal(capsys):
+def test_the_live_bar_draws_the_running_figures_on_the_terminal(capsys, monkeypatch):
+    # A terminal wide enough for the whole line (the bar takes the terminal's width, and a
+    # narrow one would cut the figures at its end, as tqdm does).
+    monkeypatch.setenv("COLUMNS", "200")
     trainer, data = small_trainer()
     state = TrainState()
     bar = progress_bar(len(data), 0, "epoch 1/1", enabled=True)

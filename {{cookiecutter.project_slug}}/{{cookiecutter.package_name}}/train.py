@@ -55,7 +55,7 @@ from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
 from .resume import check_data, plan_run, restore
-from .resume_rules import Plan, check_how_to_go_on
+from .resume_rules import check_how_to_go_on
 from .runs import RunFolder, point_latest_at
 from .saver import Saver
 from .seeding import seed_everything
@@ -104,7 +104,9 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
         model = build_training_model(cfg, data, device, team, resumed=resumed)
-        trainer = build_trainer(cfg, model, device, loaders.batches_per_epoch, plan)
+        trainer = build_trainer(
+            cfg, model, device, loaders.batches_per_epoch, plan.schedule_start_epoch
+        )
 
         state = TrainState()
         if resumed:
@@ -202,14 +204,19 @@ def build_training_model(
 
 
 def build_trainer(
-    cfg: Config, model: nn.Module, device: torch.device, batches_per_epoch: int, plan: Plan
+    cfg: Config,
+    model: nn.Module,
+    device: torch.device,
+    batches_per_epoch: int,
+    schedule_start_epoch: int = 0,
 ) -> Trainer:
-    """The optimizer, the learning-rate schedule and the numeric precision of `model`."""
+    """The optimizer, the learning-rate schedule (from `schedule_start_epoch` on: see
+    run.extend) and the numeric precision of `model`."""
     optimizer = build_optimizer(cfg.optim, model)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
     # The schedule spans train.epochs (an extended run's: the extra ones); train.max_steps
     # only stops early, so a run stopped by it and resumed later follows the same curve.
-    total_steps = steps_per_epoch * (cfg.train.epochs - plan.schedule_start_epoch)
+    total_steps = steps_per_epoch * (cfg.train.epochs - schedule_start_epoch)
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     numerics = precision(cfg.train, device)
     logger.info("mixed precision: %s", numerics.describe())
