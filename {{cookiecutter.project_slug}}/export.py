@@ -1,9 +1,12 @@
-"""Write just the model weights of a checkpoint, for inference.
+"""Write the model weights of a checkpoint, for inference.
 
     python export.py CHECKPOINT [OUTPUT]
 
 The checkpoint is verified (SHA-256) and loaded safely. OUTPUT defaults to `weights` plus
-the first of WEIGHT_SUFFIXES, in the run folder. Read it back with
+the first of WEIGHT_SUFFIXES, in the run folder. Beside it, `OUTPUT.json` records what
+using the weights needs: the class names, the normalisation and the config of the run (a
+.safetensors file holds them in its header too). `python predict.py OUTPUT IMAGES` and
+`python evaluate.py OUTPUT` take the file; in code, read the weights back with
 `<package>.checkpoint.load_weights(path)` and `model.load_state_dict(...)`.
 """
 
@@ -35,15 +38,18 @@ def main(argv: list[str]) -> int:
     if output.suffix not in WEIGHT_SUFFIXES:
         print(f"error: OUTPUT {output} must end in {' or '.join(WEIGHT_SUFFIXES)}", file=sys.stderr)
         return 2
-    # Imported only now: torch takes seconds to import, and usage errors need none of it.
-    from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, export_weights
+    from {{ cookiecutter.package_name }}.errors import exit_code_of
 
-    try:
-        export_weights(checkpoint, output)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote the model weights of {checkpoint} to {output}")
+    fix = "name a writable OUTPUT as the second argument"
+    return exit_code_of(export, checkpoint, output, fix=fix)
+
+
+def export(checkpoint: Path, output: Path) -> int:
+    # Imported only now: torch takes seconds to import, and usage errors need none of it.
+    from {{ cookiecutter.package_name }}.exported import export_weights, info_path
+
+    export_weights(checkpoint, output)
+    print(f"wrote the model weights of {checkpoint} to {output} (and {info_path(output).name})")
     return 0
 
 
