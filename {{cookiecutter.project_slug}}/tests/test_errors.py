@@ -142,12 +142,20 @@ def test_no_network_for_a_download_is_one_line(make_config, tmp_path, capsys, mo
     assert "a download failed" in line and "name resolution" in line and "network" in line
 
 
-def test_a_missing_package_names_the_install_command(run_python):
-    """evaluate.py where torch cannot be imported (as if it were not installed)."""
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train.py", "train.max_steps=1"],
+        ["evaluate.py", "run.resume=runs/x"],
+        ["predict.py", "runs/x", "images"],
+        ["export.py", "runs/x/checkpoints/best.pt"],
+    ],
+)
+def test_a_missing_package_names_the_install_command(run_python, command):
+    """Each entry point where torch cannot be imported (as if it were not installed)."""
     script = (
         "import runpy, sys; sys.modules['torch'] = None; "
-        "sys.argv = ['evaluate.py', 'run.resume=runs/x']; "
-        "runpy.run_path('evaluate.py', run_name='__main__')"
+        f"sys.argv = {command!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     result = run_python("-c", script)
     assert result.returncode == 1
