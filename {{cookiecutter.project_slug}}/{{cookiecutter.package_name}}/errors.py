@@ -136,6 +136,8 @@ def _os_problem(error: OSError, fix: str) -> str:
         advice = f"free disk space (what was saved before is intact), or {fix}"
     elif error.errno == errno.ENOENT:
         advice = "check the path"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        advice = f"check its permissions, or {fix}"
     else:
         advice = fix
     return f"{path} {problem}; {advice}"
