@@ -131,12 +131,15 @@ def test_a_second_ctrl_c_in_a_new_default_folder(make_config, tmp_path, capsys, 
     assert error == "interrupted: no checkpoint was saved yet, so there is nothing to continue from"
 
 
-def test_no_network_for_a_download_is_one_line(make_config, tmp_path, capsys, monkeypatch):
+# torchvision raises the URLError itself (cifar10), or one RuntimeError after trying each of
+# its mirrors (mnist).
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_no_network_for_a_download_is_one_line(make_config, tmp_path, capsys, monkeypatch, dataset):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    data = ("data.dataset=cifar10", f"data.root={tmp_path / 'data'}", "data.download=true")
+    data = (f"data.dataset={dataset}", f"data.root={tmp_path / 'data'}", "data.download=true")
     assert run(make_config(*data)) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "a download failed" in line and "name resolution" in line and "network" in line

@@ -117,6 +117,9 @@ def _is_failed_download(error: BaseException) -> bool:
 
 def _network(error: BaseException) -> str:
     reason = getattr(error, "reason", None) or getattr(error, "strerror", None)
+    if _is_failed_download(error):  # its first line names the file, its last the reason
+        lines = str(error).strip().splitlines()
+        reason = f"{lines[0].rstrip(':')}: {lines[-1].strip()}"
     return (
         f"a download failed ({reason or one_line(error)}); check the network connection and "
         "try again, or fetch the files on a machine that has one and copy them here (into "
