@@ -2,6 +2,7 @@
 weights; predict.py never overwrites earlier predictions unasked, and its messages fit it."""
 
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -16,8 +17,12 @@ from {{ cookiecutter.package_name }}.train import main, run
 
 CLASSES = {f"class{number:02d}": 4 for number in range(12)}  # more than ten classes
 SETTINGS = ("data.dataset=imagefolder", "data.image_size=16", "data.batch_size=8")
-# The formats export.py writes in this project (every project reads both).
+# The formats export.py writes in this project (every project reads .pt and .safetensors),
+# and its torch.export program.
 EXPORT_SUFFIXES = (".pt", ".safetensors") if has_feature("safetensors_io") else (".pt",)
+EXPORT_SUFFIXES += (".pt2",)
+# ONNX, where the optional packages of `pip install -e .[export]` are installed.
+HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnxscript", "onnxruntime"))
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +43,25 @@ def predictions_of(result) -> list[str]:
     return result.stdout.splitlines()
 
 
-@pytest.mark.parametrize("suffix", EXPORT_SUFFIXES)
+ONNX_CASE = pytest.param(
+    ".onnx",
+    marks=pytest.mark.skipif(not HAS_ONNX, reason="onnxscript or onnxruntime is not installed"),
+)
+
+
+@pytest.mark.parametrize("suffix", [*EXPORT_SUFFIXES, ONNX_CASE])
 def test_predict_and_evaluate_take_what_export_writes(trained, run_python, tmp_path, suffix):
     _, run_dir, new_images = trained
     checkpoint = run_dir / "checkpoints" / "last.pt"
     output = tmp_path / f"model{suffix}"
-    assert run_python("export.py", str(checkpoint), str(output)).returncode == 0
+    exported = run_python("export.py", str(checkpoint), str(output))
+    assert exported.returncode == 0, exported.stderr
     card = json.loads((tmp_path / f"model{suffix}.json").read_text(encoding="utf-8"))
     assert card["classes"] == list(CLASSES) and len(card["normalization"]["mean"]) == 3
+    if suffix in (".pt2", ".onnx"):  # checked against the model on the validation images
+        assert card["parity"]["images"] == 12 and card["parity"]["top1_agreement"] == 1
+        assert card["parity"]["max_abs_logit_difference"] <= 1e-4
+        assert "checked on 12 validation images" in exported.stdout
     expected = predictions_of(run_python("predict.py", str(checkpoint), str(new_images)))
     assert len(expected) == 4
     exported = run_python("predict.py", str(output), str(new_images), str(tmp_path / "p.csv"))
@@ -148,3 +164,38 @@ def test_evaluate_names_every_class_that_differs(trained, run_python, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "missing from the data: class11" in line and "not in the checkpoint: newcomer" in line
+
+
+def test_a_program_that_drifts_from_the_model_is_refused(trained, tmp_path, monkeypatch):
+    """A torch.export program whose logits differ from the model's (simulated by shifting
+    the logits of the program read back) fails the export and leaves no file."""
+    from {{ cookiecutter.package_name }} import export_program
+
+    _, run_dir, _ = trained
+    read_back = export_program.load_program
+
+    def drifting(path):
+        program = read_back(path)
+        return lambda images: program(images) + torch.linspace(0, 0.1, len(CLASSES))
+
+    monkeypatch.setattr(export_program, "load_program", drifting)
+    output = tmp_path / "model.pt2"
+    with pytest.raises(CheckpointError) as error:
+        export_program.export_program(run_dir / "checkpoints" / "last.pt", output)
+    message = str(error.value)
+    assert "differs from the model on 12 validation images" in message and ".pt" in message
+    assert not output.exists() and not (tmp_path / "model.pt2.json").exists()
+
+
+def test_onnx_without_its_packages_names_the_install_command(trained, run_python, tmp_path):
+    _, run_dir, _ = trained
+    script = (
+        "import runpy, sys; sys.modules['onnxscript'] = sys.modules['onnxruntime'] = None; "
+        f"sys.argv = ['export.py', {str(run_dir / 'checkpoints' / 'last.pt')!r}, "
+        f"{str(tmp_path / 'model.onnx')!r}]; runpy.run_path('export.py', run_name='__main__')"
+    )
+    result = run_python("-c", script)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the package onnx") and 'pip install -e ".[export]"' in line
+    assert not (tmp_path / "model.onnx").exists()

@@ -36,9 +36,10 @@ PACKAGES = {
     "safetensors": "pip install safetensors",
     "tensorboard": "pip install tensorboard",
     "optuna": "pip install optuna",
-    "onnx": "pip install -e .[export]",
-    "onnxscript": "pip install -e .[export]",
-    "onnxruntime": "pip install -e .[export]",
+    # Quoted: zsh, macOS's shell, would read the brackets as a file pattern.
+    "onnx": 'pip install -e ".[export]"',
+    "onnxscript": 'pip install -e ".[export]"',
+    "onnxruntime": 'pip install -e ".[export]"',
 }
 
 # What each kind of operating-system error means, said without jargon.

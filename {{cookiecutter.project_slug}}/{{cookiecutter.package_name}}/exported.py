@@ -10,6 +10,9 @@ such an exported file alike.
 import json
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from .checkpoint import (
     SAFETENSORS,
     CheckpointError,
@@ -23,6 +26,9 @@ from .files import atomic_write_text
 
 # What a checkpoint holds beside its weights that using them needs.
 INFO_KEYS = ("classes", "normalization", "config")
+# Files that hold the model itself as a program (export_program.py): torch.export, ONNX.
+PROGRAM, ONNX = ".pt2", ".onnx"
+PROGRAMS = (PROGRAM, ONNX)
 
 
 def info_path(weights: Path) -> Path:
@@ -35,11 +41,17 @@ def export_weights(checkpoint_path: Path, output: Path) -> Path:
     suffix of `output`), atomically, with the class names, normalisation and config."""
     checkpoint = load_checkpoint(checkpoint_path)
     info = {key: checkpoint.get(key) for key in INFO_KEYS}
-    header = {key: json.dumps(value) for key, value in info.items()}
-    write_weights(checkpoint["model"], output, header)
-    card = {"checkpoint": str(checkpoint_path), "step": _step(checkpoint), **info}
-    atomic_write_text(info_path(output), json.dumps(card, indent=2) + "\n")
+    write_weights(checkpoint["model"], output, {key: json.dumps(info[key]) for key in info})
+    write_card(output, checkpoint_path, checkpoint)
     return output
+
+
+def write_card(output: Path, checkpoint_path: Path, checkpoint: dict, **more) -> Path:
+    """`<output>.json`: where the exported file came from, INFO_KEYS, and `more`."""
+    card = {"checkpoint": str(checkpoint_path), "step": _step(checkpoint)}
+    card.update({key: checkpoint.get(key) for key in INFO_KEYS}, **more)
+    atomic_write_text(info_path(output), json.dumps(card, indent=2) + "\n")
+    return info_path(output)
 
 
 def _step(checkpoint: dict) -> int:
@@ -51,6 +63,10 @@ def load_model_file(path: Path) -> dict:
     weights and the keys of INFO_KEYS; CheckpointError naming the file otherwise."""
     path = Path(path)
     info = read_info(path)
+    if path.suffix in PROGRAMS:  # the program is read by load_program: here its settings
+        if info is None:
+            raise CheckpointError(f"{path}: its {info_path(path).name} is missing; export again")
+        return {**info, "progress": {"global_step": info["step"]}}
     if info is None:
         if path.suffix == SAFETENSORS:
             raise CheckpointError(
@@ -60,6 +76,39 @@ def load_model_file(path: Path) -> dict:
             )
         return load_checkpoint(path)
     return {**info, "model": load_weights(path), "progress": {"global_step": info["step"]}}
+
+
+class OnnxModel:
+    """An ONNX file run by onnxruntime on the CPU, called like the model it came from."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime  # an optional package: pip install -e .[export]
+
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's errors share no base class but Exception
+            raise CheckpointError(
+                f"{path} is not a readable ONNX model ({first_line(error)})"
+            ) from None
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.session.run(None, {self.input: images.float().cpu().numpy()})[0]
+        return torch.from_numpy(logits)
+
+
+def load_program(path: Path) -> nn.Module | OnnxModel:
+    """The model of a .pt2 or .onnx file, on the CPU, in evaluation mode as exported."""
+    if path.suffix == ONNX:
+        return OnnxModel(path)
+    try:
+        return torch.export.load(str(path)).module()
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable torch.export program ({first_line(error)})"
+        ) from None
 
 
 def read_info(path: Path) -> dict | None:

@@ -28,7 +28,7 @@ from .data import (
     open_image,
 )
 from .device import pick_device, precision
-from .exported import load_model_file
+from .exported import PROGRAMS, load_model_file, load_program
 from .files import atomic_path, atomic_write_text
 from .model import build_model
 
@@ -88,16 +88,15 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
     stats = checkpoint.get("normalization") or {}
     if cfg.data.mean is None and stats:
         cfg.data.mean, cfg.data.std = list(stats["mean"]), list(stats["std"])
-    cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
-    cfg.model.freeze = []
-    model = build_model(cfg.model, len(classes), in_channels=3)
-    in_channels = _input_channels(model, checkpoint["model"])
-    if in_channels != 3:
-        model = build_model(cfg.model, len(classes), in_channels)
-    load_model_state(model, checkpoint["model"], path)
-    device = pick_device(cfg.train.device, local_rank=0)
+    if path.suffix in PROGRAMS:  # torch.export or ONNX: exported on the CPU, in eval mode
+        model, in_channels = load_program(path), int(checkpoint["in_channels"])
+        device = torch.device("cpu")
+    else:
+        model, in_channels = _model_with_weights(cfg, classes, checkpoint["model"], path)
+        device = pick_device(cfg.train.device, local_rank=0)
+        model = model.to(device).eval()
     return TrainedModel(
-        model=model.to(device).eval(),
+        model=model,
         cfg=cfg,
         classes=classes,
         in_channels=in_channels,
@@ -106,6 +105,18 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
         device=device,
         autocast=_autocast(cfg, device),
     )
+
+
+def _model_with_weights(cfg: Config, classes: list[str], weights: dict, path: Path):
+    """(the model of `cfg` holding `weights`, its input channels)."""
+    cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
+    cfg.model.freeze = []
+    model = build_model(cfg.model, len(classes), in_channels=3)
+    in_channels = _input_channels(model, weights)
+    if in_channels != 3:
+        model = build_model(cfg.model, len(classes), in_channels)
+    load_model_state(model, weights, path)
+    return model, in_channels
 
 
 def _input_channels(model: nn.Module, weights: dict) -> int:
