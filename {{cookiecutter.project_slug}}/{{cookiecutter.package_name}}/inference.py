@@ -88,6 +88,8 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
     stats = checkpoint.get("normalization") or {}
     if cfg.data.mean is None and stats:
         cfg.data.mean, cfg.data.std = list(stats["mean"]), list(stats["std"])
+    cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
+    cfg.model.freeze = []
     if path.suffix in PROGRAMS:  # torch.export or ONNX: exported on the CPU, in eval mode
         model, in_channels = load_program(path), int(checkpoint["in_channels"])
         device = torch.device("cpu")
@@ -109,8 +111,6 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
 
 def _model_with_weights(cfg: Config, classes: list[str], weights: dict, path: Path):
     """(the model of `cfg` holding `weights`, its input channels)."""
-    cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
-    cfg.model.freeze = []
     model = build_model(cfg.model, len(classes), in_channels=3)
     in_channels = _input_channels(model, weights)
     if in_channels != 3:
