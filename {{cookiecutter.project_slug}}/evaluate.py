@@ -41,9 +41,16 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0
     target, overrides = parse_arguments(argv)
+    from {{ cookiecutter.package_name }}.errors import exit_code_of
+
+    # Messages (a skipped file, how the data was read) go to stderr, results to stdout.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    fix = "evaluate.py writes to the run folder's eval/: copy the run folder somewhere writable"
+    return exit_code_of(evaluate, Path(target), overrides, fix=fix)
+
+
+def evaluate(target: Path, overrides: list[str]) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
-    from {{ cookiecutter.package_name }}.checkpoint import CheckpointError
-    from {{ cookiecutter.package_name }}.config import ConfigError
     from {{ cookiecutter.package_name }}.inference import (
         evaluate_checkpoint,
         load_trained,
@@ -52,20 +59,10 @@ def main(argv: list[str]) -> int:
     )
     from {{ cookiecutter.package_name }}.runs import run_dir_of
 
-    # Messages (a skipped file, how the data was read) go to stderr, results to stdout.
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        checkpoint = resolve_checkpoint(Path(target))
-        trained = load_trained(checkpoint, overrides)
-        result = evaluate_checkpoint(trained)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    folder = run_dir_of(checkpoint) / "eval" / checkpoint.stem
-    written = write_evaluation(result, trained, folder)
+    checkpoint = resolve_checkpoint(target)
+    trained = load_trained(checkpoint, overrides)
+    result = evaluate_checkpoint(trained)
+    # The figures first: where the files cannot be written, they are still shown.
     print(f"checkpoint {checkpoint} (step {trained.step}), {result.images} validation images")
     top = f", top-5 accuracy {result.top_k:.4f}" if result.top_k is not None else ""
     print(f"accuracy {result.accuracy:.4f}{top}, loss {result.loss:.4f}")
@@ -73,6 +70,7 @@ def main(argv: list[str]) -> int:
     for name, count, correct, accuracy in result.per_class():
         shown = "   -  " if accuracy is None else f"{accuracy:.4f}"
         print(f"  {name:<{width}}  {shown}  ({correct}/{count})")
+    written = write_evaluation(result, trained, run_dir_of(checkpoint) / "eval" / checkpoint.stem)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 

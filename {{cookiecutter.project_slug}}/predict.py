@@ -4,9 +4,12 @@
 
 CHECKPOINT is a checkpoint file or a run folder (its best.pt, else last.pt). A folder is
 searched for images recursively. Prints one line per image (file, class, probability) and
-writes them with the top classes to OUTPUT.csv, by default `predictions.csv` in the run
-folder. Images are prepared as for validation in training (resize, centre crop, the
-normalisation of the run). Unreadable files are skipped with a warning.
+writes them with the top classes to OUTPUT.csv. Without OUTPUT.csv they go to
+`predictions.csv` in the run folder, or where that exists already to the first free
+`predictions-2.csv`, `predictions-3.csv`, ...: earlier predictions are never overwritten
+unless named. CHECKPOINT may also be weights written by export.py. Images are prepared as
+for validation in training (resize, centre crop, the normalisation of the run). Unreadable
+files are skipped with a warning.
 """
 
 import logging
@@ -26,9 +29,17 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and not argv[2].endswith(".csv"):
         print(f"error: OUTPUT {argv[2]} must end in .csv\n{USAGE}", file=sys.stderr)
         return 2
+    from {{ cookiecutter.package_name }}.errors import exit_code_of
+
+    # Messages (a skipped file, how the data was read) go to stderr, results to stdout.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    output = Path(argv[2]) if len(argv) == 3 else None
+    fix = "name a writable OUTPUT.csv as the third argument"
+    return exit_code_of(predict, Path(argv[0]), Path(argv[1]), output, fix=fix)
+
+
+def predict(checkpoint_or_run: Path, images: Path, output: Path | None) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
-    from {{ cookiecutter.package_name }}.checkpoint import CheckpointError
-    from {{ cookiecutter.package_name }}.config import ConfigError
     from {{ cookiecutter.package_name }}.inference import (
         image_files,
         load_trained,
@@ -38,18 +49,9 @@ def main(argv: list[str]) -> int:
     )
     from {{ cookiecutter.package_name }}.runs import run_dir_of
 
-    # Messages (a skipped file, how the data was read) go to stderr, results to stdout.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        files = image_files(Path(argv[1]))
-        checkpoint = resolve_checkpoint(Path(argv[0]))
-        trained = load_trained(checkpoint, [])
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    files = image_files(images)
+    checkpoint = resolve_checkpoint(checkpoint_or_run)
+    trained = load_trained(checkpoint, [])
     predictions = predict_files(trained, files)
     if not predictions:
         print(f"error: none of the {len(files)} files could be read as an image", file=sys.stderr)
@@ -57,10 +59,22 @@ def main(argv: list[str]) -> int:
     for prediction in predictions:
         probability, index = prediction.probabilities.max(dim=0)
         print(f"{prediction.file}\t{trained.classes[index]}\t{probability.item():.4f}")
-    output = Path(argv[2]) if len(argv) == 3 else run_dir_of(checkpoint) / "predictions.csv"
+    if output is None:
+        output = first_free(run_dir_of(checkpoint) / "predictions.csv")
+    elif output.exists():
+        print(f"replacing the earlier {output}", file=sys.stderr)
     write_predictions(predictions, trained.classes, output)
     print(f"wrote {len(predictions)} predictions to {output}", file=sys.stderr)
     return 0
+
+
+def first_free(path: Path) -> Path:
+    """`path`, or where it exists the first of `<stem>-2<suffix>`, `<stem>-3<suffix>`, ..."""
+    candidate, number = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        number += 1
+    return candidate
 
 
 if __name__ == "__main__":

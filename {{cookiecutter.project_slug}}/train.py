@@ -12,6 +12,13 @@ def main() -> int:
     cfg, print_only = parse_command_line(sys.argv[1:])
     if print_only:
         return 0
+    from {{ cookiecutter.package_name }}.errors import exit_code_of
+
+    # run() turns the errors of training into one line itself; this covers its import.
+    return exit_code_of(train, cfg, fix="point run.dir at a writable folder")
+
+
+def train(cfg) -> int:
     # Imported only now: torch takes seconds to import, and --help needs none of it.
     from {{ cookiecutter.package_name }}.resume_rules import settings_given
     from {{ cookiecutter.package_name }}.train import run

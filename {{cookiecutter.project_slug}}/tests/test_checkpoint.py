@@ -21,7 +21,6 @@ from torch import nn
 from {{ cookiecutter.package_name }}.checkpoint import (
     CheckpointError,
     CheckpointManager,
-    export_weights,
     load_checkpoint,
     load_model_state,
     load_weights,
@@ -35,6 +34,7 @@ from {{ cookiecutter.package_name }}.config import (
     to_dict,
 )
 from {{ cookiecutter.package_name }}.engine import TrainState
+from {{ cookiecutter.package_name }}.exported import export_weights
 from {{ cookiecutter.package_name }}.features import feature_module
 from {{ cookiecutter.package_name }}.files import (
     atomic_path,

@@ -14,12 +14,12 @@ import torch
 from {{ cookiecutter.package_name }}.checkpoint import (
     CheckpointError,
     CheckpointManager,
-    export_weights,
     load_checkpoint,
     load_weights,
     write_weights,
 )
 from {{ cookiecutter.package_name }}.config import ModelConfig
+from {{ cookiecutter.package_name }}.exported import export_weights
 from {{ cookiecutter.package_name }}.model import build_model
 from {{ cookiecutter.package_name }}.train import main
 

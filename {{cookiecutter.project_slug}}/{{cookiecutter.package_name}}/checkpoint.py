@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .features import feature_module
+from .file_kinds import is_legacy_torch_file, what_it_is
 from .files import (
     TEMPORARY_FILES,
     atomic_path,
@@ -115,7 +116,9 @@ def verify_file(path: Path) -> None:
             )
         return
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is truncated or corrupt (not a torch zip archive)")
+        if is_legacy_torch_file(path):
+            return  # torch's format before 1.6 (e.g. older .pth weights): no checksums to test
+        raise CheckpointError(f"{path} {what_it_is(path)}")
     with zipfile.ZipFile(path) as archive:
         damaged = archive.testzip()
     if damaged is not None:
@@ -134,7 +137,7 @@ class PtWeights:
         """`state` as the checkpoint file `path` holds it: with the model weights inside."""
         return state
 
-    def write_safetensors(self, weights: dict, path: Path) -> None:
+    def write_safetensors(self, weights: dict, path: Path, metadata: dict | None = None) -> None:
         raise CheckpointError(
             f"{path}: this project was generated without safetensors (use_safetensors=no), "
             "so it writes model weights as .pt only: choose a .pt file, or generate the "
@@ -218,6 +221,13 @@ def _load_verified(path: Path):
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
 
 
+def inference_weights(checkpoint: dict) -> dict:
+    """The weights to predict with: the moving average of the weights where the run kept
+    one (train.ema_decay; it chose best.pt), else the weights themselves."""
+    average = checkpoint.get("ema")
+    return average["weights"] if average else checkpoint["model"]
+
+
 def load_checkpoint(path: Path) -> dict:
     """Verify and load a checkpoint onto the CPU, or raise CheckpointError naming the file."""
     path = Path(path)
@@ -232,6 +242,11 @@ def _with_model_weights(path: Path, real: Path, checkpoint) -> dict:
     if checkpoint.get("model") is None and WEIGHTS_BESIDE in checkpoint:
         checkpoint["model"] = _load_weights_beside(real, checkpoint[WEIGHTS_BESIDE])
     if checkpoint.get("model") is None:
+        if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+            raise CheckpointError(
+                f"{path} holds model weights only, not a training checkpoint (model.weights="
+                "PATH starts a run from such weights)"
+            )
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
     return checkpoint
 
@@ -250,10 +265,11 @@ def load_weights(path: Path) -> dict:
     return _with_model_weights(path, real, loaded)["model"]
 
 
-def write_weights(weights: dict, path: Path) -> Path:
-    """A weights-only file for inference, .pt or .safetensors by its suffix, atomically."""
+def write_weights(weights: dict, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """A weights-only file for inference, .pt or .safetensors by its suffix, atomically;
+    a .safetensors file keeps `metadata` in its header (a .pt has no place for it)."""
     if path.suffix == SAFETENSORS:
-        weights_format().write_safetensors(weights, path)
+        weights_format().write_safetensors(weights, path, metadata)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -262,11 +278,6 @@ def write_weights(weights: dict, path: Path) -> Path:
     except (OSError, RuntimeError) as error:  # a full disk is a RuntimeError in torch.save
         raise CheckpointError(f"could not write {path} ({first_line(error)})") from None
     return path
-
-
-def export_weights(checkpoint_path: Path, output: Path) -> Path:
-    """Write just the model weights of a checkpoint, for inference, atomically."""
-    return write_weights(load_checkpoint(checkpoint_path)["model"], output)
 
 
 def _step_of(path: Path) -> int:

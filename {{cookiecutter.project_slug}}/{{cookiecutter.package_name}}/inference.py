@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, strip_prefixes
+from .checkpoint import CheckpointError, inference_weights, load_model_state, strip_prefixes
+from .class_names import class_difference
 from .config import Config, ConfigError, load_saved_config
 from .data import (
     IMAGE_SUFFIXES,
@@ -27,6 +28,8 @@ from .data import (
     open_image,
 )
 from .device import pick_device, precision
+from .exported import PROGRAMS, load_model_file, load_program
+from .files import atomic_path, atomic_write_text
 from .model import build_model
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -71,11 +74,15 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
-    """The model of checkpoint `path` (verified), with its config and `key=value` overrides
-    (e.g. data.root=other/images to evaluate on other data, train.device=cpu)."""
-    checkpoint = load_checkpoint(path)
+    """The model of checkpoint `path` (verified), or of weights export.py wrote, with its
+    config and `key=value` overrides (e.g. data.root=other/images to evaluate on other
+    data, train.device=cpu)."""
+    checkpoint = load_model_file(path)
     if not isinstance(checkpoint.get("config"), dict) or not checkpoint.get("classes"):
-        raise CheckpointError(f"{path} holds no config or class names: not a training checkpoint")
+        raise CheckpointError(
+            f"{path} holds no config or class names: give a checkpoint of a run of this "
+            "project, or weights written by export.py"
+        )
     cfg = load_saved_config(checkpoint["config"], overrides)
     classes = list(checkpoint["classes"])
     stats = checkpoint.get("normalization") or {}
@@ -83,14 +90,16 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
         cfg.data.mean, cfg.data.std = list(stats["mean"]), list(stats["std"])
     cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
     cfg.model.freeze = []
-    model = build_model(cfg.model, len(classes), in_channels=3)
-    in_channels = _input_channels(model, checkpoint["model"])
-    if in_channels != 3:
-        model = build_model(cfg.model, len(classes), in_channels)
-    load_model_state(model, checkpoint["model"], path)
-    device = pick_device(cfg.train.device, local_rank=0)
+    if path.suffix in PROGRAMS:  # torch.export or ONNX: exported on the CPU, in eval mode
+        model, in_channels = load_program(path), int(checkpoint["in_channels"])
+        device = torch.device("cpu")
+    else:
+        weights = inference_weights(checkpoint)
+        model, in_channels = _model_with_weights(cfg, classes, weights, path)
+        device = pick_device(cfg.train.device, local_rank=0)
+        model = model.to(device).eval()
     return TrainedModel(
-        model=model.to(device).eval(),
+        model=model,
         cfg=cfg,
         classes=classes,
         in_channels=in_channels,
@@ -99,6 +108,16 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
         device=device,
         autocast=_autocast(cfg, device),
     )
+
+
+def _model_with_weights(cfg: Config, classes: list[str], weights: dict, path: Path):
+    """(the model of `cfg` holding `weights`, its input channels)."""
+    model = build_model(cfg.model, len(classes), in_channels=3)
+    in_channels = _input_channels(model, weights)
+    if in_channels != 3:
+        model = build_model(cfg.model, len(classes), in_channels)
+    load_model_state(model, weights, path)
+    return model, in_channels
 
 
 def _input_channels(model: nn.Module, weights: dict) -> int:
@@ -148,11 +167,11 @@ def evaluate_checkpoint(trained: TrainedModel) -> Evaluation:
     # too would only cost time and memory, and the cache gives the same validation tensors.
     data_cfg = replace(cfg.data, cache=False)
     data = build_datasets(data_cfg, cfg.seed)
-    if data.classes != trained.classes:
+    difference = class_difference(trained.classes, data.classes)
+    if difference is not None:
         raise ConfigError(
-            f"the classes of data.root={cfg.data.root!r} ({', '.join(data.classes[:10])}) "
-            f"differ from the checkpoint's ({', '.join(trained.classes[:10])}); evaluate on "
-            "data with the same class folders"
+            f"the classes of data.root={cfg.data.root!r} differ from the checkpoint's "
+            f"({difference}); evaluate on data with the same class folders"
         )
     loader = build_loader(data.val, data_cfg, train=False, seed=cfg.seed)
     classes = len(trained.classes)
@@ -182,20 +201,26 @@ def write_evaluation(result: Evaluation, trained: TrainedModel, folder: Path) ->
         "top5_accuracy": result.top_k,
         "loss": result.loss,
     }
+    # Each file is replaced whole (files.atomic_path): a failure keeps the earlier one.
     paths = [folder / name for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv")]
-    paths[0].write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    with paths[1].open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["class", "images", "correct", "accuracy"])
-        for name, count, correct, accuracy in result.per_class():
-            writer.writerow([name, count, correct, "" if accuracy is None else f"{accuracy:.6f}"])
-    with paths[2].open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["true \\ predicted", *result.classes])
-        for name, row in zip(result.classes, result.confusion.tolist(), strict=True):
-            writer.writerow([name, *row])
+    atomic_write_text(paths[0], json.dumps(metrics, indent=2) + "\n")
+    per_class = [
+        [name, count, correct, "" if accuracy is None else f"{accuracy:.6f}"]
+        for name, count, correct, accuracy in result.per_class()
+    ]
+    _write_csv(paths[1], ["class", "images", "correct", "accuracy"], per_class)
+    matrix = zip(result.classes, result.confusion.tolist(), strict=True)
+    confusion = [[name, *row] for name, row in matrix]
+    _write_csv(paths[2], ["true \\ predicted", *result.classes], confusion)
     paths.append(plot_confusion(result, folder / "confusion_matrix.png"))
     return paths
+
+
+def _write_csv(path: Path, header: list, rows: list[list]) -> None:
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def plot_confusion(result: Evaluation, path: Path) -> Path:
@@ -228,8 +253,11 @@ def plot_confusion(result: Evaluation, path: Path) -> Path:
         title=f"confusion matrix: accuracy {result.accuracy:.4f} on {result.images} images",
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=100)
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -261,7 +289,8 @@ def predict_files(trained: TrainedModel, files: list[Path]) -> list[Prediction]:
         try:
             batch.append((path, transform(open_image(path))))
         except DataError as error:
-            logger.warning("skipped: %s", error)
+            # Only the problem: the advice of training (data.skip_bad) is not for predict.py.
+            logger.warning("skipped %s", str(error).partition("; ")[0])
         if batch and (len(batch) == data.batch_size or position == len(files) - 1):
             logits = trained.logits(torch.stack([image for _, image in batch]))
             for (image_path, _), row in zip(batch, logits.softmax(dim=1), strict=True):
@@ -274,7 +303,8 @@ def write_predictions(predictions: list[Prediction], classes: list[str], path: P
     """A CSV: file, class, probability, and the top classes as `name=probability;...`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     top = min(TOP_K, len(classes))
-    with path.open("w", newline="", encoding="utf-8") as file:
+    # Written whole or not at all: a failure (a full disk) keeps an earlier file as it was.
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["file", "class", "probability", f"top{top}"])
         for prediction in predictions:

@@ -43,11 +43,13 @@ class SafetensorsWeights:
             raise OSError(f"safetensors: {error}") from None
         return {**state, "model": None, WEIGHTS_BESIDE: file_sha256(weights)}
 
-    def write_safetensors(self, weights: dict, path: Path) -> None:
+    def write_safetensors(self, weights: dict, path: Path, metadata: dict | None = None) -> None:
         library, library_error = safetensors_library("writing", path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {key: value.contiguous() for key, value in weights.items()}
+        metadata = {"format": "pt", **(metadata or {})}
         try:
             with atomic_path(path) as temporary:
-                library.save_file({k: v.contiguous() for k, v in weights.items()}, str(temporary))
+                library.save_file(tensors, str(temporary), metadata=metadata)
         except (library_error, OSError) as error:
             raise CheckpointError(f"could not write {path} ({first_line(error)})") from None

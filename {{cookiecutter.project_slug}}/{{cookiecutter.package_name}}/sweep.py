@@ -30,6 +30,7 @@ import optuna
 
 from .cli import DEFAULT_CONFIG
 from .config import ConfigError, _load_yaml, load_config
+from .errors import exit_code_of
 from .features import feature_module
 from .stopping import GracefulStop
 from .sweep_space import RESERVED_KEYS, Sweep, as_override, check_space, load_sweep
@@ -370,10 +371,15 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    """The sweep command; returns the exit code (2 for a bad setting, 130 when interrupted)."""
+    """The sweep command; returns the exit code: 2 for a bad setting, 1 for another input or
+    environment error (see errors.py), 130 when interrupted."""
     if "-h" in argv or "--help" in argv:
         print(usage())
         return 0
+    return exit_code_of(sweep_command, argv, fix="point --dir at a writable folder")
+
+
+def sweep_command(argv: list[str]) -> int:
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(
@@ -387,9 +393,6 @@ def main(argv: list[str]) -> int:
         check_space(sweep, arguments.train_files, arguments.overrides)
         folder = arguments.folder or Path("runs") / "sweeps" / sweep.name
         study, exit_code = run_sweep(sweep, arguments, folder, arguments.trials or sweep.trials)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         exit_code = 130
     if exit_code != 0:

@@ -44,6 +44,7 @@ from .engine import (
     evaluate,
     train_one_epoch,
 )
+from .errors import FAILURE, INTERRUPTED, Failure, describe, report
 from .files import atomic_write_text
 from .hooks import Hooks
 from .log import attach_log_file, draws_progress_bar, progress_bar, setup_logging
@@ -56,7 +57,7 @@ from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
 from .resume import check_data, plan_run, restore
 from .resume_rules import check_how_to_go_on
-from .runs import RunFolder, point_latest_at
+from .runs import RunFolder, point_latest_at, resolve_run_dir
 from .saver import Saver
 from .seeding import seed_everything
 from .stopping import GracefulStop, StopRequests
@@ -377,34 +378,60 @@ def validate(session: Session) -> tuple[dict, str]:
     return metrics, notes
 
 
-def one_line(error: Exception) -> str:
-    """The message of `error`, also when a DataLoader worker raised it: the loader then
-    re-raises it with the worker's traceback as its message, whose last line is the
-    original `ExceptionType: message`."""
-    lines = str(error).strip().splitlines()
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        return lines[-1].split(": ", 1)[-1]
-    return str(error)
-
-
 def run(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None) -> int:
-    """`main` with the project's errors turned into one clear line and an exit code."""
+    """`main` with every input or environment error turned into one line and an exit code
+    (see errors.py); a second Ctrl-C exits 130 at once, saying what is left on disk."""
+    hooks = hooks or Hooks()
+    saved_steps = []
+
+    def after_save(state: TrainState) -> None:
+        saved_steps.append(state.global_step)
+        hooks.after_save(state)
+
     try:
-        return main(cfg, hooks, given)
-    except ConfigError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except (CheckpointError, NonFiniteLossError) as error:
-        logger.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return main(cfg, dataclasses.replace(hooks, after_save=after_save), given)
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint on disk is intact", file=sys.stderr)
-        return 130
-    except RuntimeError as error:
-        message = describe_failure(error, cfg.train)
-        if message is None:
-            raise
-        logger.error("%s", message)
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        print(f"interrupted: {checkpoint_left(cfg, saved_steps)}", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:
+        failure = training_failure(error, cfg)
+        if failure is None:
+            raise  # a bug: its traceback shows where
+        if failure.code == FAILURE:
+            logger.error("%s", failure.message)  # into train.log too, where it is open
+        return report(failure)
+
+
+RUN_DIR_FIX = "point run.dir at a writable folder (a stopped run continues with run.resume=auto)"
+
+
+def training_failure(error: Exception, cfg: Config) -> Failure | None:
+    """errors.describe, and what only training meets: a diverged loss, a lost rank."""
+    if isinstance(error, NonFiniteLossError):
+        return Failure(str(error), FAILURE)
+    if isinstance(error, RuntimeError) and not isinstance(error, CheckpointError):
+        message = describe_failure(error, cfg.train)  # DDP: a rank stalled or died
+        if message is not None:
+            return Failure(message, FAILURE)
+    return describe(error, RUN_DIR_FIX)
+
+
+def checkpoint_left(cfg: Config, saved_steps: list[int]) -> str:
+    """What a run stopped at once leaves to continue from, said as it is."""
+    folder = None
+    if cfg.run.dir or cfg.run.resume not in (None, "auto"):
+        folder = resolve_run_dir(cfg)  # known without making anything; a new folder is not
+    if folder is not None:
+        newest = CheckpointManager(RunFolder(folder).checkpoints, is_main=False).latest()
+        if newest is None:
+            return f"no checkpoint was saved in {folder}, so there is nothing to continue from"
+        return (
+            f"the newest checkpoint, {newest}, is intact; continue with "
+            f"python train.py run.resume={folder}"
+        )
+    if not saved_steps:
+        return "no checkpoint was saved yet, so there is nothing to continue from"
+    return (
+        f"the checkpoint of step {saved_steps[-1]} is intact; continue with python train.py "
+        "run.resume=<the run folder named at the start>"
+    )

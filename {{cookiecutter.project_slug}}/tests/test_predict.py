@@ -1,0 +1,201 @@
+"""predict.py and evaluate.py take what export.py writes, and what people hand over as
+weights; predict.py never overwrites earlier predictions unasked, and its messages fit it."""
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import SMALL_OVERRIDES, write_images
+
+from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, load_checkpoint, load_weights
+from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.features import has_feature
+from {{ cookiecutter.package_name }}.train import main, run
+
+CLASSES = {f"class{number:02d}": 4 for number in range(12)}  # more than ten classes
+SETTINGS = ("data.dataset=imagefolder", "data.image_size=16", "data.batch_size=8")
+# The formats export.py writes in this project (every project reads .pt and .safetensors),
+# and its torch.export program.
+EXPORT_SUFFIXES = (".pt", ".safetensors") if has_feature("safetensors_io") else (".pt",)
+EXPORT_SUFFIXES += (".pt2",)
+# ONNX, where the optional packages of `pip install -e .[export]` are installed.
+HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnxscript", "onnxruntime"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(images, run folder, new images) of a one-epoch run on twelve classes."""
+    root = tmp_path_factory.mktemp("predict")
+    write_images(root / "images", CLASSES)
+    run_dir = root / "run"
+    settings = [*SMALL_OVERRIDES, *SETTINGS, f"data.root={root / 'images'}", f"run.dir={run_dir}"]
+    assert main(load_config([DEFAULT_CONFIG], settings)) == 0
+    new_images = root / "new"
+    write_images(new_images, {"a": 2, "b": 2}, first=500)
+    return root / "images", run_dir, new_images
+
+
+def predictions_of(result) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+ONNX_CASE = pytest.param(
+    ".onnx",
+    marks=pytest.mark.skipif(not HAS_ONNX, reason="onnxscript or onnxruntime is not installed"),
+)
+
+
+@pytest.mark.parametrize("suffix", [*EXPORT_SUFFIXES, ONNX_CASE])
+def test_predict_and_evaluate_take_what_export_writes(trained, run_python, tmp_path, suffix):
+    _, run_dir, new_images = trained
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    output = tmp_path / f"model{suffix}"
+    exported = run_python("export.py", str(checkpoint), str(output))
+    assert exported.returncode == 0, exported.stderr
+    card = json.loads((tmp_path / f"model{suffix}.json").read_text(encoding="utf-8"))
+    assert card["classes"] == list(CLASSES) and len(card["normalization"]["mean"]) == 3
+    if suffix in (".pt2", ".onnx"):  # checked against the model on the validation images
+        assert card["parity"]["images"] == 12 and card["parity"]["top1_agreement"] == 1
+        assert card["parity"]["max_abs_logit_difference"] <= 1e-4
+        assert "checked on 12 validation images" in exported.stdout
+    expected = predictions_of(run_python("predict.py", str(checkpoint), str(new_images)))
+    assert len(expected) == 4
+    exported = run_python("predict.py", str(output), str(new_images), str(tmp_path / "p.csv"))
+    assert predictions_of(exported) == expected
+    evaluated = run_python("evaluate.py", str(output))
+    assert evaluated.returncode == 0, evaluated.stderr
+    from_checkpoint = run_python("evaluate.py", str(checkpoint))
+    accuracy = [line for line in from_checkpoint.stdout.splitlines() if "accuracy" in line]
+    assert accuracy and accuracy[0] in evaluated.stdout
+
+
+def test_an_exported_safetensors_file_works_alone(trained, run_python, tmp_path):
+    """Its header holds the class names, normalisation and config: no .json needed."""
+    if ".safetensors" not in EXPORT_SUFFIXES:
+        pytest.skip("this project writes no safetensors (use_safetensors=no)")
+    _, run_dir, new_images = trained
+    output = tmp_path / "model.safetensors"
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    assert run_python("export.py", str(checkpoint), str(output)).returncode == 0
+    (tmp_path / "model.safetensors.json").unlink()
+    assert len(predictions_of(run_python("predict.py", str(output), str(new_images)))) == 4
+
+
+def test_bare_weights_are_named_as_such(trained, run_python, tmp_path):
+    _, run_dir, new_images = trained
+    weights = tmp_path / "weights.pt"
+    torch.save(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"], weights)
+    result = run_python("predict.py", str(weights), str(new_images))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {weights} holds model weights only, not a training checkpoint" in result.stderr
+
+
+def test_legacy_pth_weights_start_a_run(trained, make_config, tmp_path):
+    """torch's format before 1.6 (not a zip archive), as older .pth files are."""
+    images, run_dir, _ = trained
+    weights = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    legacy = tmp_path / "old.pth"
+    torch.save(weights, legacy, _use_new_zipfile_serialization=False)
+    assert all(torch.equal(value, load_weights(legacy)[key]) for key, value in weights.items())
+    settings = [*SETTINGS, f"data.root={images}", f"model.weights={legacy}", "train.max_steps=1"]
+    assert run(make_config(*settings)) == 0
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"<!DOCTYPE html><html><body>Sign in</body></html>", "is a web page"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(100), "is an HDF5 file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "git lfs pull"),
+        (b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94.", "a plain Python pickle"),
+        (b"PK\x03\x04 cut short", "is truncated or corrupt"),
+    ],
+)
+def test_a_weights_file_that_is_something_else_is_named(tmp_path, content, words):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        load_weights(path)
+    assert str(error.value).startswith(f"{path} ") and words in str(error.value)
+
+
+def test_predict_keeps_earlier_predictions(trained, run_python, tmp_path):
+    _, run_dir, new_images = trained
+    for path in run_dir.glob("predictions*.csv"):  # from the tests above
+        path.unlink()
+    first = run_python("predict.py", str(run_dir), str(new_images))
+    second = run_python("predict.py", str(run_dir), str(new_images))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    default, numbered = run_dir / "predictions.csv", run_dir / "predictions-2.csv"
+    assert f"to {default}" in first.stderr and f"to {numbered}" in second.stderr
+    assert default.read_bytes() == numbered.read_bytes()
+    named = tmp_path / "mine.csv"
+    named.write_text("earlier\n")
+    result = run_python("predict.py", str(run_dir), str(new_images), str(named))
+    assert f"replacing the earlier {named}" in result.stderr
+    with named.open(newline="", encoding="utf-8") as file:
+        assert len(list(csv.DictReader(file))) == 4
+
+
+def test_predict_skips_an_unreadable_file_without_training_advice(trained, run_python):
+    _, run_dir, new_images = trained
+    broken = new_images / "a" / "broken.png"
+    broken.write_bytes(b"not an image")
+    try:
+        result = run_python("predict.py", str(run_dir), str(new_images), str(run_dir / "x.csv"))
+    finally:
+        broken.unlink()
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "broken.png" in line]
+    assert len(warning) == 1 and "is not a readable image" in warning[0]
+    assert "skip_bad" not in result.stderr
+
+
+def test_evaluate_names_every_class_that_differs(trained, run_python, tmp_path):
+    _, run_dir, _ = trained
+    other = {**{name: 4 for name in list(CLASSES)[:11]}, "newcomer": 4}
+    write_images(tmp_path / "other", other)
+    result = run_python("evaluate.py", str(run_dir), f"data.root={tmp_path / 'other'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "missing from the data: class11" in line and "not in the checkpoint: newcomer" in line
+
+
+def test_a_program_that_drifts_from_the_model_is_refused(trained, tmp_path, monkeypatch):
+    """A torch.export program whose logits differ from the model's (simulated by shifting
+    the logits of the program read back) fails the export and leaves no file."""
+    from {{ cookiecutter.package_name }} import export_program
+
+    _, run_dir, _ = trained
+    read_back = export_program.load_program
+
+    def drifting(path):
+        program = read_back(path)
+        return lambda images: program(images) + torch.linspace(0, 0.1, len(CLASSES))
+
+    monkeypatch.setattr(export_program, "load_program", drifting)
+    output = tmp_path / "model.pt2"
+    with pytest.raises(CheckpointError) as error:
+        export_program.export_program(run_dir / "checkpoints" / "last.pt", output)
+    message = str(error.value)
+    assert "differs from the model on 12 validation images" in message and ".pt" in message
+    assert not output.exists() and not (tmp_path / "model.pt2.json").exists()
+
+
+def test_onnx_without_its_packages_names_the_install_command(trained, run_python, tmp_path):
+    _, run_dir, _ = trained
+    script = (
+        "import runpy, sys; sys.modules['onnxscript'] = sys.modules['onnxruntime'] = None; "
+        f"sys.argv = ['export.py', {str(run_dir / 'checkpoints' / 'last.pt')!r}, "
+        f"{str(tmp_path / 'model.onnx')!r}]; runpy.run_path('export.py', run_name='__main__')"
+    )
+    result = run_python("-c", script)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the package onnx") and 'pip install -e ".[export]"' in line
+    assert not (tmp_path / "model.onnx").exists()

@@ -1,0 +1,168 @@
+"""The one place that turns an error into the line a user sees and the exit code.
+
+Every entry point (train, evaluate, predict, export, sweep) runs through `exit_code_of`: a
+mistake in the input or the environment ends in one line, `error: <problem>; <fix>`, on
+stderr and exit code 2 (a setting) or 1 (anything else), never in a Python traceback. The
+errors it knows: the project's own (ConfigError, CheckpointError), the operating system's (a
+read-only or full disk, a denied permission, a path through a file, a missing file), the
+network's (a download that failed) and a missing package. Any other exception is a bug in
+the code, and keeps its traceback: hiding it would hide where to look.
+
+This module imports neither torch nor omegaconf: it must still speak when one of them is
+the package that is missing.
+"""
+
+import errno
+import socket
+import sys
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Exit codes: 2 for a usage or config error, 1 for any other failure, 130 for Ctrl-C.
+USAGE_ERROR, FAILURE, INTERRUPTED = 2, 1, 130
+
+# Packages the project imports, by their import name: the command that installs each.
+# (`pip install -e .` in the project folder installs every dependency at once.)
+PACKAGES = {
+    "torch": "pip install -e .",
+    "torchvision": "pip install -e .",
+    "omegaconf": "pip install -e .",
+    "yaml": "pip install -e .",
+    "numpy": "pip install -e .",
+    "PIL": "pip install -e .",
+    "tqdm": "pip install -e .",
+    "matplotlib": "pip install -e .",
+    "safetensors": "pip install safetensors",
+    "tensorboard": "pip install tensorboard",
+    "optuna": "pip install optuna",
+    # Quoted: zsh, macOS's shell, would read the brackets as a file pattern.
+    "onnx": 'pip install -e ".[export]"',
+    "onnxscript": 'pip install -e ".[export]"',
+    "onnxruntime": 'pip install -e ".[export]"',
+}
+
+# What each kind of operating-system error means, said without jargon.
+OS_PROBLEMS = {
+    errno.EROFS: "is on a read-only filesystem",
+    errno.EACCES: "is not accessible: permission denied",
+    errno.EPERM: "is not accessible: operation not permitted",
+    errno.ENOTDIR: "cannot be used: a part of its path is a file, not a folder",
+    errno.EEXIST: "is a file where a folder is needed",
+    errno.EISDIR: "is a folder where a file was expected",
+    errno.ENOENT: "does not exist",
+    errno.ENOSPC: "could not be written: no space left on the device",
+    errno.EDQUOT: "could not be written: the disk quota is used up",
+}
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, socket.gaierror, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What to tell the user, and the exit code."""
+
+    message: str
+    code: int
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error`, also when a DataLoader worker raised it: the loader then
+    re-raises it with the worker's traceback as its message, whose last line is the
+    original `ExceptionType: message`."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(error).__name__
+
+
+def _is_project_error(error: BaseException, module: str, name: str) -> bool:
+    """Whether `error` is the project's `module.name`, checked without importing the module
+    (which imports torch or omegaconf): an error of that class exists only once it is."""
+    loaded = sys.modules.get(f"{__package__}.{module}")
+    return loaded is not None and isinstance(error, getattr(loaded, name))
+
+
+def describe(error: BaseException, fix: str) -> Failure | None:
+    """The line and exit code for `error`, or None for a bug. `fix` says how to choose
+    another place to write (e.g. "point run.dir at a writable folder")."""
+    if _is_project_error(error, "config", "ConfigError"):
+        return Failure(one_line(error), USAGE_ERROR)
+    if _is_project_error(error, "checkpoint", "CheckpointError"):
+        return Failure(str(error), FAILURE)
+    if isinstance(error, ModuleNotFoundError):
+        return _missing_package(error)
+    if isinstance(error, NETWORK_ERRORS) or _is_failed_download(error):
+        return Failure(_network(error), FAILURE)
+    if isinstance(error, OSError):
+        return Failure(_os_problem(error, fix), FAILURE)
+    return None
+
+
+def _missing_package(error: ModuleNotFoundError) -> Failure | None:
+    package = (error.name or "").split(".")[0]
+    if package not in PACKAGES:  # e.g. a module of this project: a bug, with its traceback
+        return None
+    return Failure(
+        f"the package {package} is not installed in {sys.executable}; install it with "
+        f"{PACKAGES[package]} (in the project folder)",
+        FAILURE,
+    )
+
+
+def _is_failed_download(error: BaseException) -> bool:
+    # torchvision's datasets with several mirrors (MNIST) gather each mirror's URLError
+    # into one RuntimeError of this wording.
+    return isinstance(error, RuntimeError) and str(error).startswith("Error downloading")
+
+
+def _network(error: BaseException) -> str:
+    reason = getattr(error, "reason", None) or getattr(error, "strerror", None)
+    if _is_failed_download(error):  # its first line names the file, its last the reason
+        lines = str(error).strip().splitlines()
+        reason = f"{lines[0].rstrip(':')}: {lines[-1].strip()}"
+    return (
+        f"a download failed ({reason or one_line(error)}); check the network connection and "
+        "try again, or fetch the files on a machine that has one and copy them here (into "
+        "data.root for a dataset)"
+    )
+
+
+def _os_problem(error: OSError, fix: str) -> str:
+    """`<path> <what is wrong>; <how to fix it>`, from the errno and file names of `error`."""
+    path = error.filename if error.filename is not None else "a file"
+    if error.filename2 is not None:
+        path = f"{path} (-> {error.filename2})"
+    problem = OS_PROBLEMS.get(error.errno)
+    if problem is None:
+        problem = f"could not be used ({error.strerror or one_line(error)})"
+    if error.errno in FULL_DISK:
+        advice = f"free disk space (what was saved before is intact), or {fix}"
+    elif error.errno == errno.ENOENT:
+        advice = "check the path"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        advice = f"check its permissions, or {fix}"
+    else:
+        advice = fix
+    return f"{path} {problem}; {advice}"
+
+
+def report(failure: Failure) -> int:
+    """Print `failure` as one line on stderr; return its exit code."""
+    print(f"error: {failure.message}", file=sys.stderr)
+    return failure.code
+
+
+def exit_code_of(function: Callable[..., int], *args, fix: str) -> int:
+    """`function(*args)`, with the errors this module knows turned into one line and an
+    exit code, and Ctrl-C into 130; a bug's traceback passes through."""
+    try:
+        return function(*args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:
+        failure = describe(error, fix)
+        if failure is None:
+            raise
+        return report(failure)

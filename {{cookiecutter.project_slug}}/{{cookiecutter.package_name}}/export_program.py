@@ -1,0 +1,88 @@
+"""A checkpoint's model as a program, checked against the model itself: a torch.export
+program (`.pt2`), or ONNX (`.onnx`, from torch's ONNX exporter; run with onnxruntime).
+
+torch.export traces the model into a graph that runs without this project's model code, and
+the ONNX exporter translates that graph. Either can drift from the model it came from (an
+operator lowered differently, a shape specialised), so the program, read back from its
+file, runs on real validation images beside the model: the largest difference of their
+logits and how often their top-1 classes agree are printed and written to the file's
+`.json`. Beyond TOLERANCE the export fails and leaves no file. ONNX needs the optional
+packages of `pip install -e .[export]`; without them errors.py names that command.
+"""
+
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError
+from .data import build_datasets, build_loader
+from .exported import ONNX, load_model_file, load_program, write_card
+from .files import atomic_path
+from .inference import load_trained
+
+# The largest difference of a logit that counts as the same model: float32 reorderings of
+# the same arithmetic stay far below it.
+TOLERANCE = 1e-4
+# How many validation images the program is checked on (all of them, if fewer).
+PARITY_IMAGES = 256
+
+
+def export_program(checkpoint: Path, output: Path) -> dict:
+    """Write `output` (.pt2) and its `.json`; return the parity figures. CheckpointError
+    (and no file) where the program differs from the model beyond TOLERANCE."""
+    trained = load_trained(checkpoint, ["train.device=cpu"])  # a program for every machine
+    images = validation_images(trained.cfg, PARITY_IMAGES)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(trained.model, (images[:2],), dynamic_shapes=({0: batch},))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as temporary:
+        save_program(program, images[:2], output.suffix, temporary)
+    parity = measure_parity(trained.model, load_program(output), images)
+    if parity["max_abs_logit_difference"] > TOLERANCE or parity["top1_agreement"] < 1:
+        output.unlink()
+        raise CheckpointError(
+            f"the torch.export program of {checkpoint} differs from the model on "
+            f"{parity['images']} validation images (largest logit difference "
+            f"{parity['max_abs_logit_difference']:.2e}, top-1 agreement "
+            f"{parity['top1_agreement']:.4f}); export the weights instead (OUTPUT ending in .pt)"
+        )
+    saved = load_model_file(checkpoint)
+    write_card(output, checkpoint, saved, in_channels=trained.in_channels, parity=parity)
+    return parity
+
+
+def save_program(program, example: torch.Tensor, suffix: str, path: Path) -> None:
+    """Write the torch.export `program` to `path` as .pt2 or, for `suffix` .onnx, as ONNX."""
+    if suffix == ONNX:
+        onnx_program = torch.onnx.export(program, (example,), dynamo=True, verbose=False)
+        onnx_program.save(str(path))
+        return
+    buffer = io.BytesIO()  # torch.export.save wants a name ending in .pt2, or a buffer
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+def validation_images(cfg, count: int) -> torch.Tensor:
+    """Up to `count` validation images of the run's data, prepared as for validation."""
+    data = build_datasets(replace(cfg.data, cache=False), cfg.seed)
+    batches = []
+    for images, _ in build_loader(data.val, replace(cfg.data, cache=False), train=False, seed=0):
+        batches.append(images)
+        if sum(len(batch) for batch in batches) >= count:
+            break
+    return torch.cat(batches)[:count].float()
+
+
+@torch.no_grad()
+def measure_parity(model: nn.Module, program: nn.Module, images: torch.Tensor) -> dict:
+    """The largest absolute difference of the logits, and the top-1 agreement."""
+    expected, found = model(images).float(), program(images).float()
+    agreement = (expected.argmax(dim=1) == found.argmax(dim=1)).float().mean().item()
+    return {
+        "images": len(images),
+        "max_abs_logit_difference": (expected - found).abs().max().item(),
+        "top1_agreement": agreement,
+    }

@@ -1,0 +1,144 @@
+"""Model files for inference: what export.py writes, and what predict.py and evaluate.py read.
+
+Weights alone do not say how to use them: which class each output means, how the images
+were normalised, which model to build. export.py writes these beside the weights file, as
+`<file>.json` (e.g. `weights.pt.json`); a .safetensors file also keeps them in its own
+header, so that it works alone. predict.py and evaluate.py take a training checkpoint or
+such an exported file alike.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import (
+    SAFETENSORS,
+    CheckpointError,
+    first_line,
+    inference_weights,
+    load_checkpoint,
+    load_weights,
+    safetensors_library,
+    write_weights,
+)
+from .files import atomic_write_text
+
+# What a checkpoint holds beside its weights that using them needs.
+INFO_KEYS = ("classes", "normalization", "config")
+# Files that hold the model itself as a program (export_program.py): torch.export, ONNX.
+PROGRAM, ONNX = ".pt2", ".onnx"
+PROGRAMS = (PROGRAM, ONNX)
+
+
+def info_path(weights: Path) -> Path:
+    """`weights.pt` -> `weights.pt.json`: what export.py writes beside a weights file."""
+    return weights.with_name(weights.name + ".json")
+
+
+def export_weights(checkpoint_path: Path, output: Path) -> Path:
+    """Write the model weights of a checkpoint for inference (.pt or .safetensors by the
+    suffix of `output`), atomically, with the class names, normalisation and config."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    info = {key: checkpoint.get(key) for key in INFO_KEYS}
+    weights = inference_weights(checkpoint)  # the moving average, where the run kept one
+    write_weights(weights, output, {key: json.dumps(info[key]) for key in info})
+    write_card(output, checkpoint_path, checkpoint)
+    return output
+
+
+def write_card(output: Path, checkpoint_path: Path, checkpoint: dict, **more) -> Path:
+    """`<output>.json`: where the exported file came from, INFO_KEYS, and `more`."""
+    card = {"checkpoint": str(checkpoint_path), "step": _step(checkpoint)}
+    card.update({key: checkpoint.get(key) for key in INFO_KEYS}, **more)
+    atomic_write_text(info_path(output), json.dumps(card, indent=2) + "\n")
+    return info_path(output)
+
+
+def _step(checkpoint: dict) -> int:
+    return int(checkpoint.get("progress", {}).get("global_step", -1))
+
+
+def load_model_file(path: Path) -> dict:
+    """A training checkpoint, or weights that export.py wrote, as a dict with the model
+    weights and the keys of INFO_KEYS; CheckpointError naming the file otherwise."""
+    path = Path(path)
+    info = read_info(path)
+    if path.suffix in PROGRAMS:  # the program is read by load_program: here its settings
+        if info is None:
+            raise CheckpointError(f"{path}: its {info_path(path).name} is missing; export again")
+        return {**info, "progress": {"global_step": info["step"]}}
+    if info is None:
+        if path.suffix == SAFETENSORS:
+            raise CheckpointError(
+                f"{path} holds model weights only, without the class names and settings "
+                "that using them needs; give the checkpoint they came from, or export it "
+                "with python export.py CHECKPOINT"
+            )
+        return load_checkpoint(path)
+    return {**info, "model": load_weights(path), "progress": {"global_step": info["step"]}}
+
+
+class OnnxModel:
+    """An ONNX file run by onnxruntime on the CPU, called like the model it came from."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime  # an optional package: pip install -e .[export]
+
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's errors share no base class but Exception
+            raise CheckpointError(
+                f"{path} is not a readable ONNX model ({first_line(error)})"
+            ) from None
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.session.run(None, {self.input: images.float().cpu().numpy()})[0]
+        return torch.from_numpy(logits)
+
+
+def load_program(path: Path) -> nn.Module | OnnxModel:
+    """The model of a .pt2 or .onnx file, on the CPU, in evaluation mode as exported."""
+    if path.suffix == ONNX:
+        return OnnxModel(path)
+    try:
+        return torch.export.load(str(path)).module()
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable torch.export program ({first_line(error)})"
+        ) from None
+
+
+def read_info(path: Path) -> dict | None:
+    """What export.py recorded with the weights file `path`: from `<path>.json`, else from
+    a .safetensors header; None where neither holds it (e.g. a training checkpoint)."""
+    card = info_path(path)
+    if card.is_file():
+        try:
+            info = json.loads(card.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as error:
+            raise CheckpointError(f"{card} is unreadable ({first_line(error)})") from None
+        return {**info, "step": info.get("step", -1)}
+    if path.suffix != SAFETENSORS or not path.is_file():
+        return None
+    header = _safetensors_header(path)
+    if not all(key in header for key in INFO_KEYS):
+        return None
+    try:
+        return {**{key: json.loads(header[key]) for key in INFO_KEYS}, "step": -1}
+    except ValueError as error:
+        raise CheckpointError(f"{path}: its header is unreadable ({first_line(error)})") from None
+
+
+def _safetensors_header(path: Path) -> dict[str, str]:
+    """The text metadata in the header of a .safetensors file."""
+    library, library_error = safetensors_library("reading", path)
+    try:
+        with library.safe_open(str(path), framework="pt") as file:
+            return file.metadata() or {}
+    except (library_error, OSError) as error:
+        raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
