@@ -93,3 +93,18 @@ def test_a_run_with_the_average_resumes_exactly(make_config, tmp_path):
         read_csv(split / "metrics.csv")[-1]["val_acc_ema"]
         == (read_csv(straight / "metrics.csv")[-1]["val_acc_ema"])
     )
+
+
+def test_export_and_inference_use_the_average(make_config, tmp_path):
+    from {{ cookiecutter.package_name }}.checkpoint import load_weights
+    from {{ cookiecutter.package_name }}.exported import export_weights
+    from {{ cookiecutter.package_name }}.inference import load_trained
+
+    assert main(make_config("train.max_steps=6", "train.ema_decay=0.9")) == 0
+    best = tmp_path / "run" / "checkpoints" / "last.pt"
+    average = load_checkpoint(best)["ema"]["weights"]
+    exported = load_weights(export_weights(best, tmp_path / "weights.pt"))
+    trained = load_trained(best, []).model.state_dict()
+    for name, tensor in average.items():
+        assert torch.equal(exported[name], tensor), name
+        assert torch.equal(trained[name].cpu(), tensor), name

@@ -221,13 +221,6 @@ def _load_verified(path: Path):
         raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
 
 
-def inference_weights(checkpoint: dict) -> dict:
-    """The weights to predict with: the moving average of the weights where the run kept
-    one (train.ema_decay; it chose best.pt), else the weights themselves."""
-    average = checkpoint.get("ema")
-    return average["weights"] if average else checkpoint["model"]
-
-
 def load_checkpoint(path: Path) -> dict:
     """Verify and load a checkpoint onto the CPU, or raise CheckpointError naming the file."""
     path = Path(path)

@@ -68,3 +68,10 @@ def _tensor_pairs(averaged: nn.Module, current: nn.Module) -> tuple[list, list, 
         group[0].append(tensor.detach())
         group[1].append(theirs[name].detach())
     return floats[0], floats[1], others[0], others[1]
+
+
+def inference_weights(checkpoint: dict) -> dict:
+    """The weights to predict with: the moving average of the weights where the run kept
+    one (train.ema_decay; it chose best.pt), else the weights themselves."""
+    average = checkpoint.get("ema")
+    return average["weights"] if average else checkpoint["model"]

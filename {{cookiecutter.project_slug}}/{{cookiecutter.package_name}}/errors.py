@@ -58,6 +58,11 @@ FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, socket.gaierror, TimeoutError)
 
 
+class EnvironmentProblem(Exception):
+    """A problem of the machine rather than of the settings (a download that failed, ...),
+    already said in one line with its fix: it exits with FAILURE."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """What to tell the user, and the exit code."""
@@ -90,6 +95,8 @@ def describe(error: BaseException, fix: str) -> Failure | None:
         return Failure(one_line(error), USAGE_ERROR)
     if _is_project_error(error, "checkpoint", "CheckpointError"):
         return Failure(str(error), FAILURE)
+    if isinstance(error, EnvironmentProblem):
+        return Failure(one_line(error), FAILURE)
     if isinstance(error, ModuleNotFoundError):
         return _missing_package(error)
     if isinstance(error, NETWORK_ERRORS) or _is_failed_download(error):

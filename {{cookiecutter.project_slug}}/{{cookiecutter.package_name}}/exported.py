@@ -17,12 +17,12 @@ from .checkpoint import (
     SAFETENSORS,
     CheckpointError,
     first_line,
-    inference_weights,
     load_checkpoint,
     load_weights,
     safetensors_library,
     write_weights,
 )
+from .ema import inference_weights
 from .files import atomic_write_text
 
 # What a checkpoint holds beside its weights that using them needs.

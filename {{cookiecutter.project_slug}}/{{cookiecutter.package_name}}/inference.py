@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, inference_weights, load_model_state, strip_prefixes
+from .checkpoint import CheckpointError, load_model_state, strip_prefixes
 from .class_names import class_difference
 from .config import Config, ConfigError, load_saved_config
 from .data import (
@@ -28,6 +28,7 @@ from .data import (
     open_image,
 )
 from .device import pick_device, precision
+from .ema import inference_weights
 from .exported import PROGRAMS, load_model_file, load_program
 from .files import atomic_path, atomic_write_text
 from .model import build_model

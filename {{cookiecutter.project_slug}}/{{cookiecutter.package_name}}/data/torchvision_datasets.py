@@ -5,6 +5,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 from ..config import DataConfig
+from ..errors import EnvironmentProblem
 from .bundle import DataError
 
 # name -> (torchvision class, image channels)
@@ -52,8 +53,8 @@ def _not_loaded(cfg: DataConfig, class_name: str, error: Exception) -> Exception
     reason = message.splitlines()[-1] if message else type(error).__name__
     reason = reason.removeprefix("<urlopen error ").removesuffix(">")  # URLError's wrapping
     where = f"data.dataset={cfg.dataset}"
-    if cfg.download and downloading:
-        return DataError(
+    if cfg.download and downloading:  # the network, not the settings: exit 1
+        return EnvironmentProblem(
             f"{where}: downloading {class_name} into {root} failed ({reason}); check the "
             "network connection and proxy settings (HTTPS_PROXY), or download it on a "
             f"machine with network access and copy its folder into {root}"
