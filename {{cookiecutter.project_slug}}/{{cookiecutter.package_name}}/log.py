@@ -72,7 +72,7 @@ def attach_log_file(log_file: Path) -> None:
     """Start writing `log_file` (appending on resume), first with the records held so far."""
     logger = logging.getLogger(LOGGER_NAME)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler = LogFile(log_file, encoding="utf-8")
     file_handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     )
@@ -83,6 +83,44 @@ def attach_log_file(log_file: Path) -> None:
             logger.removeHandler(handler)
             handler.close()
     logger.addHandler(file_handler)
+
+
+class LogFile(logging.FileHandler):
+    """train.log. A write that fails (a full disk, say) is said once, in one line, and the
+    file is then left alone: the console keeps every line, and training goes on. (logging's
+    own handling would print a traceback for every line that follows.)"""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                super().flush()
+            except OSError:
+                self.handleError(None)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the file's buffer could not be written out
+            self.handleError(None)
+            self.stream = None
+            logging.Handler.close(self)
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        print(
+            f"warning: cannot write {self.baseFilename} ({error}); the log goes on in the "
+            "console only. Free disk space, or point run.dir at another folder",
+            file=sys.stderr,
+        )
 
 
 class CSVLog:
