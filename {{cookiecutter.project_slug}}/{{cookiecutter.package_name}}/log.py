@@ -148,15 +148,22 @@ class CSVLog:
                 writer.writerows(rows)
 
     def write_rows(self, rows: list[dict]) -> None:
+        """Append `rows`; a write that fails midway (a full disk) leaves no half row: the
+        file is cut back to where it ended, and the error goes on to the caller."""
         new_file = not self.path.exists()
-        with self.path.open("a", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns)
-            if new_file:
-                writer.writeheader()
-            writer.writerows(
-                {key: _format(row[key]) if key in row else "" for key in self.columns}
-                for row in rows
-            )
+        size_before = 0 if new_file else self.path.stat().st_size
+        try:
+            with self.path.open("a", newline="", encoding="utf-8") as file:
+                writer = csv.DictWriter(file, fieldnames=self.columns)
+                if new_file:
+                    writer.writeheader()
+                writer.writerows(
+                    {key: _format(row[key]) if key in row else "" for key in self.columns}
+                    for row in rows
+                )
+        except OSError:
+            os.truncate(self.path, size_before)
+            raise
 
     def write(self, row: dict) -> None:
         self.write_rows([row])
