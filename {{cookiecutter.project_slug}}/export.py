@@ -1,19 +1,24 @@
-"""Write the model of a checkpoint for inference: its weights, or a program (torch.export, ONNX).
+"""Export the model of a checkpoint for inference, checked against the model itself.
 
-    python export.py CHECKPOINT [OUTPUT]
+    python export.py CHECKPOINT            # everything, into <run folder>/export/
+    python export.py CHECKPOINT OUTPUT     # one file: weights, .pt2 or .onnx by its suffix
 
-The checkpoint is verified (SHA-256) and loaded safely. OUTPUT defaults to `weights` plus
-the first of WEIGHT_SUFFIXES, in the run folder. Beside it, `OUTPUT.json` records what
-using the model needs: the class names, the normalisation and the config of the run (a
-.safetensors file holds them in its header too). An OUTPUT ending in .pt2 is a
-torch.export program instead, and one ending in .onnx an ONNX model (with the optional
-packages of `pip install -e .[export]`): both run without this project's model code, and
-both are checked against the model on real validation images (the largest logit difference
-and the top-1 agreement are printed and written to OUTPUT.json), and refused beyond a
-tolerance.
-`python predict.py OUTPUT IMAGES` and `python evaluate.py OUTPUT` take any of these files; in
-code, read weights back with `<package>.checkpoint.load_weights(path)` and
-`model.load_state_dict(...)`, a .pt2 program with `torch.export.load(path).module()`.
+The checkpoint is verified (SHA-256) and loaded safely; where the run kept a moving average
+of the weights (train.ema_decay), that is what is exported. By default `<run>/export/` gets:
+
+    model.safetensors (model.pt where the project has no safetensors)   the weights, with
+        the class names, normalisation and model config in its header (and model.*.json)
+    model.pt2     a torch.export program: runs without this project's model code
+    model.onnx    an ONNX model (with the packages of `pip install -e .[export]`; else skipped
+                  with a line saying so)
+    export.json   for each file, read back and run on real validation images beside the
+                  model: the largest logit difference and the top-1 agreement
+
+A program beyond the tolerance is refused with one line and no file. OUTPUT names one file
+instead, with `OUTPUT.json` beside it. `python predict.py FILE IMAGES` and
+`python evaluate.py FILE` take any of these files; in code, read weights back with
+`<package>.checkpoint.load_weights(path)`, a .pt2 program with
+`torch.export.load(path).module()`.
 """
 
 import sys
@@ -30,8 +35,8 @@ SUFFIXES = (*WEIGHT_SUFFIXES, *PROGRAM_SUFFIXES)
 USAGE = f"usage: python export.py CHECKPOINT [OUTPUT, ending in {' or '.join(SUFFIXES)}]"
 
 
-def default_output(checkpoint: Path) -> Path:
-    return run_dir_of(checkpoint) / f"weights{WEIGHT_SUFFIXES[0]}"
+def default_folder(checkpoint: Path) -> Path:
+    return run_dir_of(checkpoint) / "export"
 
 
 def main(argv: list[str]) -> int:
@@ -42,8 +47,8 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     checkpoint = Path(argv[0])
-    output = Path(argv[1]) if len(argv) == 2 else default_output(checkpoint)
-    if output.suffix not in SUFFIXES:
+    output = Path(argv[1]) if len(argv) == 2 else None
+    if output is not None and output.suffix not in SUFFIXES:
         print(f"error: OUTPUT {output} must end in {' or '.join(SUFFIXES)}", file=sys.stderr)
         return 2
     from {{ cookiecutter.package_name }}.errors import exit_code_of
@@ -52,10 +57,12 @@ def main(argv: list[str]) -> int:
     return exit_code_of(export, checkpoint, output, fix=fix)
 
 
-def export(checkpoint: Path, output: Path) -> int:
+def export(checkpoint: Path, output: Path | None) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
     from {{ cookiecutter.package_name }}.exported import export_weights, info_path
 
+    if output is None:
+        return export_everything(checkpoint, default_folder(checkpoint))
     if output.suffix in PROGRAM_SUFFIXES:
         from {{ cookiecutter.package_name }}.export_program import export_program
 
@@ -70,6 +77,22 @@ def export(checkpoint: Path, output: Path) -> int:
         export_weights(checkpoint, output)
         print(f"wrote the model weights of {checkpoint} to {output}", end=" ")
     print(f"(and {info_path(output).name})")
+    return 0
+
+
+def export_everything(checkpoint: Path, folder: Path) -> int:
+    from {{ cookiecutter.package_name }}.export_program import export_all
+
+    for name, figures in export_all(checkpoint, folder).items():
+        if "skipped" in figures:
+            print(f"{name}: skipped, {figures['skipped']}")
+        else:
+            print(
+                f"{name}: largest logit difference {figures['max_abs_logit_difference']:.2e}, "
+                f"top-1 agreement {figures['top1_agreement']:.4f} on {figures['images']} "
+                "validation images"
+            )
+    print(f"wrote the model of {checkpoint} to {folder} (figures in export.json)")
     return 0
 
 

@@ -4,6 +4,7 @@ RNG states, prefixes, mismatches, corrupt and unsafe files, failed saves, export
 import hashlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import random
@@ -571,17 +572,30 @@ def test_export_writes_weights_equal_to_the_checkpoint(small_config, tmp_path, r
     fresh.load_state_dict(load_weights(output))
 
 
-def test_export_defaults_to_weights_in_the_run_folder(small_config, tmp_path, capsys):
-    model, state = trained_state(small_config)
-    checkpoint = CheckpointManager(tmp_path / "run" / "checkpoints", is_main=True).save(
-        state, model
-    )
+def test_export_defaults_to_every_format_in_the_run_folder_checked(make_config, tmp_path, capsys):
+    from {{ cookiecutter.package_name }}.train import main
+
+    assert main(make_config("train.max_steps=4")) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(checkpoint)
     export = load_export_script()
     assert export.main([str(checkpoint)]) == 0
-    output = tmp_path / "run" / f"weights{export.WEIGHT_SUFFIXES[0]}"
-    assert str(output) in capsys.readouterr().out
-    assert_same(state["model"], load_weights(output), "default output")
+    folder = tmp_path / "run" / "export"
+    assert str(folder) in capsys.readouterr().out
+    weights = folder / f"model{export.WEIGHT_SUFFIXES[0]}"
+    assert_same(state["model"], load_weights(weights), "default output")
     assert_same(state["model"], load_weights(export_weights(checkpoint, tmp_path / "w.pt")))
+    summary = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+    for name in (weights.name, "model.pt2"):
+        figures = summary["files"][name]
+        assert (folder / name).is_file() and figures["images"] > 0, name
+        assert figures["top1_agreement"] == 1.0, name
+        assert figures["max_abs_logit_difference"] <= summary["tolerance"], name
+    onnx_installed = all(
+        importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")
+    )
+    assert ("skipped" in summary["files"]["model.onnx"]) != onnx_installed
+    assert (folder / "model.onnx").is_file() == onnx_installed
 
 
 @pytest.mark.parametrize("output", ["model.txt", "model", "model.pth"])

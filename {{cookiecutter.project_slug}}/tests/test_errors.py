@@ -218,3 +218,18 @@ def test_a_sweep_folder_under_a_regular_file_is_one_line(tmp_path, run_python):
     assert result.returncode == 1
     line = one_error_line(result.stderr)
     assert str(blocker) in line and "--dir" in line
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to stand for a full disk")
+def test_a_full_disk_under_train_log_is_one_warning_and_training_goes_on(
+    make_config, tmp_path, capfd
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "train.log").symlink_to("/dev/full")  # every write: ENOSPC
+    assert run(make_config("train.epochs=2", run_dir=run_dir)) == 0
+    errors = capfd.readouterr().err
+    assert "Logging error" not in errors and "Traceback" not in errors, errors[-2000:]
+    warnings = [line for line in errors.splitlines() if "cannot write" in line]
+    assert len(warnings) == 1 and "train.log" in warnings[0], errors[-2000:]
+    assert (run_dir / "checkpoints" / "last.pt").exists()

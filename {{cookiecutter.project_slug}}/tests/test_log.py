@@ -1,9 +1,11 @@
 """The metrics CSV, the logger and the progress bar."""
 
 import csv
+import errno
 import logging
 import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -40,6 +42,22 @@ def test_metrics_csv_writes_a_header_and_one_row_per_epoch(tmp_path):
         assert column in header
     assert [row["epoch"] for row in rows] == ["0", "1", "2"]
     assert float(rows[2]["val_loss"]) == 2.5
+
+
+def test_an_append_that_fails_midway_leaves_no_half_row(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    metrics = MetricsCSV(path)
+    metrics.write(row_for(0))
+    before = path.read_bytes()
+
+    def half_a_row_then_a_full_disk(writer, rows):
+        writer.writer.writerow(["1", "2"])  # the start of a row reaches the file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", half_a_row_then_a_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        metrics.write(row_for(1))
+    assert path.read_bytes() == before
 
 
 def test_resumed_run_drops_the_rows_it_will_write_again(tmp_path):

@@ -10,7 +10,9 @@ logits and how often their top-1 classes agree are printed and written to the fi
 packages of `pip install -e .[export]`; without them errors.py names that command.
 """
 
+import importlib.util
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from torch import nn
 from .checkpoint import CheckpointError
 from .data import build_datasets, build_loader
 from .exported import ONNX, load_model_file, load_program, write_card
-from .files import atomic_path
+from .files import atomic_path, atomic_write_text
 from .inference import load_trained
 
 # The largest difference of a logit that counts as the same model: float32 reorderings of
@@ -52,6 +54,37 @@ def export_program(checkpoint: Path, output: Path) -> dict:
     saved = load_model_file(checkpoint)
     write_card(output, checkpoint, saved, in_channels=trained.in_channels, parity=parity)
     return parity
+
+
+def onnx_missing() -> str | None:
+    """The first package ONNX export needs that is not installed (None: all are)."""
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def export_all(checkpoint: Path, folder: Path) -> dict:
+    """`folder`/model<weights suffix>, model.pt2 and (with the `[export]` packages)
+    model.onnx, each read back and checked against the model on the same validation images;
+    export.json gathers the figures. Returns them, by file name (a skipped format: why)."""
+    from .exported import export_weights, weights_suffix
+
+    weights = export_weights(checkpoint, folder / f"model{weights_suffix()}")
+    trained = load_trained(checkpoint, ["train.device=cpu"])
+    images = validation_images(trained.cfg, PARITY_IMAGES)
+    reloaded = load_trained(weights, ["train.device=cpu"]).model
+    figures = {weights.name: measure_parity(trained.model, reloaded, images)}
+    figures["model.pt2"] = export_program(checkpoint, folder / "model.pt2")
+    missing = onnx_missing()
+    if missing is None:
+        figures["model.onnx"] = export_program(checkpoint, folder / "model.onnx")
+    else:
+        needs = f'{missing} is not installed: pip install -e ".[export]"'
+        figures["model.onnx"] = {"skipped": needs}
+    summary = {"checkpoint": str(checkpoint), "tolerance": TOLERANCE, "files": figures}
+    atomic_write_text(folder / "export.json", json.dumps(summary, indent=2) + "\n")
+    return figures
 
 
 def save_program(program, example: torch.Tensor, suffix: str, path: Path) -> None:

@@ -23,6 +23,7 @@ from .checkpoint import (
     write_weights,
 )
 from .ema import inference_weights
+from .features import has_feature
 from .files import atomic_write_text
 
 # What a checkpoint holds beside its weights that using them needs.
@@ -30,6 +31,11 @@ INFO_KEYS = ("classes", "normalization", "config")
 # Files that hold the model itself as a program (export_program.py): torch.export, ONNX.
 PROGRAM, ONNX = ".pt2", ".onnx"
 PROGRAMS = (PROGRAM, ONNX)
+
+
+def weights_suffix() -> str:
+    """.safetensors where the project writes them (the safetensors feature), else .pt."""
+    return SAFETENSORS if has_feature("safetensors_io") else ".pt"
 
 
 def info_path(weights: Path) -> Path:

@@ -72,7 +72,7 @@ def attach_log_file(log_file: Path) -> None:
     """Start writing `log_file` (appending on resume), first with the records held so far."""
     logger = logging.getLogger(LOGGER_NAME)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler = LogFile(log_file, encoding="utf-8")
     file_handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     )
@@ -83,6 +83,44 @@ def attach_log_file(log_file: Path) -> None:
             logger.removeHandler(handler)
             handler.close()
     logger.addHandler(file_handler)
+
+
+class LogFile(logging.FileHandler):
+    """train.log. A write that fails (a full disk, say) is said once, in one line, and the
+    file is then left alone: the console keeps every line, and training goes on. (logging's
+    own handling would print a traceback for every line that follows.)"""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                super().flush()
+            except OSError:
+                self.handleError(None)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the file's buffer could not be written out
+            self.handleError(None)
+            self.stream = None
+            logging.Handler.close(self)
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        print(
+            f"warning: cannot write {self.baseFilename} ({error}); the log goes on in the "
+            "console only. Free disk space, or point run.dir at another folder",
+            file=sys.stderr,
+        )
 
 
 class CSVLog:
@@ -110,15 +148,22 @@ class CSVLog:
                 writer.writerows(rows)
 
     def write_rows(self, rows: list[dict]) -> None:
+        """Append `rows`; a write that fails midway (a full disk) leaves no half row: the
+        file is cut back to where it ended, and the error goes on to the caller."""
         new_file = not self.path.exists()
-        with self.path.open("a", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns)
-            if new_file:
-                writer.writeheader()
-            writer.writerows(
-                {key: _format(row[key]) if key in row else "" for key in self.columns}
-                for row in rows
-            )
+        size_before = 0 if new_file else self.path.stat().st_size
+        try:
+            with self.path.open("a", newline="", encoding="utf-8") as file:
+                writer = csv.DictWriter(file, fieldnames=self.columns)
+                if new_file:
+                    writer.writeheader()
+                writer.writerows(
+                    {key: _format(row[key]) if key in row else "" for key in self.columns}
+                    for row in rows
+                )
+        except OSError:
+            os.truncate(self.path, size_before)
+            raise
 
     def write(self, row: dict) -> None:
         self.write_rows([row])
