@@ -88,6 +88,9 @@ def test_a_full_disk_keeps_the_plots_drawn_before(make_config, tmp_path, monkeyp
     assert run(make_config()) == 0
     before = {path.name: path.read_bytes() for path in run_dir.glob("*.png")}
     assert set(before) == {"loss.png", "accuracy.png", "lr.png"}
+    drawn = plot_run(run_dir)  # what it wrote, for the run's "plots:" line
+    assert [path.name for path in drawn] == ["loss.png", "accuracy.png", "lr.png"]
+    before = {path.name: path.read_bytes() for path in run_dir.glob("*.png")}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", write_half_then_fail)
     assert plot_run(run_dir) == []
     assert {path.name: path.read_bytes() for path in run_dir.glob("*.png")} == before

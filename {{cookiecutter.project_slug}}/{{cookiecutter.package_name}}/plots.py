@@ -51,7 +51,6 @@ def _draw_plots(run_dir: Path, written: list[Path]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    written = []
     metrics = read_csv(run_dir / "metrics.csv")
     if metrics:
         epochs = [int(row["epoch"]) + 1 for row in metrics]
