@@ -122,3 +122,18 @@ def test_an_earlier_grid_is_taken_only_for_the_same_collection_and_values(monkey
     assert (earlier.name, earlier.best_val_acc, earlier.seconds) == ("tiny-grid0", 0.9, 3.5)
     assert recipe.earlier_grid(rows, "glyphs", axes) is None
     assert recipe.earlier_grid(rows, "tiny", {**axes, "optim.lr": (0.03,)}) is None
+
+
+def test_ema_bench_quick_runs_end_to_end(tmp_path):
+    report = tmp_path / "ema.json"
+    command = [sys.executable, str(BENCH / "ema.py"), "--quick", "--only", "tiny"]
+    command += ["--decays", "0.9", "--collections", str(tmp_path / "c"), "--json", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.strip().splitlines()
+    assert table[0] == "| collection | EMA off | EMA 0.9 |" and table[2].startswith("| tiny | ")
+    runs = json.loads(report.read_text())["tiny"]
+    assert set(runs) == {"off", "0.9"}
+    assert "train.ema_decay=0.9" in runs["0.9"]["overrides"]
+    for run in runs.values():
+        assert run["error"] is None and 0.0 <= run["best_val_acc"] <= 1.0
