@@ -84,6 +84,7 @@ def main() -> int:
             print(f"{collection.name}: done", file=sys.stderr)
     print(markdown_table(rows))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         raw = {
             name: {label: asdict(run) for label, run in results.items()}
             for name, results in rows.items()
