@@ -16,7 +16,6 @@ The settings "given at resume" are those on the command line (its YAML files and
 key=value overrides); a program that calls train.main with a whole Config gives them all.
 """
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from .config import Config, ConfigError, load_saved_config, to_dict
 from .engine import TrainState
 from .recipe import AUTOMATIC
 from .runs import run_dir_of
+from .yaml_files import flatten
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -79,17 +79,6 @@ def settings_given(config_files: list[str | Path], overrides: list[str]) -> set[
     return given
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}"""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_how_to_go_on(cfg: Config) -> None:
     """run.fork and run.extend are ways to go on from a run: they need one, and exclude
     each other."""
@@ -112,8 +101,8 @@ def plan_continuation(
     """The config and the way this run goes on from `checkpoint` (see the module
     docstring); raises ConfigError naming each change that the chosen way does not allow."""
     saved = checkpoint["config"]
-    merged = _apply_given(saved, cfg, given)
-    changes = _changes(load_saved_config(saved, []), merged)
+    merged, before = _apply_given(saved, cfg, given), load_saved_config(saved, [])
+    changes = _changes(before, merged)
     blocked = {key: change for key, change in changes.items() if key not in FREE_TO_CHANGE}
     state = TrainState(**checkpoint["progress"])
     run = run_dir_of(checkpoint_path)
@@ -128,7 +117,7 @@ def plan_continuation(
             "run.fork: a new run from the weights of %s (step %d)", parent, state.global_step
         )
         return Plan(forked, "fork", 0)
-    finished = _finished(state, load_saved_config(saved, []))
+    finished = _finished(state, before)
     if cfg.run.extend:
         _check_extension(run, state, finished, blocked, saved)
         return Plan(merged, "extend", state.epoch)
@@ -150,7 +139,7 @@ def plan_continuation(
 def _apply_given(saved: dict, cfg: Config, given: set[str] | None) -> Config:
     """The saved config with the given settings of `cfg` on top (an automatic setting
     given as null keeps the choice the run made)."""
-    merged = flatten(copy.deepcopy(saved))
+    merged = flatten(saved)  # a new dict: `saved` stays as it is
     for key, value in flatten(to_dict(cfg)).items():
         if key in HOW_TO_GO_ON or given is None or key in given:
             if not (value is None and key in AUTOMATIC):

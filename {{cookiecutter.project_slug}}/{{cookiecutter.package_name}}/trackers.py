@@ -24,6 +24,7 @@ from torch import nn
 
 from .features import feature_module
 from .log import MetricsCSV, read_csv
+from .yaml_files import flatten
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -137,17 +138,7 @@ def flat_config(run_dir: Path) -> dict[str, object]:
     """The run's config.yaml as {"optim.lr": 0.01, ...}: settings a tracker can compare."""
     path = run_dir / "config.yaml"
     config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    flat = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}{key}.", inner)
-        else:
-            flat[prefix.rstrip(".")] = value
-
-    walk("", config or {})
-    return flat
+    return flatten(config or {})
 
 
 def link_artefacts(run_dir: Path, folder: Path) -> list[Path]:

@@ -185,3 +185,14 @@ def _position(text: str, offset: int) -> str:
     line = before.count("\n") + 1
     column = offset - before.rfind("\n")  # rfind is -1 on the first line
     return f"{line}:{column}"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """The dotted keys of nested mappings: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
