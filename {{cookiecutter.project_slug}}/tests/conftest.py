@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,15 @@ def run_python():
         )
 
     return run
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until `path` exists while `process` runs; fail with its output if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, str(process.communicate()[0])[-3000:]
+        assert time.monotonic() < deadline, f"no {path} appeared within {timeout:g} s"
+        time.sleep(0.01)
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:

@@ -14,11 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_for_file
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointManager, load_checkpoint
@@ -335,11 +335,7 @@ def test_stop_signal_saves_and_exits_with_128_plus_the_signal(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (run_dir / "checkpoints" / "last.pt").exists():
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.01)
+        wait_for_file(run_dir / "checkpoints" / "last.pt", process, timeout=60)
         process.send_signal(signum)
         output, _ = process.communicate(timeout=60)
     finally:

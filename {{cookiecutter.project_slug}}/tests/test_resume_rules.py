@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, SMALL_OVERRIDES
+from conftest import PROJECT_ROOT, SMALL_OVERRIDES, wait_for_file
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointManager, load_checkpoint
@@ -86,11 +86,7 @@ def test_the_printed_continue_command_continues_exactly(train_cli, subprocess_en
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / CHECKPOINTS / "last.pt").exists():
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.01)
+        wait_for_file(run_dir / CHECKPOINTS / "last.pt", process, timeout=120)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=120)
     finally:
@@ -297,11 +293,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
     run_dir = tmp_path / "run"
     first = start_training(run_dir, subprocess_env, "train.epochs=1000", "run.save_every_steps=1")
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / CHECKPOINTS / "last.pt").exists():
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "the first run saved no checkpoint"
-            time.sleep(0.01)
+        wait_for_file(run_dir / CHECKPOINTS / "last.pt", first, timeout=120)
         for second_settings in (("train.epochs=1000",), ("run.resume=auto",)):
             code, output = train_cli(*SMALL_OVERRIDES, *second_settings, f"run.dir={run_dir}")
             errors = error_lines(output)
