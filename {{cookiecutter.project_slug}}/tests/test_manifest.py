@@ -79,6 +79,8 @@ def test_hidden_entries_other_files_and_loose_images_do_not_count(image_folder):
     hidden = root / "train" / "cat" / ".ipynb_checkpoints"
     write_images(hidden.parent, {".ipynb_checkpoints": 2})  # images in a hidden folder
     write_images(root / "train", {".thumbs": 1})  # a hidden class folder
+    write_images(root / "train", {"__MACOSX": 1})  # macOS resource forks from a zip archive
+    write_images(root / "val" / "dog", {"__MACOSX": 1})  # ... inside a class folder too
     (root / "train" / "cat" / ".001.png").write_bytes(b"hidden")
     (root / "train" / "dog" / "notes.txt").write_text("not an image")
     write_images(root, {"train": 1}, first=900)  # an image loose beside the class folders
@@ -89,6 +91,7 @@ def test_hidden_entries_other_files_and_loose_images_do_not_count(image_folder):
 def test_the_fingerprint_lists_the_files_that_data_loading_reads(image_folder, make_config):
     root, _ = image_folder
     (root / "train" / "cat" / ".001.png").write_bytes(b"hidden")
+    write_images(root / "train" / "cat", {"__MACOSX": 1})  # resource forks: not read
     write_images(root, {"other": 1})  # not in train/ or val/: not read
     nested = root / "train" / "dog" / "more"
     write_images(nested.parent, {"more": 2}, first=20)  # a sub-folder of a class: read

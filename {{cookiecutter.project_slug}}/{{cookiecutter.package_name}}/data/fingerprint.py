@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..config import Config
-from .folders import IMAGE_SUFFIXES
+from .folders import IMAGE_SUFFIXES, is_hidden
 
 # The full listing is kept up to this many files (about 1 MB of JSON).
 LISTING_LIMIT = 20_000
@@ -70,11 +70,12 @@ def image_folder_files(root: Path) -> dict[str, int]:
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
-    """The entries of `folder` whose names do not start with a dot; none if it cannot be
-    listed (missing, or unreadable: data loading, too, skips such a folder or names it)."""
+    """The entries of `folder` that data loading does not leave out as hidden (is_hidden:
+    dot-names and __MACOSX); none if `folder` cannot be listed (missing, or unreadable:
+    data loading, too, skips such a folder or names it)."""
     try:
         with os.scandir(folder) as entries:
-            return [entry for entry in entries if not entry.name.startswith(".")]
+            return [entry for entry in entries if not is_hidden(entry.name)]
     except OSError:
         return []
 
