@@ -1,6 +1,6 @@
 """The benchmarks of the training loop, every contender interleaved in rounds in one invocation.
 
-    .venv-bench/bin/python bench/run.py [--rounds 5] [--only NAME ...]
+    .venv-bench/bin/python bench/run.py [--rounds 5] [--json FILE]
 
 Bakes the default project with the template, writes a small 32x32 ImageFolder from the
 built-in shapes, then runs each round: every contender in a fresh process, in an order that

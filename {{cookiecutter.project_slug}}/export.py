@@ -3,8 +3,10 @@
     python export.py CHECKPOINT            # everything, into <run folder>/export/
     python export.py CHECKPOINT OUTPUT     # one file: weights, .pt2 or .onnx by its suffix
 
-The checkpoint is verified (SHA-256) and loaded safely; where the run kept a moving average
-of the weights (train.ema_decay), that is what is exported. By default `<run>/export/` gets:
+CHECKPOINT is a checkpoint file or a run folder (its best.pt, else last.pt), as for
+evaluate.py and predict.py. The checkpoint is verified (SHA-256) and loaded safely; where
+the run kept a moving average of the weights (train.ema_decay), that is what is exported.
+By default `<run>/export/` gets:
 
     model.safetensors (model.pt where the project has no safetensors)   the weights, with
         the class names, normalisation and model config in its header (and model.*.json)
@@ -32,7 +34,9 @@ HAS_SAFETENSORS = has_feature("safetensors_io")
 WEIGHT_SUFFIXES = (".safetensors", ".pt") if HAS_SAFETENSORS else (".pt",)  # first: default
 PROGRAM_SUFFIXES = (".pt2", ".onnx")  # a torch.export program, an ONNX model
 SUFFIXES = (*WEIGHT_SUFFIXES, *PROGRAM_SUFFIXES)
-USAGE = f"usage: python export.py CHECKPOINT [OUTPUT, ending in {' or '.join(SUFFIXES)}]"
+USAGE = (
+    f"usage: python export.py CHECKPOINT_OR_RUN_FOLDER [OUTPUT, ending in {' or '.join(SUFFIXES)}]"
+)
 
 
 def default_folder(checkpoint: Path) -> Path:
@@ -60,7 +64,9 @@ def main(argv: list[str]) -> int:
 def export(checkpoint: Path, output: Path | None) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
     from {{ cookiecutter.package_name }}.exported import export_weights, info_path
+    from {{ cookiecutter.package_name }}.inference import resolve_checkpoint
 
+    checkpoint = resolve_checkpoint(checkpoint)
     if output is None:
         return export_everything(checkpoint, default_folder(checkpoint))
     if output.suffix in PROGRAM_SUFFIXES:

@@ -35,6 +35,7 @@ from {{ cookiecutter.package_name }}.config import (
     to_dict,
 )
 from {{ cookiecutter.package_name }}.engine import TrainState
+from {{ cookiecutter.package_name }}.errors import describe
 from {{ cookiecutter.package_name }}.exported import export_weights
 from {{ cookiecutter.package_name }}.features import feature_module
 from {{ cookiecutter.package_name }}.files import (
@@ -369,6 +370,14 @@ def test_atomic_write_text_replaces_the_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["note.txt"]
 
 
+def test_an_os_error_of_an_atomic_write_names_the_file_not_the_temporary_one(tmp_path):
+    path = tmp_path / "missing folder" / "note.txt"
+    with pytest.raises(FileNotFoundError) as raised:
+        atomic_write_text(path, "text")
+    assert raised.value.filename == str(path)
+    assert f"{path} does not exist" in describe(raised.value, "pick another place").message
+
+
 def test_atomic_symlink_switches_a_link_in_one_rename(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -570,6 +579,22 @@ def test_export_writes_weights_equal_to_the_checkpoint(small_config, tmp_path, r
     assert_same(state["model"], load_weights(output), "load_weights")
     fresh = small_model()
     fresh.load_state_dict(load_weights(output))
+
+
+def test_export_takes_a_run_folder_as_evaluate_and_predict_do(small_config, tmp_path, run_python):
+    model, state = trained_state(small_config)
+    CheckpointManager(tmp_path / "run" / "checkpoints", is_main=True).save(state, model)
+    output = tmp_path / "from_folder.pt"
+    result = run_python("export.py", str(tmp_path / "run"), str(output))
+    assert result.returncode == 0, result.stderr
+    assert "last.pt" in result.stdout  # the run has no best.pt: its last checkpoint
+    assert_same(state["model"], load_weights(output), "exported from the run folder")
+    (tmp_path / "empty").mkdir()
+    result = run_python("export.py", str(tmp_path / "empty"), str(tmp_path / "none.pt"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and "holds no checkpoints/best.pt" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "none.pt").exists()
 
 
 def test_export_defaults_to_every_format_in_the_run_folder_checked(make_config, tmp_path, capsys):

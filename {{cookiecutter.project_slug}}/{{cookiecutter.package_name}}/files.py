@@ -35,8 +35,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
                 os.fsync(file.fileno())
         os.replace(temporary, path)
         _fsync_folder(path.parent)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename == str(temporary):
+            error.filename = str(path)  # name the user's file, not our temporary one
         raise
 
 
