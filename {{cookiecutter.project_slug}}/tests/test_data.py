@@ -526,7 +526,36 @@ def test_cache_leaves_out_an_image_that_fails_to_decode_or_names_it(tmp_path, pr
         assert "\n" not in message and str(victim) in message and "data.skip_bad" in message
     bundle = build_datasets(images_config(tmp_path, cache=True, skip_bad=True), seed=0)
     assert len(bundle.train) + len(bundle.val) == 11
-    assert f"skipping: {victim} is not a readable image" in project_log.text
+    assert f"skipping {victim}: not a readable image" in project_log.text
+    assert "set data.skip_bad" not in project_log.text  # it is set: no advice to set it
+
+
+def test_an_image_damaged_past_its_header_is_skipped_while_loading(tmp_path, project_log):
+    """Without the cache, the damage shows only when a batch decodes the file: with
+    data.skip_bad a warning naming it, without the advice to set data.skip_bad."""
+    write_images(tmp_path, {"a": 6, "b": 6}, suffix=".jpg")
+    victim = tmp_path / "a" / "002.jpg"
+    victim.write_bytes(victim.read_bytes()[:-50])
+    bundle = build_datasets(images_config(tmp_path, cache=False, skip_bad=True), seed=0)
+    for part in (bundle.train, bundle.val):
+        labels = [part[index][1] for index in range(len(part))]
+        assert len(labels) == len(part)
+    assert f"skipping {victim}: not a readable image" in project_log.text
+    assert "set data.skip_bad" not in project_log.text
+
+
+def test_a_val_folder_that_lacks_training_classes_names_them_in_a_warning(tmp_path, project_log):
+    write_images(tmp_path / "train", {"cat": 3, "dog": 3, "emu": 3, "owl": 3})
+    write_images(tmp_path / "val", {"cat": 2, "dog": 2})
+    bundle = build_datasets(images_config(tmp_path), seed=0)
+    assert bundle.classes == ["cat", "dog", "emu", "owl"] and len(bundle.val) == 4
+    warnings = [line for line in project_log.text.splitlines() if "no folder in val/" in line]
+    assert len(warnings) == 1, project_log.text
+    assert "2 of 4 classes" in warnings[0] and "emu, owl" in warnings[0]
+    project_log.clear()
+    write_images(tmp_path / "val", {"emu": 2, "owl": 2})
+    build_datasets(images_config(tmp_path), seed=0)
+    assert "no folder in val/" not in project_log.text
 
 
 def test_cache_larger_than_the_memory_is_a_clear_error(tmp_path, monkeypatch):

@@ -212,6 +212,7 @@ def test_an_image_that_fails_to_decode_in_a_worker_is_named_or_skipped(
     assert run(make_config(*settings)) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "\n" not in error and str(victim) in error
+    assert error.startswith(f"error: {victim} is not a readable image"), error  # no traceback
     # The run folder appears only once the data passed its checks: training found it.
     assert (tmp_path / "run" / "train.log").is_file()
     assert run(make_config(*settings, "data.skip_bad=true", run_dir=tmp_path / "skip")) == 0

@@ -13,10 +13,14 @@ SHAPES_MEAN, SHAPES_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 class DataError(ConfigError):
     """A problem with the data files; the message names the file or folder and the fix.
 
-    The message is one line: a line break in a file name is shown as \\n.
+    The message is one line: a line break in a file name is shown as \\n. A DataLoader
+    worker's error reaches the main process as a new error of its class whose message is
+    the worker's traceback; that keeps only the original message, the traceback's last line.
     """
 
     def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "\n" in message:  # re-raised from a worker
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
         super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 

@@ -15,7 +15,7 @@ from ..config import ConfigError, DataConfig
 from ..device import copy_to, processes_on_this_machine
 from ..log import log_choice
 from .bundle import DataBundle, DataError
-from .folders import ImageFiles, open_image
+from .folders import ImageFiles, UnreadableImage, open_image
 from .stats import normalization_stats
 from .transforms import ConvertMode, CropSquare, centre_window, resize_side
 
@@ -106,9 +106,9 @@ class CachedImages(Dataset):
 class _Decoding(Dataset):
     """Sample `index` of an image dataset as (uint8 tensor or None, label, problem or None).
 
-    An unreadable file comes back as its problem instead of an exception, for the main
-    process to stop on or skip: an exception raised in a DataLoader worker would arrive
-    there wrapped in the worker's traceback.
+    An unreadable file comes back as its problem, (error message, data.skip_bad's warning),
+    instead of an exception, for the main process to stop on or skip: an exception raised
+    in a DataLoader worker would arrive there wrapped in the worker's traceback.
     """
 
     def __init__(self, dataset: Dataset, transform) -> None:
@@ -123,8 +123,8 @@ class _Decoding(Dataset):
             path, label = self.dataset.samples[index]
             try:
                 image = open_image(path)
-            except DataError as error:
-                return None, label, str(error)
+            except UnreadableImage as error:
+                return None, label, (str(error), error.skip_warning)
         else:
             image, label = self.dataset[index]  # torchvision: a PIL image, no transform yet
         return self.transform(image), label, None
@@ -154,9 +154,10 @@ def decode_images(
     for batch in loader:
         for pixels, label, problem in batch:
             if problem is not None:
+                message, skip_warning = problem
                 if not cfg.skip_bad:
-                    raise DataError(problem)
-                logger.warning("skipping: %s", problem)
+                    raise DataError(message)
+                logger.warning(skip_warning)
                 continue
             images[count], labels[count] = pixels, label
             count += 1

@@ -64,10 +64,10 @@ class ImageFiles(Dataset):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
                 image = open_image(path)
-            except DataError as error:
+            except UnreadableImage as error:
                 if not self.skip_bad:
                     raise
-                logger.warning("skipping: %s", error)
+                logger.warning(error.skip_warning)
                 continue
             return (self.transform(image) if self.transform else image), label
         raise DataError(f"none of the {len(self.samples)} images could be decoded")
@@ -120,11 +120,22 @@ def to_8_bits(image):
     return Image.fromarray(scaled)
 
 
-def _unreadable(path: Path, error: Exception) -> DataError:
-    """The error for an image file that PIL cannot open or decode."""
-    return DataError(
-        f"{path} is not a readable image ({_reason(error, path)}); replace or delete it, "
-        "or set data.skip_bad=true to skip unreadable images with a warning"
+class UnreadableImage(DataError):
+    """An image file that PIL cannot open or decode. `skip_warning` is what data.skip_bad
+    says instead: the same problem, without the advice to set data.skip_bad. (One argument
+    is enough to make one: a DataLoader worker's error is re-made from its message.)"""
+
+    def __init__(self, message: str, skip_warning: str = "") -> None:
+        super().__init__(message)
+        self.skip_warning = skip_warning or f"skipping: {self}"
+
+
+def _unreadable(path: Path, error: Exception) -> UnreadableImage:
+    reason = _reason(error, path)
+    return UnreadableImage(
+        f"{path} is not a readable image ({reason}); replace or delete it, "
+        "or set data.skip_bad=true to skip unreadable images with a warning",
+        f"skipping {path}: not a readable image ({reason})",
     )
 
 
@@ -196,13 +207,24 @@ def _check_layout(cfg: DataConfig, root: Path) -> tuple[bool, bool]:
 def _scan_val_folder(
     cfg: DataConfig, folder: Path, classes: list[str], skipped: list[Path]
 ) -> dict[str, list[Path]]:
-    """The image files of each class folder of val/, whose classes must all be in train/."""
+    """The image files of each class folder of val/, whose classes must all be in train/;
+    a warning names the training classes that val/ lacks (their accuracy goes unmeasured)."""
     val_classes, val_files = _scan_class_folders(folder, skipped)
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
         raise DataError(
             f"data.root={cfg.root!r}: classes {unknown} are in val/ but not in train/; "
             "every validation class needs training images (check the folder names)"
+        )
+    unseen = [name for name in classes if name not in set(val_classes)]
+    if unseen:
+        logger.warning(
+            "data.root=%r: %d of %d classes have no folder in val/, so their accuracy is not "
+            "measured: %s; add a val/<class>/ folder of images for each",
+            cfg.root,
+            len(unseen),
+            len(classes),
+            ", ".join(unseen),
         )
     return val_files
 
@@ -369,7 +391,7 @@ def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) ->
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             if not cfg.skip_bad:
                 raise _unreadable(path, error) from None
-            logger.warning("skipping %s: not a readable image (%s)", path, _reason(error, path))
+            logger.warning(_unreadable(path, error).skip_warning)
             continue
         if not cfg.resize and cfg.resize is not None and min(size) < cfg.image_size:
             raise DataError(
