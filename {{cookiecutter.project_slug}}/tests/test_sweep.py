@@ -168,6 +168,7 @@ BAD_INPUT = {
     "unknown entry": (SWEEP_FILE + "metrc: val_loss\n", [], "'metrc'"),
     "bad metric": (SWEEP_FILE.replace("metric: val_acc", "metric: accuracy"), [], "metric"),
     "bad name": (SWEEP_FILE.replace("name: test-sweep", "name: a/b"), [], "name='a/b'"),
+    "no name": (SWEEP_FILE.replace("name: test-sweep\n", ""), [], "has no name: give the"),
     "unknown key": (space_with("optim.lrr: {type: float, low: 0.1, high: 1}"), [], "optim.lrr"),
     "no type": (space_with("optim.momentum: {low: 0.1, high: 0.9}"), [], "needs a type"),
     "log from 0": (space_with("sched.gamma: {type: float, low: 0, high: 1, log: true}"), [], "log"),

@@ -80,9 +80,11 @@ def load_sweep(path: Path) -> Sweep:
     for key in raw:
         if key not in known:
             raise ConfigError(f"{path}: unknown entry {key!r}; entries: {', '.join(sorted(known))}")
-    if not isinstance(raw.get("name"), str) or not re.fullmatch(r"[\w.-]+", raw["name"]):
+    if raw.get("name") is None:
+        raise ConfigError(f"{path} has no name: give the study one, e.g. name: shapes-lr")
+    if not isinstance(raw["name"], str) or not re.fullmatch(r"[\w.-]+", raw["name"]):
         raise ConfigError(
-            f"{path}: name={raw.get('name')!r} is not allowed; name the study with letters, "
+            f"{path}: name={raw['name']!r} is not allowed; name the study with letters, "
             "digits, '_', '-' and '.', e.g. name: shapes-lr"
         )
     sweep = Sweep(**{key: value for key, value in raw.items() if key != "space"})
