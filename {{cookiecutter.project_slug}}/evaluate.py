@@ -51,6 +51,7 @@ def main(argv: list[str]) -> int:
 
 def evaluate(target: Path, overrides: list[str]) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
+    from {{ cookiecutter.package_name }}.errors import print_lines
     from {{ cookiecutter.package_name }}.inference import (
         evaluate_checkpoint,
         load_trained,
@@ -62,16 +63,20 @@ def evaluate(target: Path, overrides: list[str]) -> int:
     checkpoint = resolve_checkpoint(target)
     trained = load_trained(checkpoint, overrides)
     result = evaluate_checkpoint(trained)
-    # The figures first: where the files cannot be written, they are still shown.
-    print(f"checkpoint {checkpoint} (step {trained.step}), {result.images} validation images")
+    # The figures first: where the files cannot be written, they are still shown (and a
+    # reader of stdout that stops early, `| head`, does not stop the files being written).
     top = f", top-5 accuracy {result.top_k:.4f}" if result.top_k is not None else ""
-    print(f"accuracy {result.accuracy:.4f}{top}, loss {result.loss:.4f}")
+    lines = [
+        f"checkpoint {checkpoint} (step {trained.step}), {result.images} validation images",
+        f"accuracy {result.accuracy:.4f}{top}, loss {result.loss:.4f}",
+    ]
     width = max(len(name) for name in result.classes)
     for name, count, correct, accuracy in result.per_class():
         shown = "   -  " if accuracy is None else f"{accuracy:.4f}"
-        print(f"  {name:<{width}}  {shown}  ({correct}/{count})")
+        lines.append(f"  {name:<{width}}  {shown}  ({correct}/{count})")
+    print_lines(lines)
     written = write_evaluation(result, trained, run_dir_of(checkpoint) / "eval" / checkpoint.stem)
-    print("wrote " + ", ".join(str(path) for path in written))
+    print_lines(["wrote " + ", ".join(str(path) for path in written)])
     return 0
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
 
 def predict(checkpoint_or_run: Path, images: Path, output: Path | None) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
+    from {{ cookiecutter.package_name }}.errors import print_lines
     from {{ cookiecutter.package_name }}.inference import (
         image_files,
         load_trained,
@@ -56,16 +57,21 @@ def predict(checkpoint_or_run: Path, images: Path, output: Path | None) -> int:
     if not predictions:
         print(f"error: none of the {len(files)} files could be read as an image", file=sys.stderr)
         return 1
-    for prediction in predictions:
-        probability, index = prediction.probabilities.max(dim=0)
-        print(f"{prediction.file}\t{trained.classes[index]}\t{probability.item():.4f}")
     if output is None:
         output = first_free(run_dir_of(checkpoint) / "predictions.csv")
     elif output.exists():
         print(f"replacing the earlier {output}", file=sys.stderr)
+    # The file first: a reader of stdout that stops early (`| head`) must not cost it.
     write_predictions(predictions, trained.classes, output)
+    print_lines(result_line(prediction, trained.classes) for prediction in predictions)
     print(f"wrote {len(predictions)} predictions to {output}", file=sys.stderr)
     return 0
+
+
+def result_line(prediction, classes: list[str]) -> str:
+    """`file<TAB>class<TAB>probability` of the most probable class."""
+    probability, index = prediction.probabilities.max(dim=0)
+    return f"{prediction.file}\t{classes[index]}\t{probability.item():.4f}"
 
 
 def first_free(path: Path) -> Path:

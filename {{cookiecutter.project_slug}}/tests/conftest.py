@@ -1,11 +1,13 @@
 """Shared fixtures: a small, fast configuration, and helpers for subprocesses and metrics."""
 
+import contextlib
 import csv
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,19 +58,35 @@ def subprocess_env() -> dict:
 
 @pytest.fixture(scope="session")
 def run_python():
-    """run_python(*args, timeout=120, env=None) -> `python ARGS` in the project root, captured."""
+    """run_python(*args, timeout=120, env=None, stdout=None) -> `python ARGS` in the project
+    root, captured (stdout: a file descriptor to write to instead)."""
 
-    def run(*args: str, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        *args: str, timeout: int = 120, env: dict | None = None, stdout: int | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, *args],
             cwd=PROJECT_ROOT,
             env={**_subprocess_env(), **(env or {})},
-            capture_output=True,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
             text=True,
             timeout=timeout,
         )
 
     return run
+
+
+@contextlib.contextmanager
+def pipe_without_reader() -> Iterator[int]:
+    """The writing end of a pipe whose reader has gone, as `python ... | head` leaves stdout
+    once head has read its lines: every write to it fails (EPIPE)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        yield write_end
+    finally:
+        os.close(write_end)
 
 
 def wait_for_file(path: Path, process: subprocess.Popen, timeout: float) -> None:

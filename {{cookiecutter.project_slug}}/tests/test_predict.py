@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMALL_OVERRIDES, write_images
+from conftest import SMALL_OVERRIDES, pipe_without_reader, write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, load_checkpoint, load_weights
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
@@ -140,6 +140,26 @@ def test_predict_keeps_earlier_predictions(trained, run_python, tmp_path):
     assert f"replacing the earlier {named}" in result.stderr
     with named.open(newline="", encoding="utf-8") as file:
         assert len(list(csv.DictReader(file))) == 4
+
+
+def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_python, tmp_path):
+    """`python predict.py ... | head -1` and `python evaluate.py ... | head -1`: the reader
+    of stdout goes away; the files are written whole all the same, without a traceback."""
+    _, run_dir, new_images = trained
+    output = tmp_path / "all.csv"
+    with pipe_without_reader() as stdout:
+        result = run_python("predict.py", str(run_dir), str(new_images), str(output), stdout=stdout)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == f"wrote 4 predictions to {output}"
+    with output.open(newline="", encoding="utf-8") as file:
+        assert len(list(csv.DictReader(file))) == 4
+    figures = run_dir / "eval" / "best" / "metrics.json"
+    figures.unlink(missing_ok=True)
+    with pipe_without_reader() as stdout:
+        result = run_python("evaluate.py", str(run_dir), stdout=stdout)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "error" not in result.stderr, result.stderr
+    assert json.loads(figures.read_text(encoding="utf-8"))["images"] > 0
 
 
 def test_predict_skips_an_unreadable_file_without_training_advice(trained, run_python):

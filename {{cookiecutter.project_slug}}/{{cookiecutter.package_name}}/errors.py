@@ -13,14 +13,17 @@ the package that is missing.
 """
 
 import errno
+import os
+import select
 import socket
 import sys
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# Exit codes: 2 for a usage or config error, 1 for any other failure, 130 for Ctrl-C.
-USAGE_ERROR, FAILURE, INTERRUPTED = 2, 1, 130
+# Exit codes: 2 for a usage or config error, 1 for any other failure, 130 for Ctrl-C, and
+# 141 when the reader of stdout went away (`... | head`), as a shell reports such a tool.
+USAGE_ERROR, FAILURE, INTERRUPTED, READER_GONE = 2, 1, 130, 141
 
 # Packages the project imports, by their import name: the command that installs each.
 # (`pip install -e .` in the project folder installs every dependency at once.)
@@ -160,15 +163,51 @@ def report(failure: Failure) -> int:
     return failure.code
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has exited (`python predict.py ... | head`).
+    A BrokenPipeError alone cannot tell: a tracker's lost network connection raises it too."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file descriptor
+        return False
+
+
+def silence_stdout() -> None:
+    """Send stdout nowhere from now on: its reader is gone, and every later write, the
+    interpreter's last flush included, would raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    """Print `lines` to stdout. If its reader stops reading (`... | head`), print no more and
+    go on, so that the files the command writes after its printed results are still written."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        silence_stdout()
+
+
 def exit_code_of(function: Callable[..., int], *args, fix: str) -> int:
     """`function(*args)`, with the errors this module knows turned into one line and an
-    exit code, and Ctrl-C into 130; a bug's traceback passes through."""
+    exit code, Ctrl-C into 130 and a reader of stdout that went away into a quiet 141; a
+    bug's traceback passes through."""
     try:
         return function(*args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as error:
+        if isinstance(error, BrokenPipeError) and stdout_reader_gone():
+            silence_stdout()  # it had what it wanted; nothing to say, and nowhere to say it
+            return READER_GONE
         failure = describe(error, fix)
         if failure is None:
             raise
