@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.config import (
 from {{ cookiecutter.package_name }}.model import (
     SmallResNet,
     build_model,
+    check_input_size,
     count_parameters,
     flops_per_sample,
     model_summary,
@@ -94,7 +95,8 @@ def test_freeze_up_to_a_stage_freezes_everything_before_it_too():
     assert 0 < trainable < total
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+# googlenet: built without its auxiliary classifiers, whose outputs the loss could not take.
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "googlenet"])
 def test_torchvision_model_smoke_trains_one_batch(make_config, tmp_path, name):
     cfg = make_config(
         f"model.name={name}",
@@ -108,6 +110,60 @@ def test_torchvision_model_smoke_trains_one_batch(make_config, tmp_path, name):
     assert checkpoint["progress"]["global_step"] == 1
     log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
     assert f"model: {name}, " in log and "MFLOPs per sample, input 3x32x32" in log
+
+
+class TakesOneSide(nn.Module):
+    """Refuses every input but `side` x `side`, as vit_b_16 takes 224 only."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = side
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.shape[-1] == self.side, f"Expected {self.side} but got {images.shape[-1]}"
+        return self.linear(images.mean(dim=(2, 3)))
+
+
+def test_a_model_that_refuses_the_image_size_names_the_size_it_takes():
+    with pytest.raises(ConfigError) as error:
+        check_input_size(TakesOneSide(224), "vit_like", in_channels=3, image_size=32)
+    message = str(error.value)
+    assert "model.name=vit_like cannot take 32x32 images (Expected 224 but got 32)" in message
+    assert "set data.image_size=224" in message
+    model = TakesOneSide(32)
+    check_input_size(model, "fits", in_channels=3, image_size=32)  # no error
+    assert model.training  # the check left it in training mode
+
+
+def test_a_model_that_takes_no_size_keeps_its_own_error():
+    class Broken(nn.Module):
+        def forward(self, images):
+            raise RuntimeError("a bug in forward")
+
+    with pytest.raises(RuntimeError, match="a bug in forward"):
+        check_input_size(Broken(), "broken", in_channels=3, image_size=32)
+
+
+def test_training_a_torchvision_model_on_too_small_images_is_one_clear_error(make_config):
+    cfg = make_config("model.name=squeezenet1_1", "data.image_size=16", "train.max_steps=1")
+    with pytest.raises(ConfigError) as error:
+        main(cfg)
+    message = str(error.value)
+    assert "model.name=squeezenet1_1 cannot take 16x16 images" in message
+    assert "set data.image_size=24" in message or "set data.image_size=32" in message, message
+
+
+def test_weights_with_auxiliary_classifiers_load_into_the_model_built_without(tmp_path):
+    import torchvision
+
+    full = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    path = tmp_path / "googlenet.pth"
+    write_weights(full.state_dict(), path)  # as torchvision's ImageNet file holds them
+    cfg = ModelConfig(name="googlenet", weights=str(path))
+    model = build_model(cfg, num_classes=1000, in_channels=3)
+    assert not any(key.startswith("aux") for key in model.state_dict())
+    assert torch.equal(model.state_dict()["fc.weight"], full.state_dict()["fc.weight"])
 
 
 def save_small_resnet(path, width=8, num_classes=10):

@@ -11,6 +11,9 @@ from .config import ConfigError, ModelConfig
 logger = logging.getLogger(__name__)
 
 OWN_MODELS = ("small_resnet",)
+# torchvision models with auxiliary classifiers, built without them: in training mode they
+# would return a tuple of outputs that the loss cannot take (and need larger images).
+AUXILIARY_HEADS = {"inception_v3": ("AuxLogits.",), "googlenet": ("aux1.", "aux2.")}
 
 
 class ResidualBlock(nn.Module):
@@ -125,7 +128,8 @@ def build_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn
     """A torchvision classifier with random init (weights are never downloaded at run time)."""
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    options = {"aux_logits": False, "init_weights": True} if name in AUXILIARY_HEADS else {}
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     if in_channels != 3:
         adapt_first_conv(model, in_channels)
     return model
@@ -149,6 +153,8 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
     except CheckpointError as error:
         raise ConfigError(f"model.weights: {error}") from None
     expected = model.state_dict()
+    auxiliary = AUXILIARY_HEADS.get(name, ())  # in the file, not in the model built without
+    weights = {key: value for key, value in weights.items() if not key.startswith(auxiliary)}
     head = set(_classifier_keys(model))
     kept_head = []
     for key in head:
@@ -238,6 +244,44 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+# Square sides tried when a model refuses data.image_size, to name the smallest it takes.
+PROBE_SIDES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 384, 512)
+
+
+def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
+    """Run `model` once on a blank image of `image_size`; where it refuses that size (vit_b_16
+    takes 224 only, inception_v3 at least 75), a ConfigError names the smallest of
+    PROBE_SIDES it takes. A model that takes none of them has a bug: its error stays."""
+    try:
+        _run_blank(model, in_channels, image_size)
+        return
+    except (RuntimeError, AssertionError, ValueError) as error:
+        refusal = error
+    for side in (side for side in PROBE_SIDES if side > image_size):
+        try:
+            _run_blank(model, in_channels, side)
+        except (RuntimeError, AssertionError, ValueError):
+            continue
+        problem = str(refusal).strip().splitlines()[0] if str(refusal).strip() else "refused"
+        raise ConfigError(
+            f"model.name={name} cannot take {image_size}x{image_size} images ({problem}); set "
+            f"data.image_size={side} (the first of {', '.join(map(str, PROBE_SIDES))} it takes)"
+        )
+    raise refusal
+
+
+def _run_blank(model: nn.Module, in_channels: int, side: int) -> None:
+    """One forward pass of a zero image, in eval mode without gradients (batch-norm
+    statistics and the training mode stay as they were)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, side, side))
+    finally:
+        model.train(was_training)
 
 
 def flops_per_sample(model: nn.Module, in_channels: int, image_size: int) -> int:

@@ -49,7 +49,7 @@ from .files import atomic_write_text
 from .hooks import Hooks
 from .log import attach_log_file, draws_progress_bar, progress_bar, setup_logging
 from .manifest import write_manifest
-from .model import build_model, check_model_name, model_summary
+from .model import build_model, check_input_size, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
@@ -193,6 +193,7 @@ def build_training_model(
     # A resumed run takes its weights from the checkpoint: model.weights is not even read.
     model_cfg = dataclasses.replace(cfg.model, weights=None) if resumed else cfg.model
     model = build_model(model_cfg, len(data.classes), data.in_channels)
+    check_input_size(model, cfg.model.name, data.in_channels, cfg.data.image_size)
     if team.is_main:  # counting FLOPs runs the model once on the CPU: once per job is enough
         summary = model_summary(model, cfg.model.name, data.in_channels, cfg.data.image_size)
         logger.info("%s", summary)
