@@ -376,6 +376,12 @@ def test_an_os_error_of_an_atomic_write_names_the_file_not_the_temporary_one(tmp
         atomic_write_text(path, "text")
     assert raised.value.filename == str(path)
     assert f"{path} does not exist" in describe(raised.value, "pick another place").message
+    folder = tmp_path / "a folder"  # the rename onto it fails: a folder where a file goes
+    (folder / "inside").mkdir(parents=True)
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(folder, "text")
+    assert (raised.value.filename, raised.value.filename2) == (str(folder), None)
+    assert describe(raised.value, "pick another place").message.startswith(f"{folder} is a")
 
 
 def test_atomic_symlink_switches_a_link_in_one_rename(tmp_path):

@@ -131,6 +131,8 @@ def test_a_model_that_refuses_the_image_size_names_the_size_it_takes():
     message = str(error.value)
     assert "model.name=vit_like cannot take 32x32 images (Expected 224 but got 32)" in message
     assert "set data.image_size=224" in message
+    with pytest.raises(ConfigError, match="set data.image_size=224"):  # tried below 256 too
+        check_input_size(TakesOneSide(224), "vit_like", in_channels=3, image_size=256)
     model = TakesOneSide(32)
     check_input_size(model, "fits", in_channels=3, image_size=32)  # no error
     assert model.training  # the check left it in training mode

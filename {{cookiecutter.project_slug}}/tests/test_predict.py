@@ -147,8 +147,10 @@ def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_p
     of stdout goes away; the files are written whole all the same, without a traceback."""
     _, run_dir, new_images = trained
     output = tmp_path / "all.csv"
+    unbuffered = {"PYTHONUNBUFFERED": "1"}  # the first line printed meets the closed pipe
     with pipe_without_reader() as stdout:
-        result = run_python("predict.py", str(run_dir), str(new_images), str(output), stdout=stdout)
+        arguments = [str(run_dir), str(new_images), str(output)]
+        result = run_python("predict.py", *arguments, stdout=stdout, env=unbuffered)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == f"wrote 4 predictions to {output}"
     with output.open(newline="", encoding="utf-8") as file:
@@ -156,10 +158,17 @@ def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_p
     figures = run_dir / "eval" / "best" / "metrics.json"
     figures.unlink(missing_ok=True)
     with pipe_without_reader() as stdout:
-        result = run_python("evaluate.py", str(run_dir), stdout=stdout)
+        result = run_python("evaluate.py", str(run_dir), stdout=stdout, env=unbuffered)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "error" not in result.stderr, result.stderr
     assert json.loads(figures.read_text(encoding="utf-8"))["images"] > 0
+    # export.py prints its lines at the end: the reader's absence shows when they are flushed,
+    # and ends the command quietly with 141, as a shell reports a tool stopped by the pipe.
+    weights = tmp_path / "weights.pt"
+    with pipe_without_reader() as stdout:
+        result = run_python("export.py", str(run_dir), str(weights), stdout=stdout)
+    assert result.returncode == 141 and not result.stderr, result.stderr
+    assert weights.is_file()
 
 
 def test_predict_skips_an_unreadable_file_without_training_advice(trained, run_python):

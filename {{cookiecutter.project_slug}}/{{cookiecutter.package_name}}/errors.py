@@ -165,11 +165,13 @@ def report(failure: Failure) -> int:
 
 def stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reader has exited (`python predict.py ... | head`).
-    A BrokenPipeError alone cannot tell: a tracker's lost network connection raises it too."""
+    A BrokenPipeError alone cannot tell: a tracker's lost network connection raises it too.
+    (Linux flags such a pipe with POLLERR, macOS and the BSDs with POLLHUP.)"""
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        gone = select.POLLERR | select.POLLHUP
+        return any(events & gone for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file descriptor
         return False
 
@@ -189,9 +191,7 @@ def print_lines(lines: Iterable[str]) -> None:
         for line in lines:
             print(line)
         sys.stdout.flush()
-    except BrokenPipeError:
-        if not stdout_reader_gone():
-            raise
+    except BrokenPipeError:  # a write to stdout failed: its reader is gone
         silence_stdout()
 
 
@@ -200,7 +200,9 @@ def exit_code_of(function: Callable[..., int], *args, fix: str) -> int:
     exit code, Ctrl-C into 130 and a reader of stdout that went away into a quiet 141; a
     bug's traceback passes through."""
     try:
-        return function(*args)
+        code = function(*args)
+        sys.stdout.flush()  # here, where a reader that went away is still handled below
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -38,7 +38,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.filename == str(temporary):
-            error.filename = str(path)  # name the user's file, not our temporary one
+            # Name the user's file, not our temporary one (nor the rename between them).
+            error.filename, error.filename2 = str(path), None
         raise
 
 

@@ -13,7 +13,7 @@ import time
 from logging.handlers import MemoryHandler
 from pathlib import Path
 
-from .errors import silence_stdout, stdout_reader_gone
+from .errors import silence_stdout
 from .files import atomic_path
 
 LOGGER_NAME = "{{ cookiecutter.package_name }}"
@@ -98,7 +98,7 @@ class Console(logging.StreamHandler):
             super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
-        if isinstance(sys.exc_info()[1], BrokenPipeError) and stdout_reader_gone():
+        if isinstance(sys.exc_info()[1], BrokenPipeError):  # writing to stdout failed
             self.gone = True
             silence_stdout()
         else:

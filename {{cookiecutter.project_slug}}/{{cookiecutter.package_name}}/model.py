@@ -252,14 +252,17 @@ PROBE_SIDES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 384, 512)
 
 def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
     """Run `model` once on a blank image of `image_size`; where it refuses that size (vit_b_16
-    takes 224 only, inception_v3 at least 75), a ConfigError names the smallest of
-    PROBE_SIDES it takes. A model that takes none of them has a bug: its error stays."""
+    takes 224 only, inception_v3 at least 75), a ConfigError names the nearest side of
+    PROBE_SIDES that it takes, larger sides tried first (a model short of pixels is the usual
+    case), then smaller ones. A model that takes none of them has a bug: its error stays."""
     try:
         _run_blank(model, in_channels, image_size)
         return
     except (RuntimeError, AssertionError, ValueError) as error:
         refusal = error
-    for side in (side for side in PROBE_SIDES if side > image_size):
+    larger = [side for side in PROBE_SIDES if side > image_size]
+    smaller = [side for side in reversed(PROBE_SIDES) if side < image_size]
+    for side in larger + smaller:
         try:
             _run_blank(model, in_channels, side)
         except (RuntimeError, AssertionError, ValueError):
@@ -267,7 +270,8 @@ def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: 
         problem = str(refusal).strip().splitlines()[0] if str(refusal).strip() else "refused"
         raise ConfigError(
             f"model.name={name} cannot take {image_size}x{image_size} images ({problem}); set "
-            f"data.image_size={side} (the first of {', '.join(map(str, PROBE_SIDES))} it takes)"
+            f"data.image_size={side}, the nearest side it takes (of {PROBE_SIDES[0]}-"
+            f"{PROBE_SIDES[-1]}, larger ones tried first)"
         )
     raise refusal
 

@@ -193,6 +193,7 @@ def build_training_model(
     # A resumed run takes its weights from the checkpoint: model.weights is not even read.
     model_cfg = dataclasses.replace(cfg.model, weights=None) if resumed else cfg.model
     model = build_model(model_cfg, len(data.classes), data.in_channels)
+    # On every rank, so that under torchrun all of them stop on the same one line.
     check_input_size(model, cfg.model.name, data.in_channels, cfg.data.image_size)
     if team.is_main:  # counting FLOPs runs the model once on the CPU: once per job is enough
         summary = model_summary(model, cfg.model.name, data.in_channels, cfg.data.image_size)

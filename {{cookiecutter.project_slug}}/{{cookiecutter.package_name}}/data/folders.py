@@ -127,7 +127,7 @@ class UnreadableImage(DataError):
 
     def __init__(self, message: str, skip_warning: str = "") -> None:
         super().__init__(message)
-        self.skip_warning = skip_warning or f"skipping: {self}"
+        self.skip_warning = skip_warning or f"skipping: {str(self).split('; ')[0]}"
 
 
 def _unreadable(path: Path, error: Exception) -> UnreadableImage:
