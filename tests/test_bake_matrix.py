@@ -25,6 +25,8 @@ from tests.conftest import (
     COMBINATIONS,
     DEFAULT,
     FEATURES,
+    SMOKE_TIMEOUT_S,
+    SUITE_TIMEOUT_S,
     TEMPLATE,
     TRAIN_COMBINATIONS,
     TRAINING_NEUTRAL,
@@ -215,7 +217,12 @@ def test_torchrun_two_processes(baked, combination, tmp_path):
         f"run.dir={run_dir}",
     ]
     result = subprocess.run(
-        command, cwd=project, env=subprocess_env(), capture_output=True, text=True, timeout=300
+        command,
+        cwd=project,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "world size 2" in result.stdout
@@ -248,7 +255,7 @@ def test_other_trackers_pass_their_own_tests(baked, combination, tmp_path):
     project = shutil.copytree(project_of(baked, combination), tmp_path / "project")
     own_tests = f"tests/test_{combination['tracker']}.py"
     command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", own_tests]
-    result = run_python(command, cwd=project, timeout=600)
+    result = run_python(command, cwd=project, timeout=SUITE_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " skipped" not in result.stdout
 
@@ -264,6 +271,6 @@ def test_baked_project_own_test_suite_passes(baked, combination, tmp_path):
         # The property tests (random configs, random image folders) exercise code that no
         # prompt changes: the default bake runs them, the all-features bake need not again.
         command += [f"--ignore=tests/{name}" for name in FEATURE_FREE_PROPERTY_TESTS]
-    result = run_python(command, cwd=project, timeout=1200)
+    result = run_python(command, cwd=project, timeout=SUITE_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert " passed" in result.stdout

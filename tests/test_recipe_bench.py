@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import SMOKE_TIMEOUT_S
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCALE = 0.02  # of each class's images, at least image_collections.MIN_PER_CLASS
 
@@ -95,7 +97,7 @@ def test_recipe_quick_runs_end_to_end(tmp_path):
     report = tmp_path / "recipe.json"
     command = [sys.executable, str(BENCH / "recipe.py"), "--quick", "--only", "tiny"]
     command += ["--collections", str(tmp_path / "collections"), "--json", str(report)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     assert result.returncode in (0, 1), result.stderr[-3000:]
     table = result.stdout.strip().splitlines()
     assert table[0].startswith("| collection | what it is | val images | default acc |")
@@ -128,7 +130,7 @@ def test_ema_bench_quick_runs_end_to_end(tmp_path):
     report = tmp_path / "ema.json"
     command = [sys.executable, str(BENCH / "ema.py"), "--quick", "--only", "tiny"]
     command += ["--decays", "0.9", "--collections", str(tmp_path / "c"), "--json", str(report)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.strip().splitlines()
     assert table[0] == "| collection | EMA off | EMA 0.9 |" and table[2].startswith("| tiny | ")

@@ -184,7 +184,7 @@ def test_slurm_script_starts_torchrun_on_every_node_with_the_job_rendezvous(tmp_
         env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "rendezvous at node-a:29500, run folder runs/slurm-4242" in result.stdout
@@ -243,7 +243,7 @@ def test_a_torchrun_that_cannot_pass_the_notice_on_is_refused_in_one_line(
     else:  # a Python without torch: no site-packages at all
         env["PYTHONNOUSERSITE"] = "1"
         (tools / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
-    result = _finish(_start([], env, tmp_path / "job"), timeout=60)
+    result = _finish(_start([], env, tmp_path / "job"), timeout=180)
     assert result.returncode == 2, _output(result)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and line.endswith(expected), line
@@ -277,7 +277,7 @@ def test_the_script_passes_the_notice_on_and_requeues_only_a_stopped_run(
                 time.sleep(0.02)
             os.kill(job.pid, signal.SIGUSR1)  # as SLURM does with --signal=B:USR1
     finally:
-        result = _finish(job, timeout=60)
+        result = _finish(job, timeout=180)
     assert result.returncode == script_exit, _output(result)
     assert ("srun got SIGUSR1" in result.stdout) == notice, _output(result)
     assert _calls(tmp_path / "scontrol-77") == (["requeue 77"] if requeued else [])

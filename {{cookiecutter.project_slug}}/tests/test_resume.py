@@ -335,9 +335,9 @@ def test_stop_signal_saves_and_exits_with_128_plus_the_signal(
         text=True,
     )
     try:
-        wait_for_file(run_dir / "checkpoints" / "last.pt", process, timeout=60)
+        wait_for_file(run_dir / "checkpoints" / "last.pt", process, timeout=180)
         process.send_signal(signum)
-        output, _ = process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
             process.kill()
