@@ -78,10 +78,18 @@ def one_line(error: BaseException) -> str:
     """The message of `error`, also when a DataLoader worker raised it: the loader then
     re-raises it with the worker's traceback as its message, whose last line is the
     original `ExceptionType: message`."""
-    lines = str(error).strip().splitlines()
+    text = worker_message(str(error).strip())
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def worker_message(text: str) -> str:
+    """The original message in `text` where it is the one a DataLoader worker's error gets
+    in the main process ("Caught X in DataLoader worker ...", its traceback, then
+    `X: message`); `text` itself otherwise."""
+    lines = text.rstrip().splitlines()
     if len(lines) > 1 and lines[0].startswith("Caught "):
         return lines[-1].split(": ", 1)[-1]
-    return lines[0] if lines else type(error).__name__
+    return text
 
 
 def _is_project_error(error: BaseException, module: str, name: str) -> bool:

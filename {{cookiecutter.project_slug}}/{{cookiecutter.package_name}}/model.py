@@ -295,15 +295,9 @@ def flops_per_sample(model: nn.Module, in_channels: int, image_size: int) -> int
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    sample = torch.zeros(1, in_channels, image_size, image_size)
     counter = FlopCounterMode(display=False)
-    try:
-        model.eval()
-        with torch.no_grad(), counter:
-            model(sample)
-    finally:
-        model.train(was_training)
+    with counter:
+        _run_blank(model, in_channels, image_size)
     return counter.get_total_flops()
 
 

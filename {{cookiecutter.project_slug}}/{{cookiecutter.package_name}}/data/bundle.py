@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from ..config import ConfigError
+from ..errors import worker_message
 
 # The built-in shapes are normalised with fixed statistics: nothing to compute.
 SHAPES_MEAN, SHAPES_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -19,8 +20,7 @@ class DataError(ConfigError):
     """
 
     def __init__(self, message: str) -> None:
-        if message.startswith("Caught ") and "\n" in message:  # re-raised from a worker
-            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        message = worker_message(message)  # the original, where re-raised from a worker
         super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
