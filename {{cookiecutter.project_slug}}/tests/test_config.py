@@ -69,6 +69,32 @@ def test_every_setting_in_default_yaml_has_a_comment():
     assert not uncommented, "settings without a comment:\n" + "\n".join(uncommented)
 
 
+def settings_table(readme: str) -> dict:
+    """{key: default} from the README's table of the main settings."""
+    lines = readme.splitlines()
+    rows = {}
+    for line in lines[lines.index("| key | default | meaning |") + 2 :]:
+        if not line.startswith("|"):
+            break
+        keys, default = [cell.strip() for cell in line.strip("|").split("|")][:2]
+        value = read_yaml(f"value: {default.strip('`')}")["value"]
+        rows.update(dict.fromkeys(re.findall(r"`([\w.]+)`", keys), value))
+    return rows
+
+
+def test_readme_gives_the_defaults_of_default_yaml():
+    in_yaml = leaf_keys(read_yaml(DEFAULT_CONFIG.read_text(encoding="utf-8")))
+    readme = (DEFAULT_CONFIG.parents[1] / "README.md").read_text(encoding="utf-8")
+    table = settings_table(readme)
+    assert len(table) > 10, "the README's table of the main settings was not found"
+    wrong = {
+        key: f"README {value!r}, default.yaml {in_yaml.get(key, 'has no such key')!r}"
+        for key, value in table.items()
+        if key not in in_yaml or in_yaml[key] != value
+    }
+    assert not wrong, wrong
+
+
 def test_default_yaml_loads_to_the_schema_defaults():
     from {{ cookiecutter.package_name }}.config import Config
 
