@@ -4,6 +4,7 @@ import csv
 import errno
 import logging
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,13 @@ def test_metrics_csv_writes_a_header_and_one_row_per_epoch(tmp_path):
         assert column in header
     assert [row["epoch"] for row in rows] == ["0", "1", "2"]
     assert float(rows[2]["val_loss"]) == 2.5
+
+
+def test_the_readme_names_the_columns_of_metrics_csv():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = re.search(r"^metrics\.csv +one row per epoch: ([\w,]+)", readme, re.MULTILINE)
+    assert listed is not None, "the README's run-folder listing has no metrics.csv line"
+    assert tuple(listed[1].split(",")) == METRIC_COLUMNS
 
 
 def test_an_append_that_fails_midway_leaves_no_half_row(tmp_path, monkeypatch):
