@@ -175,9 +175,15 @@ def test_a_missing_package_names_the_install_command(run_python, command):
     [
         (ModuleNotFoundError("no optuna", name="optuna"), 1, "pip install optuna"),
         (OSError(errno.ENOSPC, "No space left on device", "out.csv"), 1, "free disk space"),
-        (ConnectionResetError(104, "Connection reset by peer"), 1, "download failed"),
+        (ConnectionResetError(104, "Connection reset by peer"), 1, "network connection failed"),
         # A broken pipe that is not stdout's (a tracker's connection): a network failure.
-        (BrokenPipeError(errno.EPIPE, "Broken pipe"), 1, "download failed"),
+        (BrokenPipeError(errno.EPIPE, "Broken pipe"), 1, "network connection failed (Broken"),
+        # torchvision's datasets with several mirrors gather their failures in one error.
+        (
+            RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried x, got:\nrefused"),
+            1,
+            "download failed (Error downloading train-images-idx3-ubyte.gz: refused)",
+        ),
     ],
 )
 def test_exit_code_of_turns_known_errors_into_one_line(capsys, error, code, words):

@@ -135,14 +135,19 @@ def _is_failed_download(error: BaseException) -> bool:
 
 
 def _network(error: BaseException) -> str:
-    reason = getattr(error, "reason", None) or getattr(error, "strerror", None)
     if _is_failed_download(error):  # its first line names the file, its last the reason
         lines = str(error).strip().splitlines()
-        reason = f"{lines[0].rstrip(':')}: {lines[-1].strip()}"
+        return (
+            f"a download failed ({lines[0].rstrip(':')}: {lines[-1].strip()}); check the "
+            "network connection and try again, or fetch the files on a machine that has one "
+            "and copy them here (into data.root for a dataset)"
+        )
+    # Datasets word their own download failures (data/torchvision_datasets.py): what comes
+    # here is any other connection, e.g. a tracker's server that went away during a run.
+    reason = getattr(error, "reason", None) or getattr(error, "strerror", None)
     return (
-        f"a download failed ({reason or one_line(error)}); check the network connection and "
-        "try again, or fetch the files on a machine that has one and copy them here (into "
-        "data.root for a dataset)"
+        f"a network connection failed ({reason or one_line(error)}); check the network "
+        "connection and the proxy settings (HTTPS_PROXY), then run the command again"
     )
 
 
