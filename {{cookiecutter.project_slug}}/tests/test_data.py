@@ -26,6 +26,7 @@ from {{ cookiecutter.package_name }}.data import (
     sample_seed,
     save_stats,
 )
+from {{ cookiecutter.package_name }}.data import cache as data_cache
 from {{ cookiecutter.package_name }}.errors import EnvironmentProblem
 from {{ cookiecutter.package_name }}.shapes import (
     SHAPE_CLASSES,
@@ -235,6 +236,19 @@ def test_normalisation_is_computed_cached_or_given(tmp_path):
     given = images_config(tmp_path / "images", mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
     bundle = build_datasets(given, seed=0, stats_file=stats_file)
     assert bundle.stats_source == "config" and bundle.mean == (0.5, 0.5, 0.5)
+
+
+def test_a_mean_for_other_channels_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch):
+    write_images(tmp_path, {"a": 4, "b": 4})  # colour images
+
+    def decode_images(*args):
+        raise AssertionError("images decoded before the settings were checked")
+
+    monkeypatch.setattr(data_cache, "decode_images", decode_images)
+    for cache in (True, False):
+        cfg = images_config(tmp_path, mean=[0.5], std=[0.2], cache=cache)
+        with pytest.raises(ConfigError, match=r"data.mean=\[0.5\] has 1 numbers but the images"):
+            build_datasets(cfg, seed=0)
 
 
 def test_shapes_use_fixed_statistics_and_write_no_file(tmp_path):

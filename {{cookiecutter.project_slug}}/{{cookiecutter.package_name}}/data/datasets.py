@@ -9,7 +9,7 @@ from .builtin import shapes_bundle
 from .bundle import DataBundle
 from .cache import cached_bundle, choose_cache
 from .folders import image_folder
-from .stats import normalization_stats
+from .stats import check_given_stats, normalization_stats
 from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
 from .transforms import image_transform, resize_side
 
@@ -46,6 +46,7 @@ def build_datasets(
             f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
             f"{', '.join(DATASET_CHOICES)}"
         )
+    check_given_stats(cfg, channels)
     use_cache = cfg.cache
     if use_cache is None:
         use_cache = agree(choose_cache(cfg, len(train) + len(val), channels))

@@ -30,12 +30,8 @@ def normalization_stats(
 
     `train` is the training set, or with data.cache its decoded images (uint8 [N, C, S, S]).
     """
+    check_given_stats(cfg, channels)
     if cfg.mean is not None:
-        if len(cfg.mean) != channels:
-            raise ConfigError(
-                f"data.mean={cfg.mean} has {len(cfg.mean)} numbers but the images have "
-                f"{channels} channel(s); give one number per channel, or set data.channels"
-            )
         return tuple(cfg.mean), tuple(cfg.std), "config"
     if stats_file is not None and stats_file.is_file():
         cached = json.loads(stats_file.read_text(encoding="utf-8"))
@@ -55,6 +51,16 @@ def normalization_stats(
         time.perf_counter() - started,
     )
     return mean, std, "computed"
+
+
+def check_given_stats(cfg: DataConfig, channels: int) -> None:
+    """data.mean and data.std, where given, hold one number per channel of the images.
+    Checked as soon as the channels are known, before any image is decoded."""
+    if cfg.mean is not None and len(cfg.mean) != channels:
+        raise ConfigError(
+            f"data.mean={cfg.mean} has {len(cfg.mean)} numbers but the images have "
+            f"{channels} channel(s); give one number per channel, or set data.channels"
+        )
 
 
 def compute_stats(train: Dataset, transform, channels: int):
