@@ -14,11 +14,12 @@ from conftest import write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import Config, ConfigError, get_setting
-from {{ cookiecutter.package_name }}.data import build_datasets, cache
+from {{ cookiecutter.package_name }}.data import DataBundle, build_datasets, cache
 from {{ cookiecutter.package_name }}.engine import PerClass
 from {{ cookiecutter.package_name }}.log import LOGGER_NAME
 from {{ cookiecutter.package_name }}.recipe import (
     AUTOMATIC,
+    choose_data_settings,
     choose_machine_settings,
     choose_training_settings,
 )
@@ -79,6 +80,28 @@ def test_what_the_user_sets_wins_and_the_callers_config_is_left_alone():
     )
     assert chosen.optim.lr == pytest.approx(0.01 * (8 / 128) ** 0.5, rel=1e-4)
     assert cfg.optim.lr is None, "the caller's config was changed"
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "train", "world_size", "running"),
+    [(64, 20, 1, 20), (None, 10, 1, 10), (512, 10, 3, 4), (32, 100, 2, 32)],
+)
+def test_the_learning_rate_follows_the_batch_that_runs_not_a_larger_setting(
+    project_log, batch_size, train, world_size, running
+):
+    """A batch is at most this process's share of the training set (padded to the same
+    size on every rank); the automatic learning rate is scaled to that batch, and the
+    auto: line says so."""
+    project_log.set_level(logging.INFO, logger=LOGGER_NAME)
+    cfg = Config()
+    cfg.data.batch_size = batch_size
+    data = DataBundle(list(range(train)), list(range(100)), ["a", "b"], 3)
+    chosen = choose_data_settings(cfg, data, world_size)
+    assert chosen.optim.lr == pytest.approx(0.01 * (running / 128) ** 0.5, abs=1e-6)
+    (line,) = [r.getMessage() for r in project_log.records if "auto: optim.lr=" in r.getMessage()]
+    assert f"batch size {running}" in line
+    if running < chosen.data.batch_size:
+        assert f"data.batch_size={chosen.data.batch_size} is more than" in line
 
 
 def test_too_few_validation_images_turn_early_stopping_off_in_one_line(project_log):

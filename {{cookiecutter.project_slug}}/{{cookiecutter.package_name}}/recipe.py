@@ -12,7 +12,9 @@ sets always wins. The rules, in one place:
   (decided in data/cache.py, where the images' size is known);
 - data.batch_size: 128, or for a small training set the power of 2 that gives it about 16
   batches an epoch, at least 16: few images still make enough optimizer steps;
-- optim.lr: 0.01 * sqrt(batch size / 128), the square-root rule for Adam-type optimizers;
+- optim.lr: 0.01 * sqrt(batch size / 128), the square-root rule for Adam-type optimizers,
+  with the batch that runs: data.batch_size, or all of this process's share of the training
+  set where that is smaller (one batch an epoch, see data/loaders.py);
 - train.epochs: 60 * sqrt(1000 / images), between 20 and 100: more passes over a small set,
   and at least 20 over a large one (bench/README.md, "The recipe benchmark": fewer lost
   1-2 points on the larger collections);
@@ -76,7 +78,9 @@ def choose_data_settings(cfg: Config, data: DataBundle, world_size: int) -> Conf
     """data.cache as the data was built, then the settings that depend on its size."""
     if cfg.data.cache is None:
         cfg = with_setting(cfg, "data.cache", data.cached)
-    return choose_training_settings(cfg, len(data.train) // world_size, len(data.val))
+    # Each process trains on its share, padded to the same size on every one (as
+    # GlobalBatchShardSampler makes it).
+    return choose_training_settings(cfg, math.ceil(len(data.train) / world_size), len(data.val))
 
 
 def choose_training_settings(cfg: Config, train_images: int, val_images: int) -> Config:
@@ -91,9 +95,10 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
         cfg = with_setting(cfg, "data.batch_size", batch)
         log_choice("data.batch_size", batch, f"{train_images} training images")
     if cfg.optim.lr is None:
-        lr = round(BASE_LR * math.sqrt(cfg.data.batch_size / BASE_BATCH), 6)
+        batch, reason = running_batch(cfg.data.batch_size, train_images)
+        lr = round(BASE_LR * math.sqrt(batch / BASE_BATCH), 6)
         cfg = with_setting(cfg, "optim.lr", lr)
-        log_choice("optim.lr", lr, f"batch size {cfg.data.batch_size}")
+        log_choice("optim.lr", lr, reason)
     if cfg.train.epochs is None:
         epochs = min(max(round(60 * math.sqrt(1000 / max(train_images, 1))), 20), 100)
         cfg = with_setting(cfg, "train.epochs", epochs)
@@ -101,6 +106,18 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
     if cfg.train.early_stop_patience is None:
         cfg = with_setting(cfg, "train.early_stop_patience", _patience(cfg, val_images))
     return cfg
+
+
+def running_batch(batch_size: int, train_images: int) -> tuple[int, str]:
+    """The batch each step trains on, and how it came about: data.batch_size, or the whole
+    share of `train_images` when that is smaller (the loader then makes one batch of it)."""
+    if batch_size <= train_images:
+        return batch_size, f"batch size {batch_size}"
+    running = max(train_images, 1)
+    return running, (
+        f"batch size {running}: data.batch_size={batch_size} is more than the {running} "
+        "training images of this process, so each step trains on all of them"
+    )
 
 
 def _patience(cfg: Config, val_images: int) -> int:
