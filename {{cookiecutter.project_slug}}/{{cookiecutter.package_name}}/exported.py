@@ -7,7 +7,10 @@ header, so that it works alone. predict.py and evaluate.py take a training check
 such an exported file alike.
 """
 
+import io
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from .checkpoint import (
 from .ema import inference_weights
 from .features import has_feature
 from .files import atomic_write_text
+from .program_archive import UnsafeProgram, check_program_archive
 
 # What a checkpoint holds beside its weights that using them needs.
 INFO_KEYS = ("classes", "normalization", "config")
@@ -111,12 +115,42 @@ def load_program(path: Path) -> nn.Module | OnnxModel:
     """The model of a .pt2 or .onnx file, on the CPU, in evaluation mode as exported."""
     if path.suffix == ONNX:
         return OnnxModel(path)
+    data = path.read_bytes()  # checked and loaded from the same bytes
     try:
-        return torch.export.load(str(path)).module()
-    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        check_program_archive(data)
+    except UnsafeProgram as problem:
         raise CheckpointError(
-            f"{path} is not a readable torch.export program ({first_line(error)})"
+            f"refused to load {path}: {problem}; export it again with this project's "
+            "python export.py CHECKPOINT OUTPUT.pt2, or give the checkpoint instead"
         ) from None
+    with torch_export_warnings() as warnings:
+        try:
+            return torch.export.load(io.BytesIO(data)).module()
+        except Exception as error:  # torch's deserializer raises every kind on a bad file
+            reason = warnings[0] if warnings else first_line(error)
+    raise CheckpointError(f"{path} is not a readable torch.export program ({reason})")
+
+
+@contextmanager
+def torch_export_warnings():
+    """The first lines of what torch.export logs while loading, kept from the screen:
+    torch.export.load logs a traceback where its loader fails, then tries an older format."""
+    found: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            error = record.exc_info[1] if record.exc_info else None
+            found.append(first_line(error) if error else record.getMessage())
+
+    torch_logger = logging.getLogger("torch.export")
+    handler, propagate = Keep(), torch_logger.propagate
+    torch_logger.addHandler(handler)
+    torch_logger.propagate = False
+    try:
+        yield found
+    finally:
+        torch_logger.removeHandler(handler)
+        torch_logger.propagate = propagate
 
 
 def read_info(path: Path) -> dict | None:

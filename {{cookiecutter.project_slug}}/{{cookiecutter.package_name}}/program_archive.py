@@ -1,0 +1,288 @@
+"""What a `.pt2` file may hold before torch reads it: torch.export.load trusts its file.
+
+torch.export.load (torch 2.x) runs code that the archive brings: it unpickles, with a full
+unpickler, every weight or constant that the archive's own JSON marks `use_pickle`, every
+`opaque_obj_*` constant, its sample inputs where the safe unpickler refuses them, and the
+legacy `weights/<model>.pt` entries; it loads the native libraries of `data/aotinductor/`;
+it hands every shape expression (`expr_str`) to sympy, which evaluates it as Python; it
+turns `guards_code` into Python source and executes it; and it resolves each graph node's
+target by name inside the torch, math and operator modules, so a node can call any function
+reachable from there (`torch.os.system`). The program's attribute names become part of the
+Python code torch generates for the graph.
+
+So an archive is read only when what it declares is what `torch.export.save` writes for a
+model of plain tensor operations: the records torch's own reader lists, no pickled payload,
+no native code, no guards, graph nodes that call ATen operators or symbolic arithmetic
+only, shape expressions built from sympy's own constructors, plain attribute names, and
+sizes that fit in the bytes the file holds. Anything else is refused before torch sees it.
+"""
+
+import ast
+import io
+import json
+import math
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+
+import torch
+from torch.export.pt2_archive import PT2ArchiveReader
+from torch.export.pt2_archive import constants as layout
+
+from .checkpoint import first_line
+
+# torch.export.load returns the program of this name; save writes only this one.
+MODEL = "model"
+# Records torch.export.save writes besides the program, its payloads and extra files.
+FIXED_RECORDS = (
+    layout.ARCHIVE_FORMAT_PATH,
+    layout.ARCHIVE_VERSION_PATH,
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+)
+# The largest number of elements a tensor argument of the graph may ask for (1 GiB of
+# float32): many times any activation of the models this project trains.
+MAX_ELEMENTS = 2**28
+# The longest shape expression read; those of torch.export are far shorter.
+MAX_EXPRESSION = 2000
+# sympy constructors that `sympy.srepr` writes for shape expressions, and torch's own sympy
+# functions (torch.utils._sympy.functions); Pow and friends are left out on purpose: an
+# exponent in the file could make sympy compute a number without end.
+SYMPY_CALLS = frozenset(
+    "Symbol Integer Rational Add Mul Max Min Mod Abs Eq Ne Lt Le Gt Ge StrictLessThan "
+    "LessThan StrictGreaterThan GreaterThan Equality Unequality And Or Not true false "
+    "FloorDiv CeilDiv CleanDiv ModularIndexing PythonMod Where CeilToInt FloorToInt "
+    "TruncToInt RoundToInt IntTrueDiv FloatTrueDiv ToFloat TruncToFloat Identity".split()
+)
+# Attribute names (parameters, buffers, submodules): dotted words, as nn.Module names them.
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+NAME_KEYS = re.compile(r".*_names?|fqn")
+# The arithmetic torch.export records for symbolic sizes, by the names it serialises.
+SYMBOLIC_OPERATORS = frozenset(
+    f"_operator.{name}"
+    for name in "add sub mul floordiv truediv mod neg eq ne lt le gt ge and_ or_ not_".split()
+) | {"torch.sym_max", "torch.sym_min", "torch.sym_not", "torch.sym_int", "torch.sym_float"}
+# Control characters other than a newline or a tab: a carriage return ends a line of the
+# Python code torch generates, so a comment built from metadata would no longer be one.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class UnsafeProgram(Exception):
+    """What makes an archive unsafe or unreadable, in words; exported.py names the file."""
+
+
+def check_program_archive(data: bytes) -> None:
+    """Raise UnsafeProgram unless the .pt2 archive `data` holds only what loads without
+    running code from the file and without allocating more than it holds."""
+    try:
+        _check_records(_records(data))
+    except RecursionError:
+        raise UnsafeProgram("it nests its JSON too deeply") from None
+
+
+def _check_records(records: dict[str, bytes]) -> None:
+    models = [name for name in records if name.startswith(layout.MODELS_DIR)]
+    if models != [layout.MODELS_FILENAME_FORMAT.format(MODEL)]:
+        raise UnsafeProgram(f"it holds the programs {models}, not one named {MODEL!r}")
+    allowed = {*FIXED_RECORDS, *models, layout.SAMPLE_INPUTS_FILENAME_FORMAT.format(MODEL)}
+    for config, directory, prefix in (
+        (layout.WEIGHTS_CONFIG_FILENAME_FORMAT, layout.WEIGHTS_DIR, layout.WEIGHT_FILENAME_PREFIX),
+        (
+            layout.CONSTANTS_CONFIG_FILENAME_FORMAT,
+            layout.CONSTANTS_DIR,
+            layout.TENSOR_CONSTANT_FILENAME_PREFIX,
+        ),
+    ):
+        config_name = config.format(MODEL)
+        allowed.add(config_name)
+        allowed.update(_payload_records(records, config_name, directory, prefix))
+    unexpected = [
+        name for name in records if name not in allowed and not name.startswith(layout.EXTRA_DIR)
+    ]
+    if unexpected:
+        raise UnsafeProgram(
+            f"it holds {unexpected[0]}, which torch.export.save does not write for a program "
+            "of tensor operations (native code, pickled objects or another format)"
+        )
+    _check_sample_inputs(records[layout.SAMPLE_INPUTS_FILENAME_FORMAT.format(MODEL)])
+    _check_program(_json(records, models[0]))
+
+
+def _records(data: bytes) -> dict[str, bytes]:
+    """The records of the archive as torch's reader sees them, by name. Python's zipfile
+    must see the same names, each stored uncompressed: then no record is larger than the
+    file, and no entry is hidden from one reader and seen by the other."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+        reader = PT2ArchiveReader(io.BytesIO(data))
+        names = reader.get_file_names()
+        records = {name: reader.read_bytes(name) for name in names}
+    except (zipfile.BadZipFile, RuntimeError, AssertionError, ValueError, OSError) as error:
+        raise UnsafeProgram(f"it is not a torch.export archive ({first_line(error)})") from None
+    roots = {entry.filename.split("/", 1)[0] for entry in entries}
+    listed = sorted(entry.filename.split("/", 1)[-1] for entry in entries)
+    if len(roots) != 1 or listed != sorted(names) or len(set(names)) != len(names):
+        raise UnsafeProgram("its zip directory lists other records than torch reads")
+    if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
+        raise UnsafeProgram("it holds compressed records, which torch.export.save never writes")
+    return records
+
+
+def _payload_records(records: dict, config_name: str, directory: str, prefix: str) -> set[str]:
+    """The records a weights or constants config names, checked: plain tensors only."""
+    config = _json(records, config_name).get("config")
+    if not isinstance(config, dict):
+        raise UnsafeProgram(f"its {config_name} holds no config")
+    names = set()
+    for fqn, payload in config.items():
+        where = f"{config_name}: {str(fqn)[:80]}"
+        if not isinstance(payload, dict) or payload.get("use_pickle") is not False:
+            raise UnsafeProgram(f"{where} is a pickled object, which could run code when loaded")
+        path_name = payload.get("path_name")
+        if not ATTRIBUTE_NAME.fullmatch(fqn) or not re.fullmatch(rf"{prefix}\d+", str(path_name)):
+            raise UnsafeProgram(f"{where} is not a plain tensor ({str(path_name)[:80]})")
+        record = directory + path_name
+        if record not in records:
+            raise UnsafeProgram(f"{where} names {record}, which the archive lacks")
+        _check_payload_size(payload.get("tensor_meta"), len(records[record]), where)
+        names.add(record)
+    return names
+
+
+def _check_payload_size(meta, size: int, where: str) -> None:
+    """A tensor declares no more elements than its record has bytes: torch makes an empty
+    record into zeros of the declared size, and views a record at any declared stride."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), list):
+        raise UnsafeProgram(f"{where} declares no tensor sizes")
+    sizes = [_plain_int(entry, where) for entry in meta["sizes"]]
+    if any(side < 0 for side in sizes) or math.prod(sizes) > size:
+        raise UnsafeProgram(f"{where} declares sizes {sizes}, more than its {size} bytes hold")
+
+
+def _plain_int(entry, where: str) -> int:
+    value = entry.get("as_int") if isinstance(entry, dict) else None
+    if type(value) is not int:
+        raise UnsafeProgram(f"{where} declares a size that is not a plain integer")
+    return value
+
+
+def _check_sample_inputs(data: bytes) -> None:
+    """torch reads the sample inputs with the safe unpickler, and where that refuses them,
+    with the full one: refuse them here instead."""
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        raise UnsafeProgram(
+            "its sample inputs hold objects other than tensors, which torch would unpickle "
+            "with the full unpickler"
+        ) from None
+
+
+def _check_program(program: dict) -> None:
+    """The program's graph calls ATen operators only, and declares no code or huge sizes."""
+    if program.get("guards_code"):
+        raise UnsafeProgram("it holds guards_code, Python that torch would execute")
+    graph = program.get("graph_module", {}).get("graph", {})
+    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+        raise UnsafeProgram("it holds no graph")
+    if graph.get("custom_obj_values"):
+        raise UnsafeProgram("it holds custom (torchbind) objects, which are unpickled")
+    for node in graph["nodes"]:
+        target = node.get("target") if isinstance(node, dict) else None
+        if not _is_allowed_target(target):
+            raise UnsafeProgram(f"its graph calls {str(target)[:80]}, not a tensor operator")
+    for key, value in _items(program):
+        _check_item(key, value)
+
+
+def _is_allowed_target(target) -> bool:
+    """An ATen operator overload that touches no file, or symbolic size arithmetic."""
+    if not isinstance(target, str):
+        return False
+    if target in SYMBOLIC_OPERATORS:
+        return True
+    parts = target.split(".")
+    if len(parts) != 5 or parts[:3] != ["torch", "ops", "aten"]:
+        return False
+    try:
+        operator = getattr(getattr(torch.ops.aten, parts[3]), parts[4])
+    except (AttributeError, RuntimeError):
+        return False
+    if not isinstance(operator, torch._ops.OpOverload):
+        return False
+    return "filename" not in {argument.name for argument in operator._schema.arguments}
+
+
+def _items(tree, key: str = "") -> Iterator[tuple[str, object]]:
+    """Every (key, value) of a JSON tree; a list's items under the list's key."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield str(name), value
+            yield from _items(value, str(name))
+    elif isinstance(tree, list):
+        for value in tree:
+            yield key, value
+            yield from _items(value, key)
+
+
+def _check_item(key: str, value) -> None:
+    if isinstance(value, str):
+        if CONTROL.search(value):
+            raise UnsafeProgram(f"its {key} holds control characters")
+        if key == "expr_str":
+            _check_expression(value)
+        elif NAME_KEYS.fullmatch(key) and value and not ATTRIBUTE_NAME.fullmatch(value):
+            raise UnsafeProgram(f"its {key} {value[:80]!r} is not a plain name")
+    elif key == "as_ints" and isinstance(value, list):
+        if not all(type(number) is int for number in value):
+            raise UnsafeProgram("its graph holds a list of integers that are not integers")
+        if math.prod(abs(number) for number in value) > MAX_ELEMENTS:
+            raise UnsafeProgram(f"its graph asks for sizes {value[:8]}, beyond any model's")
+
+
+def _check_expression(text: str) -> None:
+    """A shape expression as `sympy.srepr` writes it: calls of SYMPY_CALLS on integers,
+    names in quotes and `assumption=True`; sympy evaluates it as Python."""
+    if len(text) > MAX_EXPRESSION:
+        raise UnsafeProgram(f"its shape expression is {len(text)} characters long")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise UnsafeProgram(f"its shape expression {text[:80]!r} is not one") from None
+    for node in ast.walk(tree):
+        if not _is_plain_expression_node(node):
+            raise UnsafeProgram(f"its shape expression {text[:80]!r} holds more than sizes")
+
+
+def _is_plain_expression_node(node: ast.AST) -> bool:
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in SYMPY_CALLS
+    if isinstance(node, ast.Name):
+        return node.id in SYMPY_CALLS and isinstance(node.ctx, ast.Load)
+    if isinstance(node, ast.keyword):
+        return node.arg is not None and isinstance(node.value, ast.Constant)
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, str):
+            return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) is not None
+        return isinstance(value, (bool, int)) and abs(value) <= 2**63
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
+    return isinstance(node, (ast.Expression, ast.Load, ast.USub))
+
+
+def _json(records: dict[str, bytes], name: str) -> dict:
+    if name not in records:
+        raise UnsafeProgram(f"it lacks {name}")
+    try:
+        loaded = json.loads(records[name])
+    except (ValueError, RecursionError) as error:
+        raise UnsafeProgram(f"its {name} is not JSON ({first_line(error)})") from None
+    if not isinstance(loaded, dict):
+        raise UnsafeProgram(f"its {name} is not a JSON object")
+    return loaded
+
+
