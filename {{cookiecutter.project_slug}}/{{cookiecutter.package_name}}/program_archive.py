@@ -284,5 +284,3 @@ def _json(records: dict[str, bytes], name: str) -> dict:
     if not isinstance(loaded, dict):
         raise UnsafeProgram(f"its {name} is not a JSON object")
     return loaded
-
-
