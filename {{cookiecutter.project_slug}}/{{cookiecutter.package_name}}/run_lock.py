@@ -4,7 +4,8 @@ Two runs writing one folder would interleave their metrics.csv rows and overwrit
 other's checkpoints. The lock is `flock`: the kernel releases it when its holder ends in any
 way, a SIGKILL included, so no lock is ever stale and nothing needs clearing by hand. The
 file stays behind and names its last holder (pid, host, start time), which is what a second
-writer is told. Readers (evaluate, predict, export) take no lock.
+writer is told. Readers (evaluate, predict, export) take no lock. A folder that is not a
+run's (runs.check_run_folder) is refused before anything in it is touched.
 
 (The `filelock` package would lock as well, but a second writer must be able to read who
 holds the lock, and nothing may truncate the holder's record: a few lines of fcntl do both.
@@ -20,6 +21,7 @@ import socket
 from pathlib import Path
 
 from .config import ConfigError
+from .runs import LOCK_FILE, check_run_folder
 
 try:
     import fcntl
@@ -28,11 +30,10 @@ except ImportError:  # Windows: no flock
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
-LOCK_FILE = "run.lock"
-
 
 class RunFolderBusy(ConfigError):
-    """Another process is writing the run folder."""
+    """The run folder cannot be taken: another process is writing it, or it is not a run
+    folder (one error for both, so that under torchrun every rank stops on it)."""
 
 
 class RunLock:
@@ -45,7 +46,12 @@ class RunLock:
 
     @classmethod
     def acquire(cls, folder: Path) -> "RunLock":
-        """Lock `folder` (made if missing) at once, or raise RunFolderBusy naming the holder."""
+        """Lock `folder` (made if missing) at once, or raise RunFolderBusy naming the holder
+        (or saying why the folder is not one a run may write)."""
+        try:
+            check_run_folder(folder)
+        except ConfigError as error:
+            raise RunFolderBusy(str(error)) from None
         made_folder = not folder.exists()
         made_file = not (folder / LOCK_FILE).exists()
         if fcntl is None:

@@ -1,6 +1,8 @@
 """The run folder: where each file of a run lives, and how a checkpoint leads back to its run.
 
     runs/<run.name>-<timestamp>/      one run (run.dir names another folder)
+        run-folder.json               marks the folder as a run folder this project made
+                                      (which package, when); see "Whose folder" below
         config.yaml                   the resolved config the run trains with
         run.lock                      held by the run writing here (see run_lock.py)
         manifest.json                 Python/torch/CUDA/cuDNN versions, device, packages, git
@@ -12,25 +14,40 @@
         normalization.json            mean and std, when computed from the training images
         loss.png, accuracy.png, lr.png
         checkpoints/                  step-N.pt with step-N.pt.sha256; last.pt, best.pt
-        eval/<checkpoint>/            what evaluate.py wrote
+        eval/<checkpoint>/            what evaluate.py wrote (on other data: beside it,
+                                      eval/<checkpoint>-on-<data>-<digest>/)
+        export/                       what export.py wrote
     runs/latest                       -> the newest run started without run.dir
+
+Whose folder: a run writes only into a folder that does not exist yet, is empty (a run.lock
+aside), or holds RUN_MARKER, which the run that made it wrote. A folder of someone's own
+files, or a run folder whose marker is gone and checkpoints pruned, is refused with one line
+and left as it was. A run folder from before the marker existed (config.yaml and
+checkpoints/step-*.pt) is a run folder too: a resume takes it on and adds the marker.
 
 Only the main process writes here; nothing in this module imports torch, so the entry
 points can find a run's files before paying for that import.
 """
 
 import datetime
+import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .config import Config
-from .files import atomic_symlink
+from .config import Config, ConfigError
+from .files import atomic_symlink, atomic_write_text
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
 RUNS = Path("runs")
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = "run.lock"
+# The file that makes a folder a run folder of this project (see "Whose folder" above).
+RUN_MARKER = "run-folder.json"
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,65 @@ class RunFolder:
     @property
     def lr(self) -> Path:
         return self.path / "lr.csv"
+
+    @property
+    def marker(self) -> Path:
+        return self.path / RUN_MARKER
+
+
+def check_resume_target(cfg: Config, is_main: bool, agree: Callable[[Any], Any]) -> None:
+    """ConfigError when run.resume names a checkpoint or run folder that does not exist:
+    said as such, before the folder it would lead to is taken for someone else's (the main
+    process looks, and `agree` gives every process its answer)."""
+    resume = cfg.run.resume
+    missing = None
+    if is_main and resume not in (None, "auto") and not os.path.lexists(resume):
+        missing = f"run.resume={resume} does not exist; give a checkpoint file or a run folder"
+    missing = agree(missing)
+    if missing is not None:
+        raise ConfigError(missing)
+
+
+def check_run_folder(folder: Path) -> None:
+    """ConfigError, in one line with the ways forward, unless a run may write `folder`
+    (see "Whose folder" above). Reads the folder's listing only: nothing is changed."""
+    if not folder.is_dir():
+        return  # missing: the run makes it (a path through a file fails as it is made)
+    if is_run_folder(folder) or not set(_names(folder)) - {LOCK_FILE}:
+        return
+    raise ConfigError(
+        f"{folder} is not a run folder of this project (it has no {RUN_MARKER}) and not "
+        "empty: a run writes only into a new or empty folder or its own; give run.dir "
+        "another folder (or leave it out), or to go on from a checkpoint kept there, start "
+        "a new run from it with run.resume=CHECKPOINT run.fork=true"
+    )
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a run folder of this project: it holds RUN_MARKER, or it is one
+    from before the marker existed (config.yaml and step checkpoints)."""
+    if (folder / RUN_MARKER).is_file():
+        return True
+    return (folder / "config.yaml").is_file() and any((folder / CHECKPOINTS).glob("step-*.pt"))
+
+
+def _names(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return [entry.name for entry in entries]
+
+
+def mark_run_folder(run: RunFolder) -> None:
+    """Write RUN_MARKER into the run folder, if it has none yet (the main process, once
+    the run writes its first files)."""
+    if run.marker.is_file():
+        return
+    marker = {
+        "kind": "run folder",
+        "made_by": f"{__package__} train.py",
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "note": "train.py writes only into run folders that hold this file, or new ones",
+    }
+    atomic_write_text(run.marker, json.dumps(marker, indent=2) + "\n")
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -114,6 +190,9 @@ def new_run_dir(name: str) -> Path:
 def point_latest_at(run_dir: Path) -> None:
     """`runs/latest` -> this run's folder (a relative symlink, switched atomically)."""
     latest = run_dir.parent / "latest"
+    if os.path.lexists(latest) and not latest.is_symlink():
+        logger.warning("%s is not the link this project makes: left as it is", latest)
+        return
     try:
         atomic_symlink(latest, run_dir.name, target_is_directory=True)
     except OSError as error:  # e.g. a filesystem without symlinks: the pointer is a comfort

@@ -28,7 +28,6 @@ from .config import Config, ConfigError, TrainConfig, to_yaml
 from .data import (
     STATS_FILE,
     DataBundle,
-    build_datasets,
     build_loader,
     epoch_batch_sampler,
     save_stats,
@@ -55,9 +54,9 @@ from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
-from .resume import check_data, plan_run, restore
+from .resume import build_data, check_data, plan_run, restore
 from .resume_rules import check_how_to_go_on
-from .runs import RunFolder, point_latest_at, resolve_run_dir
+from .runs import RunFolder, check_resume_target, mark_run_folder, point_latest_at, resolve_run_dir
 from .saver import Saver
 from .seeding import seed_everything
 from .stopping import GracefulStop, StopRequests
@@ -89,6 +88,7 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         check_model_name(cfg.model.name)  # a typo fails here, before any data is made
         run = RunFolder(team.run_dir(cfg))
         logger.info("run folder: %s", run.path)
+        check_resume_target(cfg, team.is_main, team.agree)
         lock = team.lock_run_folder(run.path)  # before anything in it is read or changed
         plan, resume = plan_run(cfg, given, team, run)
         if plan.mode == "finished":
@@ -100,7 +100,7 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         device = prepare_device(cfg.train, team)
         seed_everything(cfg.seed)
 
-        data = build_datasets(cfg.data, cfg.seed, run.path / STATS_FILE, agree=team.agree)
+        data = build_data(cfg, run, resume, team)  # a resumed run: its checkpoint's statistics
         data_fingerprint = check_data(run, cfg, data, resume, device)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
@@ -229,13 +229,15 @@ def build_trainer(
 
 
 def open_run_folder(run: RunFolder, cfg: Config, data: DataBundle, team: SingleProcess) -> None:
-    """Make the run folder: the log file, config.yaml, computed statistics, runs/latest.
+    """Make the run folder: its marker, the log file, config.yaml, computed statistics,
+    runs/latest.
 
     Only now, with data and model built without error, does the folder appear.
     """
     run.path.mkdir(parents=True, exist_ok=True)
+    mark_run_folder(run)  # first: from here on it is a run folder (see runs.py)
     attach_log_file(run.log)
-    atomic_write_text(run.config, to_yaml(cfg))  # a resume reads it back
+    atomic_write_text(run.config, to_yaml(cfg))  # a record (a resume only compares it)
     if data.stats_source == "computed":
         save_stats(run.path / STATS_FILE, data)
     if not cfg.run.dir:
