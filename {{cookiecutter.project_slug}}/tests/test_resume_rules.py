@@ -3,9 +3,11 @@ would alter how it trains (naming them, with the ways forward: run.fork, run.ext
 run at a time writes a run folder."""
 
 import importlib.util
+import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, SMALL_OVERRIDES, wait_for_file
+import yaml
+from conftest import PROJECT_ROOT, SMALL_OVERRIDES, wait_for_file, write_images
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointManager, load_checkpoint
@@ -323,3 +326,135 @@ def test_a_failed_start_leaves_no_run_folder_behind(train_cli, tmp_path):
     assert code == 2 and len(error_lines(output)) == 1, output[-2000:]
     assert not run_dir.exists()
     assert os.listdir(tmp_path) == []
+
+
+# The checkpoint is the truth; the run folder's config.yaml and normalization.json are records.
+
+
+def image_settings(images: Path, *more: str) -> tuple[str, ...]:
+    """The small config on image files (whose statistics are computed)."""
+    images_there = ("data.dataset=imagefolder", "data.image_size=16", f"data.root={images}")
+    return (*SMALL_OVERRIDES, *images_there, "data.batch_size=4", "train.epochs=3", *more)
+
+
+def image_run(train_cli, tmp_path: Path) -> Path:
+    """A run on image files stopped at step 2."""
+    write_images(tmp_path / "images", {"a": 12, "b": 12})
+    run_dir = tmp_path / "run"
+    settings = image_settings(tmp_path / "images", "train.max_steps=2", f"run.dir={run_dir}")
+    code, output = train_cli(*settings)
+    assert code == 0, output[-2000:]
+    return run_dir
+
+
+def checkpoint_stats(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / CHECKPOINTS / "last.pt")["normalization"]
+
+
+def warnings_naming(output: str, name: str) -> list[str]:
+    return [line for line in output.splitlines() if "WARNING" in line and name in line]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'{"mean": [0.9, 0.9, 0.9], "std": [0.01, 0.01, 0.01]}',  # another run's, say
+        b'{"mean": [0.5, 0.5], "std": [0.2, 0.2]}',  # another number of channels
+        b'{"mean": [NaN, 0.5, 0.5], "std": [0.2, 0.2, 0.0]}',
+        b"\x00\xff not json",
+        b"[1, 2, 3]",
+        b"",
+    ],
+)
+def test_a_resumed_run_normalises_with_its_checkpoint_not_the_folder_record(
+    train_cli, tmp_path, record
+):
+    run_dir = image_run(train_cli, tmp_path)
+    saved = checkpoint_stats(run_dir)
+    (run_dir / "normalization.json").write_bytes(record)
+    code, output = train_cli(f"run.resume={run_dir}", "train.max_steps=4")
+    assert code == 0 and "Traceback" not in output, output[-2000:]
+    (warning,) = warnings_naming(output, "normalization.json")
+    assert "those of its checkpoint" in warning and "run.fork=true" in warning
+    assert checkpoint_stats(run_dir) == saved  # the steps after the resume used them too
+    assert json.loads((run_dir / "normalization.json").read_text()) == saved  # the record
+
+
+def test_an_unchanged_record_costs_no_warning_and_a_missing_one_is_written_again(
+    train_cli, tmp_path
+):
+    run_dir = image_run(train_cli, tmp_path)
+    code, output = train_cli(f"run.resume={run_dir}", "train.max_steps=3")
+    assert code == 0 and not warnings_naming(output, str(run_dir)), output[-2000:]
+    (run_dir / "normalization.json").unlink()
+    code, output = train_cli(f"run.resume={run_dir}", "train.max_steps=4")
+    assert code == 0 and not warnings_naming(output, str(run_dir)), output[-2000:]
+    assert json.loads((run_dir / "normalization.json").read_text()) == checkpoint_stats(run_dir)
+
+
+def test_a_fresh_run_computes_its_statistics_and_never_reads_a_record_left_behind(
+    train_cli, tmp_path
+):
+    """A run whose checkpoints are gone (pruned, or it failed before its first) left its
+    normalization.json: a fresh start on other images computes theirs."""
+    run_dir = image_run(train_cli, tmp_path)
+    first = json.loads((run_dir / "normalization.json").read_text())
+    shutil.rmtree(run_dir / CHECKPOINTS)
+    other = tmp_path / "other"
+    write_images(other, {"a": 30, "b": 6}, first=500)
+    code, output = train_cli(*image_settings(other, f"run.dir={run_dir}", "run.resume=auto"))
+    assert code == 0, output[-2000:]
+    second = json.loads((run_dir / "normalization.json").read_text())
+    assert second != first and second == checkpoint_stats(run_dir)
+    assert "computed from" in output
+
+
+def with_edit(saved: dict, edit: dict) -> dict:
+    return {**saved, **{key: {**saved.get(key, {}), **value} for key, value in edit.items()}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "named", "command"),
+    [
+        (
+            {"optim": {"lr": 0.5}},
+            "optim.lr: 0.5 in the file, 0.01 used",
+            "run.fork=true optim.lr=0.5",
+        ),
+        (
+            {"data": {"num_workers": 3}},
+            "data.num_workers: 3 in the file, 0 used",
+            "data.num_workers=3",
+        ),
+        ({"data": {"flip": 1}}, "data.flip: 1 in the file, true used", "data.flip=1"),
+        ({"extra": {"key": 1}}, "extra.key: 1 in the file, not a setting", "not settings"),
+    ],
+)
+def test_an_edited_config_yaml_says_the_checkpoint_settings_are_used_and_how_to_change(
+    train_cli, tmp_path, edit, named, command
+):
+    run_dir = image_run(train_cli, tmp_path)
+    config = run_dir / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump(with_edit(saved, edit)))
+    code, output = train_cli(f"run.resume={run_dir}", "train.max_steps=3")
+    assert code == 0, output[-2000:]
+    (warning,) = warnings_naming(output, "config.yaml")
+    assert named in warning and command in warning, warning
+    assert "checkpoint's settings are used" in warning
+    rewritten = yaml.safe_load(config.read_text())
+    assert rewritten == with_edit(saved, {"run": rewritten["run"], "train": rewritten["train"]})
+    assert last_progress(run_dir)["global_step"] == 3
+
+
+@pytest.mark.parametrize(
+    "content", [b"optim: [unclosed\n", b"\xff\xfe\x00", b"- a list\n", b"a: 1\na: 2\n"]
+)
+def test_an_unreadable_config_yaml_is_one_warning_and_the_run_goes_on(train_cli, tmp_path, content):
+    run_dir = image_run(train_cli, tmp_path)
+    (run_dir / "config.yaml").write_bytes(content)
+    code, output = train_cli(f"run.resume={run_dir}", "train.max_steps=3")
+    assert code == 0 and "Traceback" not in output, output[-2000:]
+    (warning,) = warnings_naming(output, "config.yaml")
+    assert "cannot be read" in warning and "settings of its checkpoint" in warning
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.01

@@ -1,9 +1,14 @@
-"""Normalisation statistics: per-channel mean and std from the config, from the run folder
-(a resumed run reads back what its first start computed), or estimated from the training
-images as evaluation sees them."""
+"""Normalisation statistics: per-channel mean and std from the config, or estimated from the
+training images as evaluation sees them.
+
+A resumed run normalises with the statistics its checkpoint holds (see resume.build_data):
+the run folder's normalization.json is a record of them for people and other tools, read
+back only to say when it differs, or where a checkpoint holds none.
+"""
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -21,22 +26,32 @@ logger = logging.getLogger(__name__.split(".")[0])
 # Mean and std are estimated from this many training images, spread over the whole set.
 STATS_IMAGES = 500
 STATS_FILE = "normalization.json"
+# A statistics record is a few hundred bytes: anything far larger is not one.
+MAX_RECORD_BYTES = 64 * 1024
 
 
 def normalization_stats(
     cfg: DataConfig, train: Dataset | torch.Tensor, channels: int, stats_file: Path | None
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """(mean, std, where they came from): the config, the run folder's cache, or computed.
+    """(mean, std, where they came from): the config, a record ("cached"), or computed.
 
     `train` is the training set, or with data.cache its decoded images (uint8 [N, C, S, S]).
     A given data.mean was checked against `channels` by build_datasets (check_given_stats).
+    `stats_file`: a record (normalization.json) to fall back on, given only for a resumed
+    run whose checkpoint holds no statistics; one that cannot be used is said in one
+    warning, and the statistics are computed instead.
     """
     if cfg.mean is not None:
         return tuple(cfg.mean), tuple(cfg.std), "config"
-    if stats_file is not None and stats_file.is_file():
-        cached = json.loads(stats_file.read_text(encoding="utf-8"))
-        if len(cached["mean"]) == channels:
-            return tuple(cached["mean"]), tuple(cached["std"]), "cached"
+    if stats_file is not None:
+        recorded, problem = read_stats_record(stats_file, channels)
+        if recorded is not None:
+            return *recorded, "cached"
+        logger.warning(
+            "%s cannot be used (%s): the statistics are computed from the training images",
+            stats_file,
+            problem,
+        )
     started = time.perf_counter()
     if isinstance(train, torch.Tensor):
         mean, std, count = cached_stats(train, cfg.image_size, channels)
@@ -108,6 +123,52 @@ def _mean_std(images, channels: int) -> tuple[tuple[float, ...], tuple[float, ..
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def checked_stats(value, channels: int | None = None) -> tuple[tuple, tuple]:
+    """(mean, std) of a statistics record or checkpoint entry ({"mean": [...], "std": [...]});
+    ValueError saying what is wrong where it is not one finite mean and one positive std per
+    channel (of `channels`, where known)."""
+    if not isinstance(value, dict) or not {"mean", "std"} <= value.keys():
+        raise ValueError("it holds no mean and std")
+    mean, std = value["mean"], value["std"]
+    numbers = (int, float)
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, list) or not values or len(values) > 4:
+            raise ValueError(f"its {name} is not a list of one number per channel")
+        if not all(isinstance(x, numbers) and not isinstance(x, bool) for x in values):
+            raise ValueError(f"its {name} holds something other than numbers")
+        if not all(math.isfinite(x) for x in values):
+            raise ValueError(f"its {name} holds a number that is not finite")
+    if len(mean) != len(std):
+        raise ValueError(f"it has {len(mean)} means but {len(std)} stds")
+    if channels is not None and len(mean) != channels:
+        raise ValueError(f"it has statistics of {len(mean)} channels, the images {channels}")
+    if not all(x > 0 for x in std):
+        raise ValueError("a std is not positive")
+    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+def read_stats_record(path: Path, channels: int | None = None):
+    """((mean, std), None) from a normalization.json, or (None, what is wrong with it)."""
+    try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            return None, f"{path.stat().st_size} bytes, far too large for statistics"
+        return checked_stats(json.loads(path.read_bytes()), channels), None
+    except FileNotFoundError:
+        return None, "there is no such file"
+    except OSError as error:
+        return None, error.strerror or str(error)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # JSON errors included
+        return None, f"not a statistics record: {' '.join(str(error).split())[:200]}"
+
+
+def same_stats(first: tuple[tuple, tuple], second: tuple[tuple, tuple]) -> bool:
+    """Whether two (mean, std) pairs are the same statistics (as written and read back)."""
+    pairs = zip([*first[0], *first[1]], [*second[0], *second[1]], strict=False)
+    return len(first[0]) == len(second[0]) and all(
+        math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in pairs
+    )
+
+
 def save_stats(path: Path, data: DataBundle) -> None:
-    """Cache computed statistics in the run folder: a resumed run reads them back."""
+    """Record the statistics the run normalises with in its folder (normalization.json)."""
     atomic_write_text(path, json.dumps(data.normalization(), indent=2) + "\n")
