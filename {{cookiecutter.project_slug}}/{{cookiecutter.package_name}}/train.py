@@ -56,7 +56,7 @@ from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
 from .resume import build_data, check_data, plan_run, restore
 from .resume_rules import check_how_to_go_on
-from .runs import RunFolder, point_latest_at, resolve_run_dir
+from .runs import RunFolder, check_resume_target, mark_run_folder, point_latest_at, resolve_run_dir
 from .saver import Saver
 from .seeding import seed_everything
 from .stopping import GracefulStop, StopRequests
@@ -88,6 +88,7 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         check_model_name(cfg.model.name)  # a typo fails here, before any data is made
         run = RunFolder(team.run_dir(cfg))
         logger.info("run folder: %s", run.path)
+        check_resume_target(cfg, team.is_main, team.agree)
         lock = team.lock_run_folder(run.path)  # before anything in it is read or changed
         plan, resume = plan_run(cfg, given, team, run)
         if plan.mode == "finished":
@@ -228,11 +229,13 @@ def build_trainer(
 
 
 def open_run_folder(run: RunFolder, cfg: Config, data: DataBundle, team: SingleProcess) -> None:
-    """Make the run folder: the log file, config.yaml, computed statistics, runs/latest.
+    """Make the run folder: its marker, the log file, config.yaml, computed statistics,
+    runs/latest.
 
     Only now, with data and model built without error, does the folder appear.
     """
     run.path.mkdir(parents=True, exist_ok=True)
+    mark_run_folder(run)  # first: from here on it is a run folder (see runs.py)
     attach_log_file(run.log)
     atomic_write_text(run.config, to_yaml(cfg))  # a record (a resume only compares it)
     if data.stats_source == "computed":
