@@ -15,8 +15,9 @@ from conftest import SMALL_OVERRIDES, write_images
 from shape_classifier.checkpoint import CheckpointError
 from shape_classifier.cli import DEFAULT_CONFIG
 from shape_classifier.config import load_config
-from shape_classifier.export_program import export_program
-from shape_classifier.exported import info_path, load_program
+from shape_classifier.export_program import export_program, onnx_missing
+from shape_classifier.exported import export_weights, info_path, load_program
+from shape_classifier.inference import load_trained
 from shape_classifier.train import main
 
 CLASSES = {"a": 4, "b": 4, "c": 4}
@@ -228,3 +229,99 @@ def test_predict_and_evaluate_end_in_one_line_on_a_hostile_program(
     assert result.returncode != 0 and len(errors) == 1, result.stderr
     assert errors[0].startswith("error: refused to load") and "pickled" in errors[0]
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def weights_file(exported) -> Path:
+    """Weights that export.py wrote (.pt, read in every project), with their card."""
+    _, program = exported
+    output = program.with_name("model.pt")
+    export_weights(program.parent / "run" / "checkpoints" / "last.pt", output)
+    return output
+
+
+def with_card(source: Path, output: Path, edit) -> Path:
+    """A copy of the exported `source` whose card `edit(card)` changes."""
+    shutil.copyfile(source, output)
+    card = json.loads(info_path(source).read_text(encoding="utf-8"))
+    edit(card)
+    info_path(output).write_text(json.dumps(card), encoding="utf-8")
+    return output
+
+
+def set_config(section: str, key: str, value):
+    return lambda card: card["config"][section].update({key: value})
+
+
+def set_statistics(mean, std):
+    return lambda card: card.update(normalization={"mean": mean, "std": std})
+
+
+NAN, INF = float("nan"), float("inf")
+DECLARED = {
+    "a 100,000 px image size": (set_config("data", "image_size", 100_000), "beyond"),
+    "a 100,000 px resize": (set_config("data", "resize", 100_000), "beyond"),
+    "a 100,000-wide model": (set_config("model", "width", 100_000), "does not fit"),
+    "a class list longer than the classifier": (
+        lambda card: card.update(classes=["a", "b", "c", "d"]),
+        "does not fit",
+    ),
+    "200,000 classes": (lambda card: card.update(classes=[str(n) for n in range(200_000)]), ""),
+    "repeated class names": (lambda card: card.update(classes=["a", "a", "b"]), "distinct"),
+    "class names that are not names": (lambda card: card.update(classes=[1, 2, 3]), "names"),
+    "std 0": (set_statistics([0.5] * 3, [0.2, 0.0, 0.2]), "> 0"),
+    "a negative std": (set_statistics([0.5] * 3, [0.2, -1.0, 0.2]), "> 0"),
+    "a NaN std": (set_statistics([0.5] * 3, [0.2, NAN, 0.2]), "finite"),
+    "an infinite std": (set_statistics([0.5] * 3, [INF, 0.2, 0.2]), "finite"),
+    "a NaN mean": (set_statistics([NAN, 0.5, 0.5], [0.2] * 3), "finite"),
+    "an infinite mean": (set_statistics([0.5, -INF, 0.5], [0.2] * 3), "finite"),
+    "statistics of the wrong length": (set_statistics([0.5], [0.2]), "channels"),
+    "statistics that are text": (set_statistics("0.5", "0.2"), "finite"),
+    "a mean without a std": (set_statistics([0.5] * 3, None), "finite"),
+}
+
+
+@pytest.mark.parametrize("case", DECLARED)
+def test_what_a_file_declares_is_checked_before_use(weights_file, tmp_path, case):
+    edit, words = DECLARED[case]
+    hostile = with_card(weights_file, tmp_path / "model.pt", edit)
+    with pytest.raises(CheckpointError) as refused:
+        load_trained(hostile, ["train.device=cpu"])
+    message = str(refused.value)
+    assert str(hostile) in message and words in message and "\n" not in message
+
+
+PROGRAM_CARDS = {
+    "another channel count": (lambda card: card.update(in_channels=1), "does not take"),
+    "channels that are not 1 or 3": (lambda card: card.update(in_channels=64), "not 1 or 3"),
+    "more classes than outputs": (
+        lambda card: card.update(classes=["a", "b", "c", "d"]),
+        "one score for each of the 4 classes",
+    ),
+    "another image size": (set_config("data", "image_size", 8), ""),
+}
+
+
+def onnx_program(exported, folder: Path) -> Path:
+    missing = onnx_missing()
+    if missing is not None:
+        pytest.skip(f"{missing} is not installed (pip install -e .[export])")
+    _, program = exported
+    output = folder / "model.onnx"
+    export_program(program.parent / "run" / "checkpoints" / "last.pt", output)
+    return output
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
+@pytest.mark.parametrize("case", PROGRAM_CARDS)
+def test_a_program_that_does_not_fit_its_card_is_refused(exported, tmp_path, case, suffix):
+    edit, words = PROGRAM_CARDS[case]
+    source = exported[1] if suffix == ".pt2" else onnx_program(exported, tmp_path)
+    hostile = with_card(source, tmp_path / f"hostile{suffix}", edit)
+    try:
+        load_trained(hostile, ["train.device=cpu"])
+    except CheckpointError as refused:
+        assert str(hostile) in str(refused) and words in str(refused)
+        assert "\n" not in str(refused)
+    else:  # a program of dynamic size may take other sizes: then its outputs must fit
+        assert case == "another image size"

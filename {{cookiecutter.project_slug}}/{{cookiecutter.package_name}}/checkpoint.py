@@ -61,8 +61,11 @@ def strip_prefixes(state_dict: dict) -> dict:
     return cleaned
 
 
-def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> None:
-    """Load weights into `model`, or raise one error listing every mismatched key and shape."""
+def load_model_state(
+    model: nn.Module, state_dict: dict, source: Path | str, check_only: bool = False
+) -> None:
+    """Load weights into `model`, or raise one error listing every mismatched key and shape;
+    `check_only`: only check (e.g. a model built on the meta device, which holds no data)."""
     state_dict = strip_prefixes(state_dict)
     expected = unwrap(model).state_dict()
     problems = state_dict_mismatches(expected, state_dict, "checkpoint")
@@ -71,7 +74,8 @@ def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> 
             f"{source} does not fit this model (another model.name or class count?): "
             + " | ".join(problems)
         )
-    unwrap(model).load_state_dict(state_dict)
+    if not check_only:
+        unwrap(model).load_state_dict(state_dict)
 
 
 def state_dict_mismatches(expected: dict, found: dict, source: str) -> list[str]:

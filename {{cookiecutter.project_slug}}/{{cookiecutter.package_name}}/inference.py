@@ -27,6 +27,13 @@ from .data import (
     is_image_file,
     open_image,
 )
+from .declared import (
+    apply_statistics,
+    check_image_sizes,
+    check_program_fits,
+    checked_channels,
+    checked_classes,
+)
 from .device import pick_device, precision
 from .ema import inference_weights
 from .exported import PROGRAMS, load_model_file, load_program
@@ -84,21 +91,22 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
             f"{path} holds no config or class names: give a checkpoint of a run of this "
             "project, or weights written by export.py"
         )
+    # What the file declares is checked before anything is built from it (declared.py).
     cfg = load_saved_config(checkpoint["config"], overrides)
-    classes = list(checkpoint["classes"])
-    stats = checkpoint.get("normalization") or {}
-    if cfg.data.mean is None and stats:
-        cfg.data.mean, cfg.data.std = list(stats["mean"]), list(stats["std"])
+    classes = checked_classes(checkpoint["classes"], path)
+    check_image_sizes(cfg, path)
     cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
     cfg.model.freeze = []
     if path.suffix in PROGRAMS:  # torch.export or ONNX: exported on the CPU, in eval mode
-        model, in_channels = load_program(path), int(checkpoint["in_channels"])
-        device = torch.device("cpu")
+        in_channels = checked_channels(checkpoint.get("in_channels"), path)
+        model, device = load_program(path), torch.device("cpu")
+        check_program_fits(model, in_channels, cfg.data.image_size, len(classes), path)
     else:
         weights = inference_weights(checkpoint)
         model, in_channels = _model_with_weights(cfg, classes, weights, path)
         device = pick_device(cfg.train.device, local_rank=0)
         model = model.to(device).eval()
+    apply_statistics(cfg, checkpoint.get("normalization"), in_channels, path)
     return TrainedModel(
         model=model,
         cfg=cfg,
@@ -112,11 +120,16 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
 
 
 def _model_with_weights(cfg: Config, classes: list[str], weights: dict, path: Path):
-    """(the model of `cfg` holding `weights`, its input channels)."""
-    model = build_model(cfg.model, len(classes), in_channels=3)
-    in_channels = _input_channels(model, weights)
-    if in_channels != 3:
-        model = build_model(cfg.model, len(classes), in_channels)
+    """(the model of `cfg` holding `weights`, its input channels). The model is first
+    built on the meta device, which allocates nothing: a width or a class list in the file
+    that does not fit its weights is refused before the real model takes any memory."""
+    with torch.device("meta"):
+        model = build_model(cfg.model, len(classes), in_channels=3)
+        in_channels = _input_channels(model, weights)
+        if in_channels != 3:
+            model = build_model(cfg.model, len(classes), in_channels)
+    load_model_state(model, weights, path, check_only=True)
+    model = build_model(cfg.model, len(classes), in_channels)
     load_model_state(model, weights, path)
     return model, in_channels
 

@@ -1,0 +1,117 @@
+"""What a model file declares about itself, checked before anything is built from it.
+
+A checkpoint, an exported weights file (its `<file>.json` card or safetensors header) or a
+program comes with the config, class names, normalisation statistics and input channels
+it was made with. They may come from anyone: the config schema's own rules
+(`config.validate`) check the settings, and the bounds here add what the schema leaves open
+because a user may choose it for their own training, but a file may not ask of this
+machine: images or a resize side beyond MAX_IMAGE_SIZE, more than MAX_CLASSES classes.
+The model itself is sized against its weights on the meta device (inference.py), so a
+width or a class list that does not fit the weights allocates nothing.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, first_line
+from .config import Config, ConfigError, validate
+
+# The largest image side a file may ask for: four times the 1024 px of the largest common
+# classification inputs; one such RGB image is 200 MB as float32.
+MAX_IMAGE_SIZE = 4096
+# More classes than any public classification data set has (ImageNet-21k: 21,841).
+MAX_CLASSES = 100_000
+CHANNELS = (1, 3)
+
+
+def checked_classes(classes, path: Path) -> list[str]:
+    """The class names a file declares: a list of distinct names, not too many."""
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise CheckpointError(f"{path}: its class names are not a list of names")
+    if not 1 <= len(classes) <= MAX_CLASSES or len(set(classes)) != len(classes):
+        raise CheckpointError(
+            f"{path} declares {len(classes)} class names ({len(set(classes))} distinct); "
+            f"a model file holds 1 to {MAX_CLASSES} distinct ones"
+        )
+    return classes
+
+
+def check_image_sizes(cfg: Config, path: Path) -> None:
+    """The image side and resize side a file's config asks for fit MAX_IMAGE_SIZE."""
+    for key, side in (("data.image_size", cfg.data.image_size), ("data.resize", cfg.data.resize)):
+        if side is not None and side > MAX_IMAGE_SIZE:
+            raise CheckpointError(
+                f"{path} asks for {key}={side}, beyond {MAX_IMAGE_SIZE} px: not a model "
+                "file of this project; give another, or override it with "
+                f"{key}=N if you trust the file"
+            )
+
+
+def checked_channels(value, path: Path) -> int:
+    """The input channels a program's card declares: 1 or 3."""
+    if type(value) is not int or value not in CHANNELS:
+        raise CheckpointError(
+            f"{path}: its card declares {value!r} input channels, not 1 or 3; export it again"
+        )
+    return value
+
+
+def apply_statistics(cfg: Config, stats, in_channels: int, path: Path) -> None:
+    """Set the file's normalisation statistics into `cfg` where the config left them to the
+    data, then check those that will be used: finite, std > 0, one per input channel."""
+    if cfg.data.mean is None and stats:
+        if not isinstance(stats, dict):
+            raise CheckpointError(f"{path}: its normalisation statistics are not a mapping")
+        cfg.data.mean, cfg.data.std = stats.get("mean"), stats.get("std")
+    if cfg.data.mean is None:
+        return
+    for name, values in (("mean", cfg.data.mean), ("std", cfg.data.std)):
+        if not _finite_numbers(values):
+            raise CheckpointError(
+                f"{path}: its normalisation {name} {_shown(values)} is not a list of finite "
+                "numbers; give the checkpoint it came from, or set data.mean and data.std"
+            )
+    cfg.data.mean, cfg.data.std = list(cfg.data.mean), list(cfg.data.std)
+    try:
+        validate(cfg)  # the schema's own rules: one number per channel, std > 0
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {first_line(error)}") from None
+    if len(cfg.data.mean) != in_channels:
+        raise CheckpointError(
+            f"{path}: its normalisation has {len(cfg.data.mean)} numbers per image but the "
+            f"model takes {in_channels} channels; set data.mean and data.std"
+        )
+
+
+def _finite_numbers(values) -> bool:
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        for value in values
+    )
+
+
+def _shown(values) -> str:
+    text = repr(values)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@torch.no_grad()
+def check_program_fits(model, in_channels: int, image_size: int, classes: int, path: Path):
+    """A program (torch.export or ONNX) takes one image of the declared channels and size
+    and gives one score per class: tried on one blank image, before any real one."""
+    blank = torch.zeros(1, in_channels, image_size, image_size)
+    try:
+        logits = model(blank)
+    except Exception as error:  # a program's own errors (torch's guards, onnxruntime's)
+        raise CheckpointError(
+            f"{path} does not take {in_channels}x{image_size}x{image_size} images, as its "
+            f"card says ({first_line(error)}); export it again"
+        ) from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CheckpointError(
+            f"{path} gives outputs of shape {shape} for one image, not one score for each "
+            f"of the {classes} classes of its card; export it again"
+        )
