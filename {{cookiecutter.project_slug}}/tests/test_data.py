@@ -544,16 +544,17 @@ def test_cache_leaves_out_an_image_that_fails_to_decode_or_names_it(tmp_path, pr
     assert "set data.skip_bad" not in project_log.text  # it is set: no advice to set it
 
 
-def test_an_image_damaged_past_its_header_is_skipped_while_loading(tmp_path, project_log):
-    """Without the cache, the damage shows only when a batch decodes the file: with
-    data.skip_bad a warning naming it, without the advice to set data.skip_bad."""
+def test_an_image_damaged_past_its_header_is_left_out_before_loading(tmp_path, project_log):
+    """Without the cache, data.skip_bad decodes every image once when the data is built and
+    leaves out the ones that fail, named in a warning: no other image takes their place."""
     write_images(tmp_path, {"a": 6, "b": 6}, suffix=".jpg")
     victim = tmp_path / "a" / "002.jpg"
     victim.write_bytes(victim.read_bytes()[:-50])
     bundle = build_datasets(images_config(tmp_path, cache=False, skip_bad=True), seed=0)
+    used = [path for part in (bundle.train, bundle.val) for path, _ in part.samples]
+    assert len(used) == len(set(used)) == 11 and victim not in used
     for part in (bundle.train, bundle.val):
-        labels = [part[index][1] for index in range(len(part))]
-        assert len(labels) == len(part)
+        assert [part[index][1] for index in range(len(part))] == part.targets
     assert f"skipping {victim}: not a readable image" in project_log.text
     assert "set data.skip_bad" not in project_log.text
 
@@ -696,17 +697,17 @@ def test_hidden_files_and_folders_are_left_out_at_every_depth(tmp_path, project_
     warnings = [record.getMessage() for record in project_log.records]
     assert [line for line in warnings if "hidden" in line] == [
         f"skipped 5 images in hidden files or folders (names starting with '.', or "
-        f"__MACOSX), e.g. {tmp_path / '.git' / 'image.png'}; rename or move them to train on them"
+        f"__MACOSX), e.g. {tmp_path / '.git' / 'image.png'}; rename or move them to use them"
     ]
 
 
 def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
     """As a folder without read permission (not testable as root, who reads everything)."""
-    from {{ cookiecutter.package_name }}.data import folders
+    from {{ cookiecutter.package_name }}.data import listing
 
     write_images(tmp_path, {"a": 3, "b": 3})
     (tmp_path / "b" / "locked").mkdir()
-    real_walk = folders.os.walk
+    real_walk = listing.os.walk
 
     def walk(top, onerror=None, **options):
         for parent, names, files in real_walk(top, onerror=onerror, **options):
@@ -715,7 +716,7 @@ def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
                 onerror(PermissionError(13, "Permission denied", str(Path(parent) / "locked")))
             yield parent, names, files
 
-    monkeypatch.setattr(folders.os, "walk", walk)
+    monkeypatch.setattr(listing.os, "walk", walk)
     with pytest.raises(ConfigError) as error:
         build_datasets(images_config(tmp_path), seed=0)
     assert str(error.value) == (

@@ -24,8 +24,10 @@ from .data import (
     build_datasets,
     build_loader,
     image_transform,
-    is_image_file,
+    list_images,
     open_image,
+    report_listing,
+    shown,
 )
 from .declared import (
     apply_statistics,
@@ -276,15 +278,23 @@ def plot_confusion(result: Evaluation, path: Path) -> Path:
 
 
 def image_files(target: Path) -> list[Path]:
-    """`target` itself, or the image files under the folder `target`, sorted."""
+    """`target` itself, or the image files under the folder `target`, sorted: those that
+    training would read there (data.list_images: links followed, hidden files left out),
+    with the same warnings about what is left out."""
     if target.is_file():
         return [target]
     if not target.is_dir():
-        raise ConfigError(f"{target} does not exist; give an image file or a folder of images")
-    files = sorted(path for path in target.rglob("*") if is_image_file(path))
-    if not files:
-        raise ConfigError(f"no images in {target} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return files
+        raise ConfigError(
+            f"{shown(target)} does not exist; give an image file or a folder of images"
+        )
+    listing = list_images(target)
+    report_listing([listing])
+    if not listing.images:
+        raise ConfigError(
+            f"no images in {shown(target)} (looked for {', '.join(IMAGE_SUFFIXES)} and the "
+            "other suffixes of the formats PIL reads)"
+        )
+    return listing.images
 
 
 @dataclass
@@ -308,7 +318,9 @@ def predict_files(trained: TrainedModel, files: list[Path]) -> list[Prediction]:
         if batch and (len(batch) == data.batch_size or position == len(files) - 1):
             logits = trained.logits(torch.stack([image for _, image in batch]))
             for (image_path, _), row in zip(batch, logits.softmax(dim=1), strict=True):
-                predictions.append(Prediction(image_path, row))
+                # As the outputs (text) write it: a name that is not valid UTF-8 shows its
+                # bytes as \xNN (data.shown), instead of failing to be written.
+                predictions.append(Prediction(Path(shown(image_path)), row))
             batch = []
     return predictions
 

@@ -3,7 +3,9 @@
 Three sources, chosen by `data.dataset`:
 - `shapes`: the built-in dataset, generated in memory from the seed (builtin.py);
 - `imagefolder`: the user's images, in `data.root/train/<class>/` and `data.root/val/<class>/`,
-  or in `data.root/<class>/` split into train and val by `data.val_fraction` (folders.py);
+  or in `data.root/<class>/` split into train and val by `data.val_fraction` (folders.py;
+  which files are images: listing.py; a file into pixels: images.py; data.skip_bad:
+  skip_bad.py);
 - a torchvision dataset by name (cifar10, cifar100, mnist, fashionmnist) stored in `data.root`
   (torchvision_datasets.py).
 
@@ -21,16 +23,17 @@ from .builtin import ShapesDataset
 from .bundle import SHAPES_MEAN, SHAPES_STD, DataBundle, DataError
 from .cache import CachedImages, decode_images
 from .datasets import DATASET_CHOICES, build_datasets
-from .folders import (
+from .folders import ImageFiles, image_files_under
+from .images import (
     GRAYSCALE_MODES,
     IMAGE_SUFFIXES,
-    ImageFiles,
-    image_files_under,
-    is_hidden,
-    is_image_file,
+    UnreadableImage,
+    image_suffixes,
     open_image,
+    shown,
     to_8_bits,
 )
+from .listing import Listing, is_hidden, is_image_file, list_images, report_listing
 from .loaders import (
     AugmentingLoader,
     InMemoryLoader,
@@ -63,10 +66,12 @@ __all__ = [
     "GlobalBatchShardSampler",
     "ImageFiles",
     "InMemoryLoader",
+    "Listing",
     "SeededAugmentation",
     "ShapesDataset",
     "ShardSampler",
     "TensorBatchSampler",
+    "UnreadableImage",
     "build_datasets",
     "build_loader",
     "cached_stats",
@@ -74,12 +79,16 @@ __all__ = [
     "decode_images",
     "epoch_batch_sampler",
     "image_files_under",
+    "image_suffixes",
     "image_transform",
     "is_hidden",
     "is_image_file",
+    "list_images",
     "open_image",
+    "report_listing",
     "resize_side",
     "sample_seed",
     "save_stats",
+    "shown",
     "to_8_bits",
 ]

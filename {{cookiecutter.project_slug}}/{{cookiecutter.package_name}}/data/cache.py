@@ -15,7 +15,9 @@ from ..config import ConfigError, DataConfig
 from ..device import copy_to, processes_on_this_machine
 from ..log import log_choice
 from .bundle import DataBundle, DataError
-from .folders import ImageFiles, UnreadableImage, open_image
+from .folders import ImageFiles
+from .images import UnreadableImage, open_image
+from .skip_bad import report_left_out
 from .stats import normalization_stats
 from .transforms import ConvertMode, CropSquare, centre_window, resize_side
 
@@ -131,13 +133,15 @@ class _Decoding(Dataset):
 
 
 def decode_images(
-    dataset: Dataset, cfg: DataConfig, channels: int, side: int
+    dataset: Dataset, cfg: DataConfig, channels: int, side: int, what: str = "training"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of `dataset` as uint8 [N, C, side, side], and the labels [N].
 
     Each image is converted, resized as image_transform does, and cropped to the square
     that CropSquare places; the PIL work runs in `data.num_workers` worker processes. With
-    `data.skip_bad`, unreadable files are left out with a warning (N is then smaller).
+    `data.skip_bad`, unreadable files are left out with a warning (N is then smaller), as
+    skip_bad.leave_out_undecodable leaves them out without the cache. `what` names the set
+    in the warnings.
     """
     from torchvision import transforms
 
@@ -150,19 +154,18 @@ def decode_images(
     # Filled in place: concatenating per-batch tensors would need twice the memory.
     images = torch.empty((len(dataset), channels, side, side), dtype=torch.uint8)
     labels = torch.empty(len(dataset), dtype=torch.long)
-    count = 0
+    count, left_out = 0, []
     for batch in loader:
         for pixels, label, problem in batch:
             if problem is not None:
                 message, skip_warning = problem
                 if not cfg.skip_bad:
                     raise DataError(message)
-                logger.warning(skip_warning)
+                left_out.append(skip_warning)
                 continue
             images[count], labels[count] = pixels, label
             count += 1
-    if count == 0:
-        raise DataError(f"none of the {len(dataset)} images could be decoded")
+    report_left_out(left_out, len(dataset), what)
     return images[:count], labels[:count]
 
 
@@ -238,7 +241,7 @@ def cached_bundle(
     check_cache_fits(size, torch.device("cpu"), processes_on_this_machine())
     started = time.perf_counter()
     train_images, train_labels = decode_images(train, cfg, channels, side)
-    val_images, val_labels = decode_images(val, cfg, channels, side)
+    val_images, val_labels = decode_images(val, cfg, channels, side, "validation")
     logger.info(
         "data.cache: %d train + %d val images decoded into memory, %dx%dx%d each, %.1f MB, "
         "in %.1f s",

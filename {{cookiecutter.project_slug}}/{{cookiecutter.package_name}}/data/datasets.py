@@ -8,7 +8,8 @@ from ..config import ConfigError, DataConfig
 from .builtin import shapes_bundle
 from .bundle import DataBundle
 from .cache import cached_bundle, choose_cache
-from .folders import image_folder
+from .folders import ImageFiles, image_folder
+from .skip_bad import leave_out_undecodable
 from .stats import check_given_stats, normalization_stats
 from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
 from .transforms import image_transform, resize_side
@@ -52,6 +53,9 @@ def build_datasets(
         use_cache = agree(choose_cache(cfg, len(train) + len(val), channels))
     if use_cache:
         return cached_bundle(cfg, train, val, classes, channels, stats_file)
+    if cfg.skip_bad and isinstance(train, ImageFiles):  # what the cache's decoding leaves out
+        leave_out_undecodable(train, cfg.num_workers, "training")
+        leave_out_undecodable(val, cfg.num_workers, "validation")
     mean, std, source = normalization_stats(cfg, train, channels, stats_file)
     train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)
     val.transform = image_transform(cfg, channels, train=False, mean=mean, std=std)

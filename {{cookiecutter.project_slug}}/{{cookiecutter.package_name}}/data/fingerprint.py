@@ -1,7 +1,8 @@
 """A fingerprint of the data a run trains on, to notice when it changes under a resumed run.
 
-- image folders: every image file that the data loading would read (relative path and size,
-  hidden files and folders skipped at every depth, as the loading skips them);
+- image folders: every image file that the data loading would read (relative path and size),
+  listed by the walk that the data loading lists them with (listing.list_images: hidden
+  files and folders skipped, links followed, each real folder once);
 - torchvision datasets: every file of the dataset's own folder under `data.root`;
 - the built-in shapes: the settings that generate them (seed, sizes, image size).
 
@@ -18,7 +19,8 @@ import os
 from pathlib import Path
 
 from ..config import Config
-from .folders import IMAGE_SUFFIXES, is_hidden
+from .images import shown
+from .listing import is_hidden, list_images
 
 # The full listing is kept up to this many files (about 1 MB of JSON).
 LISTING_LIMIT = 20_000
@@ -52,7 +54,7 @@ def fingerprint(cfg: Config) -> dict:
         files = image_folder_files(root)
     else:
         own_folder = root / TORCHVISION_FOLDERS.get(data.dataset, "")
-        files = _files_under(root, own_folder if own_folder.is_dir() else root, suffixes=None)
+        files = _files_under(root, own_folder if own_folder.is_dir() else root)
     return {"dataset": data.dataset, "root": str(root.resolve()), **summarize(files)}
 
 
@@ -65,8 +67,20 @@ def image_folder_files(root: Path) -> dict[str, int]:
     for split in splits:
         for entry in _visible_entries(split):
             if entry.is_dir():  # a class folder (a symbolic link to one is followed)
-                files.update(_files_under(root, Path(entry.path), IMAGE_SUFFIXES))
+                listing = list_images(Path(entry.path), identify=False, strict=False)
+                files.update(_sizes(root, listing.images))
     return files
+
+
+def _sizes(root: Path, paths: list[Path]) -> dict[str, int]:
+    """relative path (to `root`, with /) -> size, of the files of `paths` that still exist."""
+    sizes = {}
+    for path in paths:
+        try:
+            sizes[Path(os.path.relpath(path, root)).as_posix()] = path.stat().st_size
+        except OSError:  # gone since it was listed
+            continue
+    return sizes
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
@@ -80,24 +94,20 @@ def _visible_entries(folder: Path) -> list[os.DirEntry]:
         return []
 
 
-def _files_under(root: Path, folder: Path, suffixes: tuple[str, ...] | None) -> dict[str, int]:
-    """relative path (to `root`, with /) -> size of the visible files below `folder` whose
-    suffix is one of `suffixes` (any with None). Symbolic links to folders below `folder`
-    are not followed (as a recursive glob does not); links to files count as their target."""
+def _files_under(root: Path, folder: Path) -> dict[str, int]:
+    """relative path (to `root`, with /) -> size of the visible files below `folder` (a
+    torchvision dataset's own files). Symbolic links to folders below `folder` are not
+    followed; links to files count as their target."""
     files = {}
     pending = [folder]
     while pending:
         for entry in _visible_entries(pending.pop()):
             if entry.is_dir(follow_symlinks=False):
                 pending.append(Path(entry.path))
-            elif entry.is_file() and (suffixes is None or _suffix(entry.name) in suffixes):
+            elif entry.is_file():
                 relative = Path(os.path.relpath(entry.path, root)).as_posix()
                 files[relative] = entry.stat().st_size
     return files
-
-
-def _suffix(name: str) -> str:
-    return os.path.splitext(name)[1].lower()
 
 
 def summarize(files: dict[str, int]) -> dict:
@@ -126,7 +136,8 @@ def _lines(sizes: dict[str, int]) -> str:
 
 
 def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogateescape: a file name that is not valid UTF-8 is hashed as its own bytes.
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def describe_change(saved: dict, current: dict) -> str | None:
@@ -155,7 +166,7 @@ def describe_change(saved: dict, current: dict) -> str | None:
         changes = _differences(saved["listing"], current["listing"], "file")
     else:
         changes = _differences(saved["folders"], current["folders"], "folder")
-    return f"the data in {current['root']} changed ({totals}): {'; '.join(changes)}"
+    return f"the data in {shown(current['root'])} changed ({totals}): {'; '.join(changes)}"
 
 
 def _differences(saved: dict, current: dict, kind: str) -> list[str]:
@@ -171,7 +182,8 @@ def _differences(saved: dict, current: dict, kind: str) -> list[str]:
     for names, what in ((added, "added"), (removed, "removed"), (altered, verb)):
         if names:
             plural = "s" if len(names) != 1 else ""
-            examples = ", ".join(names[:EXAMPLES]) + (", ..." if len(names) > EXAMPLES else "")
+            examples = ", ".join(map(shown, names[:EXAMPLES]))
+            examples += ", ..." if len(names) > EXAMPLES else ""
             found.append(f"{len(names)} {kind}{plural} {what} (e.g. {examples})")
     return found
 
