@@ -3,6 +3,8 @@ the config, plots and best checkpoint as artefacts; a store that cannot be reach
 warning, not the run."""
 
 import math
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from conftest import PROJECT_ROOT, SMALL_OVERRIDES, TIMING_COLUMNS, _read_metric
 from mlflow.tracking import MlflowClient
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
+from {{ cookiecutter.package_name }}.hooks import Hooks
+from {{ cookiecutter.package_name }}.train import main
 
 DRIVER = PROJECT_ROOT / "tests" / "kill_driver.py"
 # Three epochs of 8 steps; every step file kept, so a test can resume from an older one.
@@ -111,4 +115,56 @@ def test_an_unreachable_server_costs_one_warning_not_the_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stdout.splitlines() if "tracker mlflow failed" in line]
     assert len(warnings) == 1, result.stdout[-3000:]
+    assert "its server cannot be reached" in warnings[0]
+    assert not library_lines(result.stdout + result.stderr), result.stderr[-3000:]
     assert len(_read_metrics(run_dir)) == 1
+
+
+def library_lines(output: str) -> list[str]:
+    """The lines that are neither the project's log nor its one-line messages: a tracker
+    library's own tracebacks and log spam."""
+    ours = re.compile(r"^(\d\d:\d\d:\d\d (INFO|WARNING|ERROR) |warning: |error: )")
+    return [line for line in output.splitlines() if line.strip() and not ours.match(line)]
+
+
+def test_a_read_only_store_costs_one_warning_saying_so(tmp_path, store):
+    run_dir = tmp_path / "runs" / "first"
+    assert train(run_dir).returncode == 0  # makes the store
+    database = tmp_path / "runs" / "mlflow.db"
+    read_only = {"MLFLOW_TRACKING_URI": f"sqlite:///file:{database}?mode=ro&uri=true"}
+    result = train(tmp_path / "runs" / "second", env=read_only)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stdout.splitlines() if "tracker mlflow" in line]
+    assert len(warnings) == 1 and "its store is read-only" in warnings[0], result.stdout[-3000:]
+    assert not library_lines(result.stdout + result.stderr), result.stderr[-3000:]
+    assert len(_read_metrics(tmp_path / "runs" / "second")) == 1
+
+
+def test_a_store_locked_during_training_costs_one_warning_and_the_run_ends_failed(
+    make_config, tmp_path, store, capfd
+):
+    """Another process holds the SQLite store (BEGIN EXCLUSIVE) from the first epoch's end to
+    the second's: the second epoch's metrics cannot be written, training goes on, and once
+    the store is free again the MLflow run is marked FAILED."""
+    database = tmp_path / "runs" / "mlflow.db"
+    holder = sqlite3.connect(database, isolation_level=None, timeout=60)
+
+    def after_epoch(row: dict) -> bool:
+        if row["epoch"] == 0:
+            holder.execute("BEGIN EXCLUSIVE")
+        else:
+            holder.execute("ROLLBACK")
+        return False
+
+    cfg = make_config("train.epochs=2", f"run.dir={tmp_path / 'runs' / 'locked'}")
+    assert main(cfg, Hooks(after_epoch=after_epoch)) == 0
+    holder.close()
+    output = "".join(capfd.readouterr())
+    warnings = [line for line in output.splitlines() if "tracker mlflow" in line]
+    assert len(warnings) == 1, output[-3000:]
+    assert "failed to write (its store is locked by another process)" in warnings[0]
+    assert "database is locked" in warnings[0]
+    assert not library_lines(output), output[-3000:]
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "epoch")] == [8]

@@ -4,6 +4,8 @@ a resumed tracker run lacks, no step twice, and a failure that costs one warning
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from {{ cookiecutter.package_name }}.trackers import GuardedTracker, numeric_row, tracker_states
 
 
@@ -79,3 +81,71 @@ def test_a_tracker_that_cannot_start_leaves_the_saved_state_for_the_next_resume(
 def test_metrics_csv_rows_read_back_as_numbers():
     text = {"epoch": "2", "step": "24", "val_acc": "0.875", "lr": "", "samples_per_s": "1e+03"}
     assert numeric_row(text) == {"epoch": 2, "step": 24, "val_acc": 0.875, "samples_per_s": 1000.0}
+
+
+class FailingRun(RecordingTracker):
+    """A tracker run whose store fails at `fail_on` with `error`; records how it ended."""
+
+    def __init__(self, error, reachable_at_end=True):
+        super().__init__(fail_on=8)
+        self.error, self.reachable_at_end, self.ended = error, reachable_at_end, None
+
+    def write(self, row):
+        if row["step"] == self.fail_on:
+            raise self.error
+        self.rows.append(row)
+
+    def end_failed(self):
+        if not self.reachable_at_end:
+            raise self.error
+        self.ended = "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (RuntimeError("(sqlite3.OperationalError) database is locked\n[SQL: ...]"), "locked"),
+        (RuntimeError("attempt to write a readonly database"), "read-only"),
+        (PermissionError(13, "Permission denied"), "read-only"),
+        (OSError(30, "Read-only file system"), "read-only"),
+        (ConnectionError("the server went away"), "cannot be reached"),
+        (RuntimeError("API request failed: Max retries exceeded with url"), "cannot be reached"),
+    ],
+)
+def test_a_failed_tracker_says_what_failed_and_its_run_ends_failed(project_log, error, said):
+    tracker = FailingRun(error)
+    guarded = opened(tracker)
+    for row in rows(4, 8, 12):
+        guarded.write(row)
+    guarded.close()
+    (warning,) = [record.getMessage() for record in project_log.records]
+    assert said in warning and "training goes on" in warning and "\n" not in warning
+    assert tracker.ended == "FAILED" and not tracker.closed
+
+
+def test_a_tracker_out_of_reach_at_the_end_costs_a_second_line_at_most(project_log):
+    tracker = FailingRun(ConnectionError("refused"), reachable_at_end=False)
+    guarded = opened(tracker)
+    guarded.write(rows(4, 8)[1])
+    guarded.close()
+    lines = [record.getMessage() for record in project_log.records]
+    assert len(lines) == 2 and "could not be marked failed" in lines[1]
+
+
+def test_a_tracker_library_logs_nothing_of_its_own_while_it_fails(project_log):
+    """Its own logger's traceback is silenced; the project's one line is not."""
+    library = logging.getLogger("some_tracker_library")
+
+    def open_tracker(*args):
+        library.error("a traceback of 60 lines")
+        raise RuntimeError("database is locked")
+
+    module = SimpleNamespace(open_tracker=open_tracker, LIBRARY_LOGGERS=("some_tracker_library",))
+    project_log.set_level(logging.INFO)
+    GuardedTracker("fake_log", None).open(module, None, None, None, None, False)
+    messages = [record.getMessage() for record in project_log.records]
+    assert messages == [
+        "tracker fake failed to start (its store is locked by another process), training goes "
+        "on without it: database is locked"
+    ]
+    assert library.level == logging.NOTSET  # as it was

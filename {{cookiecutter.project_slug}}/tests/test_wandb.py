@@ -132,3 +132,23 @@ def test_an_unreachable_server_costs_one_warning_not_the_run(tmp_path, wandb_env
     warnings = [line for line in result.stdout.splitlines() if "tracker wandb failed" in line]
     assert len(warnings) == 1, result.stdout[-3000:]
     assert len(_read_metrics(run_dir)) == 1
+
+
+def test_wandb_not_installed_is_one_line_naming_the_pip_command(tmp_path):
+    """tracker=wandb on a machine without wandb (here: its import halted): one warning
+    naming `pip install wandb`, and the run trains."""
+    run_dir = tmp_path / "runs" / "without"
+    hide = "import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
+    hide += "runpy.run_path('train.py', run_name='__main__')"
+    result = subprocess.run(
+        [sys.executable, "-c", hide, "train.py", *SMALL_OVERRIDES, f"run.dir={run_dir}"],
+        cwd=PROJECT_ROOT,
+        env={**_subprocess_env(), "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (warning,) = [line for line in result.stdout.splitlines() if "tracker wandb" in line]
+    assert "pip install wandb" in warning
+    assert len(_read_metrics(run_dir)) == 1

@@ -38,6 +38,8 @@ PACKAGES = {
     "matplotlib": "pip install -e .",
     "safetensors": "pip install safetensors",
     "tensorboard": "pip install tensorboard",
+    "mlflow": "pip install mlflow-skinny",
+    "wandb": "pip install wandb",
     "optuna": "pip install optuna",
     # Quoted: zsh, macOS's shell, would read the brackets as a file pattern.
     "onnx": 'pip install -e ".[export]"',
@@ -118,13 +120,19 @@ def describe(error: BaseException, fix: str) -> Failure | None:
 
 
 def _missing_package(error: ModuleNotFoundError) -> Failure | None:
+    message = missing_package(error)
+    return None if message is None else Failure(message, FAILURE)
+
+
+def missing_package(error: ModuleNotFoundError) -> str | None:
+    """What is missing and the pip command that installs it, for a package the project
+    uses; None for any other module (e.g. one of this project: a bug)."""
     package = (error.name or "").split(".")[0]
-    if package not in PACKAGES:  # e.g. a module of this project: a bug, with its traceback
+    if package not in PACKAGES:
         return None
-    return Failure(
+    return (
         f"the package {package} is not installed in {sys.executable}; install it with "
-        f"{PACKAGES[package]} (in the project folder)",
-        FAILURE,
+        f"{PACKAGES[package]} (in the project folder)"
     )
 
 

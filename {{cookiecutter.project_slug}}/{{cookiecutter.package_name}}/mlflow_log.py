@@ -27,6 +27,9 @@ from .trackers import flat_config, link_artefacts
 
 PACKAGE = __name__.rsplit(".", 1)[0]
 logger = logging.getLogger(PACKAGE)
+# Silenced while MLflow works (see trackers.quiet): each logs a whole traceback of an error
+# that the project says in one line.
+LIBRARY_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "urllib3")
 # MLflow refuses more in one call (its log_batch limit) and longer parameter values.
 PARAMS_PER_CALL = 100
 MAX_PARAM_LENGTH = 6000
@@ -140,3 +143,7 @@ class MLflowRun:
             if link_artefacts(self.run_dir, Path(folder)):
                 self.client.log_artifacts(self.run_id, folder)
         self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def end_failed(self) -> None:
+        """Mark the MLflow run failed (MLflow failed during training)."""
+        self.client.set_terminated(self.run_id, status="FAILED")

@@ -12,6 +12,8 @@ from torch.utils.tensorboard import SummaryWriter
 from .checkpoint import unwrap
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
+# Silenced while TensorBoard works (see trackers.quiet): its errors are said in one line.
+LIBRARY_LOGGERS = ("tensorboard",)
 SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "samples_per_s")
 
 

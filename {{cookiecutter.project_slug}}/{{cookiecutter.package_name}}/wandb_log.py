@@ -29,6 +29,8 @@ from .trackers import flat_config, link_artefacts
 
 PACKAGE = __name__.rsplit(".", 1)[0]
 logger = logging.getLogger(PACKAGE)
+# Silenced while W&B works (see trackers.quiet): its errors are said in one line.
+LIBRARY_LOGGERS = ("wandb",)
 
 # A run's transaction log (run-<id>.wandb): a 7-byte header, then blocks of 32 KiB in the
 # LevelDB log format, each chunk a 7-byte header (checksum, length, type) and a piece of a
@@ -89,6 +91,10 @@ class WandbRun:
 
     def state(self) -> dict:
         return {"run_id": self.run.id}
+
+    def end_failed(self) -> None:
+        """Finish the W&B run as failed (W&B failed during training)."""
+        self.run.finish(exit_code=1)
 
     def close(self) -> None:
         """Add the run's files to the W&B run, finish it, and say how to upload it."""
