@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }}.errors import exit_code_of
 from {{ cookiecutter.package_name }}.features import feature_module
 from {{ cookiecutter.package_name }}.hooks import Hooks
 from {{ cookiecutter.package_name }}.plots import plot_run
+from {{ cookiecutter.package_name }}.runs import RunFolder, mark_run_folder
 from {{ cookiecutter.package_name }}.train import run
 
 
@@ -237,6 +238,7 @@ def test_a_full_disk_under_train_log_is_one_warning_and_training_goes_on(
 ):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    mark_run_folder(RunFolder(run_dir))  # a run folder of this project, whose log is full
     (run_dir / "train.log").symlink_to("/dev/full")  # every write: ENOSPC
     assert run(make_config("train.epochs=2", run_dir=run_dir)) == 0
     errors = capfd.readouterr().err
