@@ -17,9 +17,16 @@ By default `<run>/export/` gets:
                   model: the largest logit difference and the top-1 agreement
 
 A program beyond the tolerance is refused with one line and no file. OUTPUT names one file
-instead, with `OUTPUT.json` beside it. `python predict.py FILE IMAGES` and
-`python evaluate.py FILE` take any of these files; in code, read weights back with
-`<package>.checkpoint.load_weights(path)`, a .pt2 program with
+instead, with `OUTPUT.json` beside it.
+
+The files of an export appear together or not at all: a failure, Ctrl-C, SIGTERM or SIGHUP
+on the way leaves none (it says so in one line, and exits 128 + the signal's number). An
+export replaces only what an earlier export wrote: an OUTPUT whose `OUTPUT.json` card is
+export.py's, an export/ folder with its export.json. Any other existing file, a training
+checkpoint above all, is refused with one line and left as it is.
+
+`python predict.py FILE IMAGES` and `python evaluate.py FILE` take any of these files; in
+code, read weights back with `<package>.checkpoint.load_weights(path)`, a .pt2 program with
 `torch.export.load(path).module()`.
 """
 
@@ -56,22 +63,29 @@ def main(argv: list[str]) -> int:
         print(f"error: OUTPUT {output} must end in {' or '.join(SUFFIXES)}", file=sys.stderr)
         return 2
     from {{ cookiecutter.package_name }}.errors import exit_code_of
+    from {{ cookiecutter.package_name }}.stopping import exit_code_unless_stopped
 
     fix = "name a writable OUTPUT as the second argument"
-    return exit_code_of(export, checkpoint, output, fix=fix)
+    return exit_code_unless_stopped(exit_code_of, export, checkpoint, output, fix=fix)
 
 
 def export(checkpoint: Path, output: Path | None) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
+    from {{ cookiecutter.package_name }}.export_program import (
+        check_export_folder,
+        check_output_file,
+        export_program,
+    )
     from {{ cookiecutter.package_name }}.exported import export_weights, info_path
+    from {{ cookiecutter.package_name }}.files import staged_files
     from {{ cookiecutter.package_name }}.inference import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
     if output is None:
+        check_export_folder(default_folder(checkpoint))
         return export_everything(checkpoint, default_folder(checkpoint))
+    check_output_file(checkpoint, output)
     if output.suffix in PROGRAM_SUFFIXES:
-        from {{ cookiecutter.package_name }}.export_program import export_program
-
         parity = export_program(checkpoint, output)
         print(
             f"checked on {parity['images']} validation images: largest logit difference "
@@ -80,7 +94,8 @@ def export(checkpoint: Path, output: Path | None) -> int:
         )
         print(f"wrote the model of {checkpoint} as a program to {output}", end=" ")
     else:
-        export_weights(checkpoint, output)
+        with staged_files(output.parent) as staging:  # the weights and their card together
+            export_weights(checkpoint, staging / output.name)
         print(f"wrote the model weights of {checkpoint} to {output}", end=" ")
     print(f"(and {info_path(output).name})")
     return 0

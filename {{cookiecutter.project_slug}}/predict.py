@@ -7,12 +7,14 @@ searched for images recursively. Prints one line per image (file, class, probabi
 writes them with the top classes to OUTPUT.csv. Without OUTPUT.csv they go to
 `predictions.csv` in the run folder, or where that exists already to the first free
 `predictions-2.csv`, `predictions-3.csv`, ...: earlier predictions are never overwritten
-unless named. CHECKPOINT may also be weights written by export.py. Images are prepared as
-for validation in training (resize, centre crop, the normalisation of the run). Unreadable
-files are skipped with a warning.
+unless named, and a named OUTPUT.csv replaces only predictions that predict.py wrote (any
+other file is refused with one line and left as it is). CHECKPOINT may also be weights
+written by export.py. Images are prepared as for validation in training (resize, centre
+crop, the normalisation of the run). Unreadable files are skipped with a warning.
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +52,8 @@ def predict(checkpoint_or_run: Path, images: Path, output: Path | None) -> int:
     )
     from {{ cookiecutter.package_name }}.runs import run_dir_of
 
+    if output is not None:
+        check_output(output)  # before the work: a file it may not replace stops it
     files = image_files(images)
     checkpoint = resolve_checkpoint(checkpoint_or_run)
     trained = load_trained(checkpoint, [])
@@ -72,6 +76,31 @@ def result_line(prediction, classes: list[str]) -> str:
     """`file<TAB>class<TAB>probability` of the most probable class."""
     probability, index = prediction.probabilities.max(dim=0)
     return f"{prediction.file}\t{classes[index]}\t{probability.item():.4f}"
+
+
+# How a predictions file of predict.py begins (inference.write_predictions writes it).
+HEADER = b"file,class,probability,top"
+
+
+def check_output(output: Path) -> None:
+    """ConfigError unless `output` is new or predictions that predict.py wrote."""
+    from {{ cookiecutter.package_name }}.config import ConfigError
+
+    if not os.path.lexists(output):
+        return
+    ours = False
+    if output.is_file():  # never opened otherwise: a named pipe would wait for a writer
+        try:
+            with open(output, "rb") as file:
+                ours = file.read(len(HEADER)) == HEADER
+        except OSError:
+            pass
+    if not ours:
+        raise ConfigError(
+            f"{output} exists and is not a predictions file of predict.py; name a new "
+            "OUTPUT.csv (or leave it out for the run folder's predictions-N.csv), or move "
+            "that file away"
+        )
 
 
 def first_free(path: Path) -> Path:

@@ -4,14 +4,20 @@ weights; predict.py never overwrites earlier predictions unasked, and its messag
 import csv
 import importlib.util
 import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_OVERRIDES, pipe_without_reader, write_images
+from conftest import PROJECT_ROOT, SMALL_OVERRIDES, pipe_without_reader, wait_for_file, write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, load_checkpoint, load_weights
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.exported import info_path
 from {{ cookiecutter.package_name }}.features import has_feature
 from {{ cookiecutter.package_name }}.train import main, run
 
@@ -135,11 +141,193 @@ def test_predict_keeps_earlier_predictions(trained, run_python, tmp_path):
     assert f"to {default}" in first.stderr and f"to {numbered}" in second.stderr
     assert default.read_bytes() == numbered.read_bytes()
     named = tmp_path / "mine.csv"
-    named.write_text("earlier\n")
+    named.write_bytes(default.read_bytes())  # predictions that predict.py wrote
     result = run_python("predict.py", str(run_dir), str(new_images), str(named))
     assert f"replacing the earlier {named}" in result.stderr
     with named.open(newline="", encoding="utf-8") as file:
         assert len(list(csv.DictReader(file))) == 4
+
+
+def test_predict_replaces_no_file_but_its_own_predictions(trained, run_python, tmp_path):
+    _, run_dir, new_images = trained
+    users = tmp_path / "table.csv"
+    users.write_text("name,score\nalice,3\n")
+    result = run_python("predict.py", str(run_dir), str(new_images), str(users))
+    assert result.returncode == 2, result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: {users} exists and is not")
+    assert users.read_text() == "name,score\nalice,3\n"
+
+
+def one_error(result, code: int = 2) -> str:
+    errors = result.stderr.strip().splitlines()
+    assert result.returncode == code and len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: ") and "Traceback" not in result.stderr
+    return errors[0]
+
+
+def files_below(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    """A copy of the trained run folder, for a test to write into."""
+    copy = tmp_path / "run"
+    shutil.copytree(
+        trained[1], copy, symlinks=True, ignore=shutil.ignore_patterns("eval", "export")
+    )
+    return copy
+
+
+def test_export_replaces_no_checkpoint_and_no_file_it_did_not_write(run_copy, run_python):
+    checkpoints = run_copy / "checkpoints"
+    checkpoint = checkpoints / "last.pt"
+    before = files_below(checkpoints)
+    users = run_copy.parent / "mine.pt"
+    users.write_bytes(b"the user's own file")
+    card_only = run_copy.parent / "other.pt"
+    info_path(card_only).write_text("the user's own notes")
+    for output in (checkpoint, checkpoints / "new.pt", users, card_only):
+        line = one_error(run_python("export.py", str(checkpoint), str(output)))
+        assert str(output) in line or str(info_path(output)) in line
+    assert files_below(checkpoints) == before
+    assert users.read_bytes() == b"the user's own file" and not card_only.exists()
+    assert info_path(card_only).read_text() == "the user's own notes"
+
+    ours = run_copy.parent / "model.pt"
+    for _ in range(2):  # its own earlier export it may replace
+        exported = run_python("export.py", str(checkpoint), str(ours))
+        assert exported.returncode == 0, exported.stderr
+    assert json.loads(info_path(ours).read_text(encoding="utf-8"))["checkpoint"]
+
+
+def test_an_export_folder_keeps_files_it_did_not_write(run_copy, run_python):
+    folder = run_copy / "export"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the user's own notes")
+    line = one_error(run_python("export.py", str(run_copy)))
+    assert str(folder) in line
+    assert files_below(folder) == {"notes.txt": b"the user's own notes"}
+
+    # An earlier export is replaced as a set: its files this export does not make go too.
+    earlier = {"files": {"model.pt2": {}, "model.old": {}}}
+    (folder / "export.json").write_text(json.dumps(earlier))
+    (folder / "model.old").write_text("an earlier export's file")
+    (folder / "model.old.json").write_text("{}")
+    exported = run_python("export.py", str(run_copy))
+    assert exported.returncode == 0, exported.stderr
+    names = {path.name for path in folder.iterdir()}
+    assert "notes.txt" in names and "model.pt2" in names and "export.json" in names
+    assert not names & {"model.old", "model.old.json"}
+    assert not [name for name in names if name.startswith(".")], names
+
+
+def test_evaluate_on_other_data_writes_beside_the_first_evaluation(trained, run_copy, run_python):
+    other = run_copy.parent / "other"
+    write_images(other, CLASSES, first=700)
+    first = run_python("evaluate.py", str(run_copy))
+    assert first.returncode == 0, first.stderr
+    own = run_copy / "eval" / "best"  # a run folder: its best.pt
+    before = files_below(own)
+    assert json.loads(before["data.json"])["overrides"] == []
+
+    again = run_python("evaluate.py", str(run_copy), f"data.root={other}", "data.num_workers=0")
+    assert again.returncode == 0, again.stderr
+    assert files_below(own) == before
+    (beside,) = [path for path in (run_copy / "eval").iterdir() if path != own]
+    assert beside.name.startswith("best-on-other-") and f"wrote {beside}" in again.stdout
+    assert "written beside" in again.stdout and f"data.root={other}" in again.stdout
+    assert json.loads((beside / "data.json").read_text())["data"]["data.root"] == str(other)
+
+    same = run_python("evaluate.py", str(run_copy), "data.num_workers=0")  # the run's own data
+    assert same.returncode == 0 and f"wrote {own / 'metrics.json'}" in same.stdout
+    assert len(list((run_copy / "eval").iterdir())) == 2
+
+
+def test_evaluate_writes_no_folder_of_other_files(run_copy, run_python):
+    folder = run_copy / "eval" / "best"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text('{"mine": 1}')
+    line = one_error(run_python("evaluate.py", str(run_copy)))
+    assert str(folder) in line
+    assert files_below(folder) == {"metrics.json": b'{"mine": 1}'}
+
+
+# Runs an entry point with one of its functions wrapped: the function does its work, then
+# the command waits inside the window where its files are half made, until a signal comes.
+WAIT_IN_THE_WINDOW = """
+import runpy, signal, sys
+from pathlib import Path
+import {{ cookiecutter.package_name }}.{module} as module
+original = module.{function}
+def then_wait(*args, **kwargs):
+    original(*args, **kwargs)
+    Path({ready!r}).write_text("in the window")
+    while True:
+        signal.pause()
+module.{function} = then_wait
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def signal_in_the_window(
+    tmp_path, env, signum, module: str, function: str, argv: list[str]
+) -> subprocess.CompletedProcess:
+    ready = tmp_path / "in-the-window"
+    script = WAIT_IN_THE_WINDOW.format(
+        module=module, function=function, ready=str(ready), argv=argv
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_file(ready, process, timeout=600)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_export_leaves_no_file(run_copy, subprocess_env, tmp_path, signum):
+    argv = ["export.py", str(run_copy)]
+    result = signal_in_the_window(
+        tmp_path, subprocess_env, signum, "export_program", "write_program", argv
+    )
+    assert result.returncode == 128 + signum, result.stderr
+    name = signal.Signals(signum).name
+    assert result.stderr.strip().splitlines() == [f"stopped by {name}: nothing was written"]
+    assert not (run_copy / "export").exists()
+
+
+def test_ctrl_c_during_evaluate_keeps_the_earlier_evaluation_whole(
+    run_copy, run_python, subprocess_env, tmp_path
+):
+    assert run_python("evaluate.py", str(run_copy)).returncode == 0
+    folder = run_copy / "eval" / "best"
+    before = files_below(folder)
+    argv = ["evaluate.py", str(run_copy)]
+    result = signal_in_the_window(
+        tmp_path, subprocess_env, signal.SIGINT, "inference", "write_evaluation", argv
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "stopped by SIGINT: nothing was written"
+    assert files_below(folder) == before
+    assert {path.name for path in folder.iterdir()} == set(before)  # no staging folder left
 
 
 def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_python, tmp_path):

@@ -315,7 +315,10 @@ def test_a_kill_before_any_file_operation_of_a_save_loses_nothing(
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+# SIGHUP: the terminal or ssh session of the run closed.
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
 def test_stop_signal_saves_and_exits_with_128_plus_the_signal(
     make_config, small_overrides, subprocess_env, tmp_path, signum, code
 ):
@@ -402,6 +405,27 @@ def test_sigusr1_is_a_stop_request_like_sigterm():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_sighup_is_a_stop_request_unless_the_run_was_started_to_ignore_it():
+    """A closed terminal sends SIGHUP: the run saves and stops (129). Under `nohup`, which
+    starts the process with SIGHUP ignored, the run goes on as nohup asks."""
+    stop = GracefulStop()
+    try:
+        signal.raise_signal(signal.SIGHUP)  # handled at once, in this main thread
+        assert stop.received == signal.SIGHUP
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        stop = GracefulStop()
+        signal.raise_signal(signal.SIGHUP)
+        assert stop.received is None and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        stop.restore()
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def test_nan_loss_exits_1_naming_the_step_and_keeps_a_finite_checkpoint(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shape_classifier.runs import RUN_MARKER
-from shape_classifier.train import run
+from {{ cookiecutter.package_name }}.runs import RUN_MARKER
+from {{ cookiecutter.package_name }}.train import run
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

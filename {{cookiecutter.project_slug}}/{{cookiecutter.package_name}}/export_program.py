@@ -8,11 +8,17 @@ file, runs on real validation images beside the model: the largest difference of
 logits and how often their top-1 classes agree are printed and written to the file's
 `.json`. Beyond TOLERANCE the export fails and leaves no file. ONNX needs the optional
 packages of `pip install -e .[export]`; without them errors.py names that command.
+
+Each export writes its files together, or none (files.staged_files: a failure or a signal
+on the way leaves nothing), and replaces only files an earlier export wrote: an OUTPUT whose
+card is export.py's, an export folder with its SUMMARY (`check_output_file`,
+`check_export_folder`).
 """
 
 import importlib.util
 import io
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,31 +26,40 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError
+from .config import ConfigError
 from .data import build_datasets, build_loader
-from .exported import ONNX, load_model_file, load_program, write_card
-from .files import atomic_path, atomic_write_text
+from .exported import ONNX, info_path, load_model_file, load_program, write_card
+from .files import atomic_path, atomic_write_text, read_record, staged_files
 from .inference import load_trained
+from .runs import CHECKPOINTS, is_run_folder
 
 # The largest difference of a logit that counts as the same model: float32 reorderings of
 # the same arithmetic stay far below it.
 TOLERANCE = 1e-4
 # How many validation images the program is checked on (all of them, if fewer).
 PARITY_IMAGES = 256
+# What export.py writes beside the files of a whole export: the figures of each.
+SUMMARY = "export.json"
 
 
 def export_program(checkpoint: Path, output: Path) -> dict:
-    """Write `output` (.pt2) and its `.json`; return the parity figures. CheckpointError
-    (and no file) where the program differs from the model beyond TOLERANCE."""
+    """Write `output` (.pt2 or .onnx) and its `.json` together (files.staged_files); return
+    the parity figures. CheckpointError (and no file) where the program differs from the
+    model beyond TOLERANCE."""
+    with staged_files(output.parent) as staging:
+        return write_program(checkpoint, staging / output.name)
+
+
+def write_program(checkpoint: Path, output: Path) -> dict:
+    """export_program, written straight to `output` (inside a staging folder)."""
     trained = load_trained(checkpoint, ["train.device=cpu"])  # a program for every machine
     images = validation_images(trained.cfg, PARITY_IMAGES)
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(trained.model, (images[:2],), dynamic_shapes=({0: batch},))
-    output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as temporary:
         save_program(program, images[:2], output.suffix, temporary)
     parity = measure_parity(trained.model, load_program(output), images)
     if parity["max_abs_logit_difference"] > TOLERANCE or parity["top1_agreement"] < 1:
-        output.unlink()
         raise CheckpointError(
             f"the torch.export program of {checkpoint} differs from the model on "
             f"{parity['images']} validation images (largest logit difference "
@@ -67,7 +82,16 @@ def onnx_missing() -> str | None:
 def export_all(checkpoint: Path, folder: Path) -> dict:
     """`folder`/model<weights suffix>, model.pt2 and (with the `[export]` packages)
     model.onnx, each read back and checked against the model on the same validation images;
-    export.json gathers the figures. Returns them, by file name (a skipped format: why)."""
+    SUMMARY gathers the figures. Returns them, by file name (a skipped format: why).
+
+    The files are made together and replace an earlier export's as one set (see
+    files.staged_files): its files that this export does not make are removed.
+    """
+    with staged_files(folder, retire=earlier_export(folder)) as staging:
+        return _write_all(checkpoint, staging)
+
+
+def _write_all(checkpoint: Path, folder: Path) -> dict:
     from .exported import export_weights, weights_suffix
 
     weights = export_weights(checkpoint, folder / f"model{weights_suffix()}")
@@ -75,16 +99,61 @@ def export_all(checkpoint: Path, folder: Path) -> dict:
     images = validation_images(trained.cfg, PARITY_IMAGES)
     reloaded = load_trained(weights, ["train.device=cpu"]).model
     figures = {weights.name: measure_parity(trained.model, reloaded, images)}
-    figures["model.pt2"] = export_program(checkpoint, folder / "model.pt2")
+    figures["model.pt2"] = write_program(checkpoint, folder / "model.pt2")
     missing = onnx_missing()
     if missing is None:
-        figures["model.onnx"] = export_program(checkpoint, folder / "model.onnx")
+        figures["model.onnx"] = write_program(checkpoint, folder / "model.onnx")
     else:
         needs = f'{missing} is not installed: pip install -e ".[export]"'
         figures["model.onnx"] = {"skipped": needs}
     summary = {"checkpoint": str(checkpoint), "tolerance": TOLERANCE, "files": figures}
-    atomic_write_text(folder / "export.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return figures
+
+
+def earlier_export(folder: Path) -> list[str]:
+    """The files of the export in `folder` (its SUMMARY, each file and its card); none
+    where `folder` holds no export."""
+    summary = read_record(folder / SUMMARY, "files")
+    if summary is None or not isinstance(summary["files"], dict):
+        return []
+    names = [name for name in summary["files"] if isinstance(name, str) and "/" not in name]
+    return [SUMMARY, *names, *(info_path(Path(name)).name for name in names)]
+
+
+def check_export_folder(folder: Path) -> None:
+    """ConfigError unless `folder` is new, empty, or holds an earlier export (its SUMMARY):
+    export.py replaces no file it did not write."""
+    if not os.path.lexists(folder) or (folder.is_dir() and not any(folder.iterdir())):
+        return
+    if folder.is_dir() and earlier_export(folder):
+        return
+    raise ConfigError(
+        f"{folder} holds files that export.py did not write (it has no {SUMMARY} of an "
+        "earlier export); move them away, or export one file with python export.py "
+        "CHECKPOINT OUTPUT"
+    )
+
+
+def check_output_file(checkpoint: Path, output: Path) -> None:
+    """ConfigError unless export.py may write `output` and its card: each new, or both an
+    earlier export (its card is export.py's); never into a run's checkpoints/ folder."""
+    card = info_path(output)
+    if output.parent.name == CHECKPOINTS and is_run_folder(output.parent.parent):
+        raise ConfigError(
+            f"OUTPUT {output} is in the {CHECKPOINTS}/ folder of a run, which holds its "
+            f"training checkpoints only; name an OUTPUT elsewhere, e.g. in "
+            f"{output.parent.parent / 'export'}"
+        )
+    if os.path.lexists(output) and output.resolve() == checkpoint.resolve():
+        raise ConfigError(f"OUTPUT {output} is CHECKPOINT itself; name another OUTPUT")
+    earlier = read_record(card, "checkpoint") is not None
+    for path in (output, card):
+        if os.path.lexists(path) and not (earlier and path.is_file()):
+            raise ConfigError(
+                f"{path} exists and export.py did not write it (there is no export card "
+                f"{card.name} beside it); name a new OUTPUT, or move that file away"
+            )
 
 
 def save_program(program, example: torch.Tensor, suffix: str, path: Path) -> None:
