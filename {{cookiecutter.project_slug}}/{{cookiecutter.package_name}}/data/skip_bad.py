@@ -13,6 +13,7 @@ ahead (a bad file stops the run when a batch reaches it), so that path costs not
 
 import logging
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .bundle import DataError
@@ -45,8 +46,16 @@ class _Problems(Dataset):
 def leave_out_undecodable(dataset: ImageFiles, num_workers: int, what: str) -> None:
     """Decode every image of `dataset` once (in `num_workers` worker processes) and remove
     those that fail from its samples, each named in a warning, counted in one more line."""
+    # A generator of its own: a DataLoader without one draws its workers' base seed from
+    # torch's global generator, which would shift the model's initial weights, so that
+    # data.skip_bad on images without a bad file would train differently from the same run
+    # without it.
     loader = DataLoader(
-        _Problems(dataset.samples), batch_size=64, num_workers=num_workers, collate_fn=list
+        _Problems(dataset.samples),
+        batch_size=64,
+        num_workers=num_workers,
+        collate_fn=list,
+        generator=torch.Generator(),
     )
     problems = [problem for batch in loader for problem in batch]
     kept = [
