@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.figure
 import pytest
-from conftest import PROJECT_ROOT, SMALL_OVERRIDES, pipe_without_reader
+from conftest import PROJECT_ROOT
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.errors import exit_code_of
@@ -246,15 +246,3 @@ def test_a_full_disk_under_train_log_is_one_warning_and_training_goes_on(
     warnings = [line for line in errors.splitlines() if "cannot write" in line]
     assert len(warnings) == 1 and "train.log" in warnings[0], errors[-2000:]
     assert (run_dir / "checkpoints" / "last.pt").exists()
-
-
-def test_a_reader_of_the_console_that_stops_early_leaves_training_alone(run_python, tmp_path):
-    """`python train.py | head -1`: the console falls silent, training and train.log go on."""
-    run_dir = tmp_path / "run"
-    settings = [*SMALL_OVERRIDES, "train.epochs=2", f"run.dir={run_dir}"]
-    with pipe_without_reader() as stdout:
-        result = run_python("train.py", *settings, stdout=stdout)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Logging error" not in result.stderr and "Traceback" not in result.stderr
-    log = (run_dir / "train.log").read_text(encoding="utf-8")
-    assert "epoch 2/2" in log and "done in" in log

@@ -351,11 +351,11 @@ def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_p
     assert "Traceback" not in result.stderr and "error" not in result.stderr, result.stderr
     assert json.loads(figures.read_text(encoding="utf-8"))["images"] > 0
     # export.py prints its lines at the end: the reader's absence shows when they are flushed,
-    # and ends the command quietly with 141, as a shell reports a tool stopped by the pipe.
+    # after the files are written; the command ends quietly all the same.
     weights = tmp_path / "weights.pt"
     with pipe_without_reader() as stdout:
         result = run_python("export.py", str(run_dir), str(weights), stdout=stdout)
-    assert result.returncode == 141 and not result.stderr, result.stderr
+    assert result.returncode == 0 and not result.stderr, result.stderr
     assert weights.is_file()
 
 

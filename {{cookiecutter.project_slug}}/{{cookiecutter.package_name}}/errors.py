@@ -13,17 +13,17 @@ the package that is missing.
 """
 
 import errno
+import io
 import os
-import select
 import socket
 import sys
 import urllib.error
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# Exit codes: 2 for a usage or config error, 1 for any other failure, 130 for Ctrl-C, and
-# 141 when the reader of stdout went away (`... | head`), as a shell reports such a tool.
-USAGE_ERROR, FAILURE, INTERRUPTED, READER_GONE = 2, 1, 130, 141
+# Exit codes: 2 for a usage or config error, 1 for any other failure, 130 for Ctrl-C. A
+# reader of stdout that went away (`... | head`) is no failure: see QuietStdout.
+USAGE_ERROR, FAILURE, INTERRUPTED = 2, 1, 130
 
 # Packages the project imports, by their import name: the command that installs each.
 # (`pip install -e .` in the project folder installs every dependency at once.)
@@ -184,54 +184,134 @@ def report(failure: Failure) -> int:
     return failure.code
 
 
-def stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reader has exited (`python predict.py ... | head`).
-    A BrokenPipeError alone cannot tell: a tracker's lost network connection raises it too.
-    (Linux flags such a pipe with POLLERR, macOS and the BSDs with POLLHUP.)"""
+class QuietStdout:
+    """stdout that never raises. A write or flush that fails means nobody reads stdout any
+    more: its reader went away (`... | head`: EPIPE), it was closed (`>&-`), or the device is
+    full (`>/dev/full`: ENOSPC). The results printed there were for that reader alone, so
+    the command goes on without them and writes its files all the same; only what is
+    printed from then on is dropped.
+
+    File descriptor 1 is then pointed at /dev/null, as the Python documentation on SIGPIPE
+    advises: the interpreter's last flush at exit finds somewhere to write (no "Exception
+    ignored" line), and a closed descriptor 1 cannot be taken by the next file the command
+    opens (a checkpoint or CSV file would receive whatever is printed).
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.gone = False
+        # Python starts with sys.stdout None when descriptor 1 is closed (`>&-`); a stream
+        # may also wrap a descriptor that was closed after start.
+        fd = STDOUT_FD if stream is None else _fd_of(stream)
+        if stream is None or (fd is not None and not _is_open(fd)):
+            self.let_go()
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream itself was closed
+                self.let_go()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.let_go()
+
+    def let_go(self) -> None:
+        """Write no more, and send descriptor 1 (where it is this stream's) to /dev/null."""
+        self.gone = True
+        fd = STDOUT_FD if self.stream is None else _fd_of(self.stream)
+        if fd is None or (self.stream is None and _is_open(fd)):
+            return  # no descriptor, or one that another file took after a closed start
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        if devnull != fd:  # a closed descriptor may be the one open() just handed out
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+    def isatty(self) -> bool:
+        try:
+            return not self.gone and self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    def fileno(self) -> int:
+        if self.stream is None:
+            raise io.UnsupportedOperation("stdout is closed")
+        return self.stream.fileno()
+
+    def __getattr__(self, name: str):
+        if name == "stream":  # asked before __init__ set it (a copy, say)
+            raise AttributeError(name)
+        return getattr(self.stream, name)  # anything else a library asks of stdout
+
+
+STDOUT_FD = 1
+
+
+def _fd_of(stream) -> int | None:
     try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        gone = select.POLLERR | select.POLLHUP
-        return any(events & gone for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file descriptor
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture), or closed
+        return None
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
         return False
+    return True
 
 
-def silence_stdout() -> None:
-    """Send stdout nowhere from now on: its reader is gone, and every later write, the
-    interpreter's last flush included, would raise BrokenPipeError again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+def quiet(stream) -> QuietStdout:
+    """`stream` (sys.stdout, or None where Python found stdout closed) as a QuietStdout."""
+    return stream if isinstance(stream, QuietStdout) else QuietStdout(stream)
 
 
 def print_lines(lines: Iterable[str]) -> None:
-    """Print `lines` to stdout. If its reader stops reading (`... | head`), print no more and
-    go on, so that the files the command writes after its printed results are still written."""
-    try:
-        for line in lines:
-            print(line)
-        sys.stdout.flush()
-    except BrokenPipeError:  # a write to stdout failed: its reader is gone
-        silence_stdout()
+    """Print `lines` to stdout. If nobody reads it any more (`... | head`, a closed or full
+    stdout), print no more and go on: the files the command writes after its printed
+    results are still written."""
+    stdout = quiet(sys.stdout)
+    for line in lines:
+        if stdout.gone:
+            break
+        print(line, file=stdout)
+    stdout.flush()
 
 
 def exit_code_of(function: Callable[..., int], *args, fix: str) -> int:
     """`function(*args)`, with the errors this module knows turned into one line and an
-    exit code, Ctrl-C into 130 and a reader of stdout that went away into a quiet 141; a
-    bug's traceback passes through."""
+    exit code, and Ctrl-C into 130; a bug's traceback passes through. Meanwhile sys.stdout
+    is a QuietStdout: a reader of stdout that went away, or a closed or full stdout, ends
+    no command (what it printed was for that reader alone)."""
+    outer = sys.stdout
+    stdout = sys.stdout = quiet(outer)
     try:
-        code = function(*args)
-        sys.stdout.flush()  # here, where a reader that went away is still handled below
-        return code
+        return function(*args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as error:
-        if isinstance(error, BrokenPipeError) and stdout_reader_gone():
-            silence_stdout()  # it had what it wanted; nothing to say, and nowhere to say it
-            return READER_GONE
         failure = describe(error, fix)
         if failure is None:
             raise
         return report(failure)
+    finally:
+        stdout.flush()  # here, quietly: the interpreter's own flush at exit would not be
+        if sys.stdout is stdout:
+            sys.stdout = outer

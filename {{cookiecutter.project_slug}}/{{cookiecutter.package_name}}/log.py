@@ -13,7 +13,7 @@ import time
 from logging.handlers import MemoryHandler
 from pathlib import Path
 
-from .errors import silence_stdout
+from .errors import quiet
 from .files import atomic_path
 
 LOGGER_NAME = "{{ cookiecutter.package_name }}"
@@ -48,7 +48,9 @@ def setup_logging(log_file: Path | None = None, rank: int = 0) -> logging.Logger
     formatter = logging.Formatter(
         f"%(asctime)s %(levelname)s {prefix}%(message)s", datefmt="%H:%M:%S"
     )
-    console = Console(sys.stdout)
+    # stdout may have no reader any more (`python train.py | head`), or be closed or full:
+    # the console then falls silent, and train.log keeps every line.
+    console = logging.StreamHandler(quiet(sys.stdout))
     console.setFormatter(formatter)
     # Records logged with extra={"console": False} go to train.log only (e.g. the step
     # lines that a progress bar already shows, or the whole resolved config).
@@ -84,25 +86,6 @@ def attach_log_file(log_file: Path) -> None:
             logger.removeHandler(handler)
             handler.close()
     logger.addHandler(file_handler)
-
-
-class Console(logging.StreamHandler):
-    """The console (stdout). When its reader goes away (`python train.py | head`), it falls
-    silent and training goes on, train.log keeping every line; logging's own handling would
-    print a traceback for every line that follows."""
-
-    gone = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.gone:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        if isinstance(sys.exc_info()[1], BrokenPipeError):  # writing to stdout failed
-            self.gone = True
-            silence_stdout()
-        else:
-            super().handleError(record)
 
 
 class LogFile(logging.FileHandler):
