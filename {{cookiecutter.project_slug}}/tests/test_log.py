@@ -24,7 +24,8 @@ from {{ cookiecutter.package_name }}.log import (
 
 
 def row_for(epoch: int) -> dict:
-    return {column: float(epoch) + 0.5 for column in METRIC_COLUMNS} | {"epoch": epoch}
+    measured = {column: float(epoch) + 0.5 for column in METRIC_COLUMNS}
+    return measured | {"epoch": epoch, "step": 8 * (epoch + 1)}
 
 
 def read_rows(path) -> tuple[list[str], list[dict]]:

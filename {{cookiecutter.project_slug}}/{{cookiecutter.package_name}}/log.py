@@ -1,4 +1,4 @@
-"""Logging to the console and `train.log`, and the per-epoch metrics CSV.
+"""Logging to the console and `train.log`, and the CSV files of metrics (metrics.csv, lr.csv).
 
 Only the main process (rank 0) writes files; other ranks print warnings and errors only,
 each line tagged with its rank.
@@ -13,6 +13,7 @@ import time
 from logging.handlers import MemoryHandler
 from pathlib import Path
 
+from .csv_files import CSVRead, read_rows, set_aside
 from .errors import quiet
 from .files import atomic_path
 
@@ -31,6 +32,7 @@ METRIC_COLUMNS = (
     "epoch_time_s",
     "samples_per_s",
 )
+LR_COLUMNS = ("step", "lr")
 
 
 def setup_logging(log_file: Path | None = None, rank: int = 0) -> logging.Logger:
@@ -131,18 +133,42 @@ class CSVLog:
 
     `keep_before(position)` drops rows whose `position_column` is at or past `position`:
     a resumed run writes those rows again, so a run killed after writing a row but before
-    saving its checkpoint ends up with exactly one copy of every row.
+    saving its checkpoint ends up with exactly one copy of every row. A file that is not as
+    this version writes it (cut short, edited, another version's columns, not text) is kept
+    as `<name>.corrupt-N`, with one warning, and its whole rows go on in a new file.
     """
 
-    def __init__(self, path: Path, columns: tuple[str, ...], position_column: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        columns: tuple[str, ...],
+        position_column: str,
+        counts: tuple[str, ...] = (),
+    ) -> None:
         self.path = path
         self.columns = columns
         self.position_column = position_column
+        self.counts = counts  # other columns of whole numbers, never empty
+
+    def read(self) -> CSVRead:
+        """The whole rows of the file, and what was left out of it (csv_files.read_rows)."""
+        return read_rows(self.path, self.columns, self.position_column, self.counts)
 
     def keep_before(self, position: int) -> None:
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return
-        rows = [row for row in read_csv(self.path) if int(row[self.position_column]) < position]
+        read = self.read()
+        rows = [row for row in read.rows if int(row[self.position_column]) < position]
+        if read.problem is not None:
+            aside = set_aside(self.path)
+            logging.getLogger(LOGGER_NAME).warning(
+                "%s: %s; kept as %s, and the %d whole rows before the resume go on in a new %s",
+                self.path,
+                read.problem,
+                aside.name,
+                len(rows),
+                self.path.name,
+            )
         # Rewritten through a temporary file: a kill at this moment keeps the old rows.
         with atomic_path(self.path) as temporary:
             with temporary.open("w", newline="", encoding="utf-8") as file:
@@ -179,17 +205,26 @@ class MetricsCSV(CSVLog):
     """`metrics.csv`: one row per finished epoch, with the columns of METRIC_COLUMNS."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, METRIC_COLUMNS, position_column="epoch")
+        super().__init__(path, METRIC_COLUMNS, position_column="epoch", counts=("step",))
 
     def keep_epochs_before(self, epoch: int) -> None:
         self.keep_before(epoch)
 
 
+class LearningRateCSV(CSVLog):
+    """`lr.csv`: the learning rate of each optimizer step."""
+
+    NAME = "lr.csv"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, LR_COLUMNS, position_column="step")
+
+
 def read_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
+    """The whole rows of a run's metrics.csv, or of its lr.csv (told by the name), as text;
+    quietly without the rest (e.g. a last row still being written): see CSVLog."""
+    table = LearningRateCSV(path) if path.name == LearningRateCSV.NAME else MetricsCSV(path)
+    return table.read().rows
 
 
 def draws_progress_bar(rank: int) -> bool:

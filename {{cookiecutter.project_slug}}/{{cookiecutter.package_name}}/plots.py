@@ -10,11 +10,13 @@ draws the plots again from them.
 """
 
 import logging
+import math
 import sys
 from pathlib import Path
 
+from .csv_files import CSVRead
 from .files import atomic_path
-from .log import read_csv
+from .log import CSVLog, LearningRateCSV, MetricsCSV
 
 PLOTS = {
     "loss.png": ("loss", ("train_loss", "val_loss")),
@@ -51,27 +53,44 @@ def _draw_plots(run_dir: Path, written: list[Path]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    metrics = read_csv(run_dir / "metrics.csv")
+    metrics = _whole_rows(MetricsCSV(run_dir / "metrics.csv"), "loss.png and accuracy.png")
     if metrics:
         epochs = [int(row["epoch"]) + 1 for row in metrics]
         for file_name, (quantity, columns) in PLOTS.items():
             figure, axes = plt.subplots(figsize=(6, 4))
             for column in columns:
-                values = [float(row[column]) for row in metrics]
+                values = [_number(row[column]) for row in metrics]
                 axes.plot(epochs, values, marker="o", label=column.replace("_", " "))
             axes.set(xlabel="epoch", ylabel=quantity, title=f"{quantity} per epoch")
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.grid(alpha=0.3)
             axes.legend()
             written.append(_save(figure, run_dir / file_name, plt, curves=columns))
-    learning_rates = read_csv(run_dir / "lr.csv")
+    learning_rates = _whole_rows(LearningRateCSV(run_dir / "lr.csv"), "lr.png")
     if learning_rates:
         figure, axes = plt.subplots(figsize=(6, 4))
         steps = [int(row["step"]) for row in learning_rates]
-        axes.plot(steps, [float(row["lr"]) for row in learning_rates], label="lr")
+        axes.plot(steps, [_number(row["lr"]) for row in learning_rates], label="lr")
         axes.set(xlabel="optimizer step", ylabel="learning rate", title="learning-rate schedule")
         axes.grid(alpha=0.3)
         written.append(_save(figure, run_dir / "lr.png", plt, curves=("lr",)))
+
+
+def _whole_rows(table: CSVLog, plots: str) -> list[dict]:
+    """The rows of `table` to draw `plots` from; none, with one warning, where the file is
+    not as this version writes it (a plot of part of it would show a run that never was)."""
+    try:
+        read = table.read()
+    except OSError as error:  # not readable: permission denied, say
+        read = CSVRead([], f"it cannot be read ({error.strerror or error})")
+    if read.problem is None:
+        return read.rows
+    logger.warning("%s: %s; %s not drawn from it", table.path, read.problem, plots)
+    return []
+
+
+def _number(text: str) -> float:
+    return float(text) if text else math.nan  # empty: a column of another version
 
 
 def _save(figure, path: Path, plt, curves: tuple[str, ...]) -> Path:

@@ -36,7 +36,8 @@ def report_end(
             state.global_step,
         )
         return 0
-    speeds = [float(row["samples_per_s"]) for row in read_csv(run.metrics)]
+    rows = read_csv(run.metrics)  # a row carried over from another version may have none
+    speeds = [float(row["samples_per_s"]) for row in rows if row["samples_per_s"]]
     logger.info(
         "done in %.1f s: best val acc %.4f at epoch %d, %.0f samples/s on average; "
         "best checkpoint %s",
