@@ -70,7 +70,11 @@ def main(argv: list[str]) -> int:
 def evaluate(target: Path, overrides: list[str]) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
     from {{ cookiecutter.package_name }}.errors import print_lines
-    from {{ cookiecutter.package_name }}.files import atomic_write_text, staged_files
+    from {{ cookiecutter.package_name }}.files import (
+        atomic_write_text,
+        staged_files,
+        written_record,
+    )
     from {{ cookiecutter.package_name }}.inference import (
         evaluate_checkpoint,
         load_trained,
@@ -98,7 +102,9 @@ def evaluate(target: Path, overrides: list[str]) -> int:
     print_lines(lines)
     with staged_files(folder) as staging:  # all of them, or none
         written = write_evaluation(result, trained, staging)
-        record = {"overrides": overrides, "data": data}
+        # What it wrote, as written: a later evaluation replaces only files still so.
+        made = written_record(staging, [path.name for path in written])
+        record = {"overrides": overrides, "data": data, "written": made}
         atomic_write_text(staging / DATA_FILE, json.dumps(record, indent=2) + "\n")
     names = [path.name for path in written] + [DATA_FILE]
     other = data_overrides(overrides, data)
@@ -149,20 +155,36 @@ def _key(override: str) -> str:
     return override.partition("=")[0].strip().lstrip("+~")
 
 
+# The files an evaluation writes (inference.write_evaluation), beside DATA_FILE.
+EVALUATION_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")
+
+
 def check_evaluation_folder(folder: Path) -> None:
-    """ConfigError unless `folder` is new, empty or an earlier evaluation (its metrics.json):
-    evaluate.py replaces no file it did not write."""
+    """ConfigError unless `folder` is new, empty or an earlier evaluation whose files that
+    this one would replace are each as its DATA_FILE records them (size and SHA-256):
+    evaluate.py replaces no file it did not write, nor one changed since."""
     from {{ cookiecutter.package_name }}.config import ConfigError
-    from {{ cookiecutter.package_name }}.files import read_record
+    from {{ cookiecutter.package_name }}.files import foreign_file, read_record, recorded_files
 
     if not os.path.lexists(folder) or (folder.is_dir() and not any(folder.iterdir())):
         return
-    if folder.is_dir() and read_record(folder / "metrics.json", "checkpoint") is not None:
-        return
-    raise ConfigError(
-        f"{folder} holds files that evaluate.py did not write (it has no metrics.json of an "
-        "earlier evaluation); move them away, then evaluate again"
-    )
+    record = read_record(folder / DATA_FILE, "data") if folder.is_dir() else None
+    earlier = record or read_record(folder / "metrics.json", "checkpoint")
+    if not folder.is_dir() or earlier is None:
+        raise ConfigError(
+            f"{folder} holds files that evaluate.py did not write (it has no metrics.json of "
+            "an earlier evaluation); move them away, then evaluate again"
+        )
+    if record is None and os.path.lexists(folder / DATA_FILE):
+        foreign = folder / DATA_FILE
+    else:
+        foreign = foreign_file(folder, EVALUATION_FILES, recorded_files(record))
+    if foreign is not None:
+        raise ConfigError(
+            f"{foreign} is not the file an earlier evaluation wrote there (its {DATA_FILE} "
+            "records no such file, or another content), and this evaluation would replace "
+            "it; move it away, then evaluate again"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ weights; predict.py never overwrites earlier predictions unasked, and its messag
 import csv
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.exported import info_path
 from {{ cookiecutter.package_name }}.features import has_feature
+from {{ cookiecutter.package_name }}.files import file_record
 from {{ cookiecutter.package_name }}.train import main, run
 
 CLASSES = {f"class{number:02d}": 4 for number in range(12)}  # more than ten classes
@@ -206,7 +208,19 @@ def test_export_replaces_no_checkpoint_and_no_file_it_did_not_write(run_copy, ru
     assert json.loads(info_path(ours).read_text(encoding="utf-8"))["checkpoint"]
 
 
-def test_an_export_folder_keeps_files_it_did_not_write(run_copy, run_python):
+def without_onnx(tmp_path: Path, subprocess_env: dict) -> dict:
+    """An environment in which ONNX export is unavailable (onnxscript cannot be imported),
+    whatever is installed."""
+    site = tmp_path / "no-onnx"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['onnxscript'] = None\n")
+    paths = [str(site), *filter(None, [subprocess_env.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+def test_an_export_folder_keeps_files_it_did_not_write(
+    run_copy, run_python, subprocess_env, tmp_path
+):
     folder = run_copy / "export"
     folder.mkdir()
     (folder / "notes.txt").write_text("the user's own notes")
@@ -214,17 +228,41 @@ def test_an_export_folder_keeps_files_it_did_not_write(run_copy, run_python):
     assert str(folder) in line
     assert files_below(folder) == {"notes.txt": b"the user's own notes"}
 
-    # An earlier export is replaced as a set: its files this export does not make go too.
-    earlier = {"files": {"model.pt2": {}, "model.old": {}}}
-    (folder / "export.json").write_text(json.dumps(earlier))
+    # A format skipped (ONNX unavailable) leaves its name free: the user's file of that
+    # name is neither replaced nor removed by the next export.
+    (folder / "notes.txt").unlink()
+    env = without_onnx(tmp_path, subprocess_env)
+    assert run_python("export.py", str(run_copy), env=env).returncode == 0
+    (folder / "notes.txt").write_text("the user's own notes")
+    summary = json.loads((folder / "export.json").read_text())
+    assert "skipped" in summary["files"]["model.onnx"]
+    (folder / "model.onnx").write_text("mine")
+    again = run_python("export.py", str(run_copy), env=env)
+    assert again.returncode == 0, again.stderr
+    assert (folder / "model.onnx").read_text() == "mine"
+    assert "model.onnx" not in json.loads((folder / "export.json").read_text())["written"]
+
+    # An earlier export's file that this one does not make goes only while it is as written;
+    # one changed since stays, and one this export would replace is refused.
+    summary = json.loads((folder / "export.json").read_text())
     (folder / "model.old").write_text("an earlier export's file")
-    (folder / "model.old.json").write_text("{}")
-    exported = run_python("export.py", str(run_copy))
+    (folder / "model.kept").write_text("an earlier export's file")
+    summary["written"]["model.old"] = file_record(folder / "model.old")
+    summary["written"]["model.kept"] = file_record(folder / "model.kept")
+    (folder / "model.kept").write_text("changed by the user since")
+    (folder / "export.json").write_text(json.dumps(summary))
+    exported = run_python("export.py", str(run_copy), env=env)
     assert exported.returncode == 0, exported.stderr
     names = {path.name for path in folder.iterdir()}
-    assert "notes.txt" in names and "model.pt2" in names and "export.json" in names
-    assert not names & {"model.old", "model.old.json"}
+    assert {"notes.txt", "model.pt2", "export.json", "model.onnx", "model.kept"} <= names
+    assert "model.old" not in names
     assert not [name for name in names if name.startswith(".")], names
+
+    (folder / "model.pt2").write_bytes(b"the user's own program")
+    before = files_below(folder)
+    line = one_error(run_python("export.py", str(run_copy), env=env))
+    assert str(folder / "model.pt2") in line
+    assert files_below(folder) == before
 
 
 def test_evaluate_on_other_data_writes_beside_the_first_evaluation(trained, run_copy, run_python):
@@ -256,6 +294,24 @@ def test_evaluate_writes_no_folder_of_other_files(run_copy, run_python):
     line = one_error(run_python("evaluate.py", str(run_copy)))
     assert str(folder) in line
     assert files_below(folder) == {"metrics.json": b'{"mine": 1}'}
+
+
+def test_evaluate_replaces_only_the_files_it_wrote_as_it_wrote_them(run_copy, run_python):
+    assert run_python("evaluate.py", str(run_copy)).returncode == 0
+    folder = run_copy / "eval" / "best"
+    (folder / "per_class.csv").write_text("the user's own table")
+    before = files_below(folder)
+    line = one_error(run_python("evaluate.py", str(run_copy)))
+    assert str(folder / "per_class.csv") in line
+    assert files_below(folder) == before
+
+    # An evaluation that kept no record of its files (data.json gone): none is replaced.
+    (folder / "per_class.csv").unlink()
+    (folder / "data.json").unlink()
+    before = files_below(folder)
+    line = one_error(run_python("evaluate.py", str(run_copy)))
+    assert str(folder) in line
+    assert files_below(folder) == before
 
 
 # Runs an entry point with one of its functions wrapped: the function does its work, then

@@ -11,8 +11,8 @@ packages of `pip install -e .[export]`; without them errors.py names that comman
 
 Each export writes its files together, or none (files.staged_files: a failure or a signal
 on the way leaves nothing), and replaces only files an earlier export wrote: an OUTPUT whose
-card is export.py's, an export folder with its SUMMARY (`check_output_file`,
-`check_export_folder`).
+card is export.py's, in an export folder the files its SUMMARY records with their SHA-256
+and that still match (`check_output_file`, `check_export_folder`).
 """
 
 import importlib.util
@@ -29,7 +29,15 @@ from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import build_datasets, build_loader
 from .exported import ONNX, info_path, load_model_file, load_program, write_card
-from .files import atomic_path, atomic_write_text, read_record, staged_files
+from .files import (
+    atomic_path,
+    atomic_write_text,
+    foreign_file,
+    read_record,
+    recorded_files,
+    staged_files,
+    written_record,
+)
 from .inference import load_trained
 from .runs import CHECKPOINTS, is_run_folder
 
@@ -107,32 +115,49 @@ def _write_all(checkpoint: Path, folder: Path) -> dict:
         needs = f'{missing} is not installed: pip install -e ".[export]"'
         figures["model.onnx"] = {"skipped": needs}
     summary = {"checkpoint": str(checkpoint), "tolerance": TOLERANCE, "files": figures}
+    # What this export wrote, as it wrote it: the next one replaces or removes only these.
+    summary["written"] = written_record(folder, (path.name for path in folder.iterdir()))
     atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return figures
 
 
-def earlier_export(folder: Path) -> list[str]:
-    """The files of the export in `folder` (its SUMMARY, each file and its card); none
-    where `folder` holds no export."""
-    summary = read_record(folder / SUMMARY, "files")
-    if summary is None or not isinstance(summary["files"], dict):
-        return []
-    names = [name for name in summary["files"] if isinstance(name, str) and "/" not in name]
-    return [SUMMARY, *names, *(info_path(Path(name)).name for name in names)]
+def earlier_export(folder: Path) -> dict[str, object]:
+    """The files the export in `folder` wrote, by name, each with its record (size and
+    SHA-256) from its SUMMARY; none where `folder` holds no export, or one whose SUMMARY
+    records no files (then nothing of it is removed: files.staged_files)."""
+    return recorded_files(read_record(folder / SUMMARY, "files"))
+
+
+def export_names() -> list[str]:
+    """The names of the files an export of everything writes here (model.onnx only with
+    the `[export]` packages), their cards included, less SUMMARY."""
+    from .exported import weights_suffix
+
+    models = [f"model{weights_suffix()}", "model.pt2"]
+    if onnx_missing() is None:
+        models.append("model.onnx")
+    return [*models, *(info_path(Path(name)).name for name in models)]
 
 
 def check_export_folder(folder: Path) -> None:
-    """ConfigError unless `folder` is new, empty, or holds an earlier export (its SUMMARY):
+    """ConfigError unless `folder` is new, empty, or holds an earlier export (its SUMMARY)
+    whose files this export would replace are each still as that export wrote them:
     export.py replaces no file it did not write."""
     if not os.path.lexists(folder) or (folder.is_dir() and not any(folder.iterdir())):
         return
-    if folder.is_dir() and earlier_export(folder):
-        return
-    raise ConfigError(
-        f"{folder} holds files that export.py did not write (it has no {SUMMARY} of an "
-        "earlier export); move them away, or export one file with python export.py "
-        "CHECKPOINT OUTPUT"
-    )
+    if not folder.is_dir() or read_record(folder / SUMMARY, "files") is None:
+        raise ConfigError(
+            f"{folder} holds files that export.py did not write (it has no {SUMMARY} of an "
+            "earlier export); move them away, or export one file with python export.py "
+            "CHECKPOINT OUTPUT"
+        )
+    foreign = foreign_file(folder, export_names(), earlier_export(folder))
+    if foreign is not None:
+        raise ConfigError(
+            f"{foreign} is not the file the earlier export wrote there ({SUMMARY} records "
+            "no such file, or another content), and this export would replace it; move it "
+            "away, then export again"
+        )
 
 
 def check_output_file(checkpoint: Path, output: Path) -> None:

@@ -9,6 +9,11 @@ A set of files that belong together (export.py's, evaluate.py's) is made in a st
 folder and moved into place at once (`staged_files`): whole, or not at all.
 A SHA-256 "sidecar" beside a file, in the format of `sha256sum`, catches damage later:
 neither torch's zip format nor safetensors checks tensor bytes when loading.
+
+A command replaces or removes only files it wrote: the record of a set (export.json,
+evaluate's data.json) keeps each file's size and SHA-256 (`written_record`), and a file is
+the set's while it is a plain file that still matches (`foreign_file`). One that a user put
+in its place, a link, or a file of an older set with no record is never replaced or removed.
 """
 
 import contextlib
@@ -16,7 +21,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .stopping import placing
@@ -68,11 +74,12 @@ def atomic_symlink(link: Path, target: str, target_is_directory: bool = False) -
 
 
 @contextlib.contextmanager
-def staged_files(folder: Path, retire: Iterable[str] = ()) -> Iterator[Path]:
+def staged_files(folder: Path, retire: Mapping[str, object] | None = None) -> Iterator[Path]:
     """Write a set of files together: yield an empty staging folder inside `folder` (made
     if missing) to write them to. When the block ends, each moves into `folder` under its
-    own name, replacing its namesake, and the names in `retire` (files of an earlier set
-    that this one does not have) are removed.
+    own name, replacing its namesake, and the files of `retire` (an earlier set's, by name,
+    with the record each was written with: see written_record) that this set does not have
+    are removed, each only while it still matches its record.
 
     The moves run with signals held back (stopping.placing), so the set appears whole; on
     any failure before them, a signal included, the staging folder is removed, and so is
@@ -89,8 +96,9 @@ def staged_files(folder: Path, retire: Iterable[str] = ()) -> Iterator[Path]:
         with placing(folder / name for name in names):
             for name in names:
                 os.replace(staging / name, folder / name)
-            for name in set(retire) - set(names):
-                (folder / name).unlink(missing_ok=True)
+            for name in sorted(set(retire or {}) - set(names)):
+                if matches(folder / name, retire[name]):
+                    (folder / name).unlink()
             staging.rmdir()
             _fsync_folder(folder)
     except BaseException:
@@ -100,6 +108,56 @@ def staged_files(folder: Path, retire: Iterable[str] = ()) -> Iterator[Path]:
                 with contextlib.suppress(OSError):
                     path.rmdir()
         raise
+
+
+def file_record(path: Path) -> dict:
+    """What a set's record keeps of one of its files: its size and SHA-256."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def written_record(folder: Path, names: Iterable[str]) -> dict[str, dict]:
+    """name -> file_record of each named file in `folder`, for a set's record to keep."""
+    return {name: file_record(folder / name) for name in sorted(names)}
+
+
+def matches(path: Path, record: object) -> bool:
+    """Whether `path` is a plain file (not a link) with the size and SHA-256 of `record`
+    (a file_record, as read back from a set's record: anything else matches nothing)."""
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        return False
+    try:
+        status = path.lstat()
+        return (
+            stat.S_ISREG(status.st_mode)
+            and status.st_size == record.get("bytes")
+            and file_sha256(path) == record["sha256"]
+        )
+    except OSError:
+        return False
+
+
+def recorded_files(record: dict | None) -> dict[str, object]:
+    """The files a set's `record` says it wrote (its "written": name -> file_record), by
+    plain names only; none for a record without them (one from before records were kept)."""
+    written = record.get("written") if record is not None else None
+    if not isinstance(written, dict):
+        return {}
+    return {
+        name: entry
+        for name, entry in written.items()
+        if isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+    }
+
+
+def foreign_file(folder: Path, names: Iterable[str], written: Mapping[str, object]) -> Path | None:
+    """The first of `names` that exists in `folder` and is not the file `written` records
+    under its name (a file the user put there, a link, one changed since, one with no
+    record): a set may replace none of those. None where each is absent or as written."""
+    for name in sorted(names):
+        path = folder / name
+        if os.path.lexists(path) and not matches(path, written.get(name)):
+            return path
+    return None
 
 
 def read_record(path: Path, key: str) -> dict | None:
