@@ -88,6 +88,11 @@ def check_output(output: Path) -> None:
 
     if not os.path.lexists(output):
         return
+    if output.is_symlink():  # predict.py writes no links: replacing one loses the user's
+        raise ConfigError(
+            f"{output} is a symbolic link, which predict.py did not make and would replace; "
+            "name a new OUTPUT.csv (or the file it leads to), or move the link away"
+        )
     ours = False
     if output.is_file():  # never opened otherwise: a named pipe would wait for a writer
         try:

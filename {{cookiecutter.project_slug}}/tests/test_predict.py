@@ -265,6 +265,31 @@ def test_an_export_folder_keeps_files_it_did_not_write(
     assert files_below(folder) == before
 
 
+def test_export_writes_nothing_into_checkpoints_through_a_link(run_copy, run_python, tmp_path):
+    checkpoints = run_copy / "checkpoints"
+    before = files_below(checkpoints)
+    link = tmp_path / "ck"
+    link.symlink_to(checkpoints, target_is_directory=True)
+    line = one_error(
+        run_python("export.py", str(checkpoints / "best.pt"), str(link / "step-00000099.pt"))
+    )
+    assert str(checkpoints) in line
+    (run_copy / "export").symlink_to(checkpoints, target_is_directory=True)
+    line = one_error(run_python("export.py", str(run_copy)))
+    assert "checkpoints" in line
+    assert files_below(checkpoints) == before
+
+    # OUTPUT a link (to a checkpoint, or to any file): the link is the user's, not replaced.
+    (tmp_path / "mine.pt").write_bytes(b"the user's own file")
+    for target in (checkpoints / "last.pt", tmp_path / "mine.pt"):
+        output = tmp_path / f"to-{target.name}"
+        output.symlink_to(target)
+        line = one_error(run_python("export.py", str(checkpoints / "best.pt"), str(output)))
+        assert str(output) in line and output.is_symlink()
+    assert files_below(checkpoints) == before
+    assert (tmp_path / "mine.pt").read_bytes() == b"the user's own file"
+
+
 def test_evaluate_on_other_data_writes_beside_the_first_evaluation(trained, run_copy, run_python):
     other = run_copy.parent / "other"
     write_images(other, CLASSES, first=700)
@@ -312,6 +337,14 @@ def test_evaluate_replaces_only_the_files_it_wrote_as_it_wrote_them(run_copy, ru
     line = one_error(run_python("evaluate.py", str(run_copy)))
     assert str(folder) in line
     assert files_below(folder) == before
+
+    link = folder.parent / "linked.csv"  # a predictions OUTPUT that is a link stays a link
+    (folder.parent / "earlier.csv").write_text("file,class,probability,top\n")
+    link.symlink_to(folder.parent / "earlier.csv")
+    images = run_copy.parent / "few"
+    write_images(images, {"a": 1}, first=900)
+    line = one_error(run_python("predict.py", str(run_copy), str(images), str(link)))
+    assert str(link) in line and link.is_symlink()
 
 
 # Runs an entry point with one of its functions wrapped: the function does its work, then

@@ -12,7 +12,8 @@ packages of `pip install -e .[export]`; without them errors.py names that comman
 Each export writes its files together, or none (files.staged_files: a failure or a signal
 on the way leaves nothing), and replaces only files an earlier export wrote: an OUTPUT whose
 card is export.py's, in an export folder the files its SUMMARY records with their SHA-256
-and that still match (`check_output_file`, `check_export_folder`).
+and that still match (`check_output_file`, `check_export_folder`). Nothing is written into a
+run's checkpoints folder, whichever way (a symbolic link included) the path leads there.
 """
 
 import importlib.util
@@ -142,7 +143,8 @@ def export_names() -> list[str]:
 def check_export_folder(folder: Path) -> None:
     """ConfigError unless `folder` is new, empty, or holds an earlier export (its SUMMARY)
     whose files this export would replace are each still as that export wrote them:
-    export.py replaces no file it did not write."""
+    export.py replaces no file it did not write. Never a run's checkpoints folder."""
+    check_not_checkpoints(folder, f"the export folder {folder}")
     if not os.path.lexists(folder) or (folder.is_dir() and not any(folder.iterdir())):
         return
     if not folder.is_dir() or read_record(folder / SUMMARY, "files") is None:
@@ -160,18 +162,32 @@ def check_export_folder(folder: Path) -> None:
         )
 
 
+def check_not_checkpoints(folder: Path, what: str) -> None:
+    """ConfigError where `folder`, followed through any symbolic links, is a run's
+    checkpoints folder (named so, in a run folder) or holds step checkpoints: those hold
+    a run's training checkpoints only, which an export must never replace or crowd."""
+    real = folder.resolve()
+    in_run = real.name == CHECKPOINTS and is_run_folder(real.parent)
+    if in_run or (real.is_dir() and any(real.glob("step-*.pt"))):
+        raise ConfigError(
+            f"{what} is the folder of a run's training checkpoints ({real}), which holds "
+            "those only; name a folder elsewhere, e.g. the run folder's export/"
+        )
+
+
 def check_output_file(checkpoint: Path, output: Path) -> None:
     """ConfigError unless export.py may write `output` and its card: each new, or both an
     earlier export (its card is export.py's); never into a run's checkpoints/ folder."""
     card = info_path(output)
-    if output.parent.name == CHECKPOINTS and is_run_folder(output.parent.parent):
-        raise ConfigError(
-            f"OUTPUT {output} is in the {CHECKPOINTS}/ folder of a run, which holds its "
-            f"training checkpoints only; name an OUTPUT elsewhere, e.g. in "
-            f"{output.parent.parent / 'export'}"
-        )
+    check_not_checkpoints(output.parent, f"the folder of OUTPUT {output}")
     if os.path.lexists(output) and output.resolve() == checkpoint.resolve():
         raise ConfigError(f"OUTPUT {output} is CHECKPOINT itself; name another OUTPUT")
+    for path in (output, card):
+        if path.is_symlink():  # export.py writes no links: this one is someone else's
+            raise ConfigError(
+                f"{path} is a symbolic link, which export.py did not make and would replace; "
+                "name a new OUTPUT, or move the link away"
+            )
     earlier = read_record(card, "checkpoint") is not None
     for path in (output, card):
         if os.path.lexists(path) and not (earlier and path.is_file()):
