@@ -164,7 +164,7 @@ def test_links_are_followed_at_any_depth_each_folder_once(tmp_path, project_log)
     assert root / "a" / "linked" / "000.png" in used
     lines = [record.getMessage() for record in project_log.records]
     (loops,) = [line for line in lines if "already read" in line]
-    assert loops.startswith("not followed: 2 links to a folder already read")
+    assert loops.startswith("not used: 2 links to a file or folder already read")
     (dangling,) = [line for line in lines if "nothing" in line]
     assert dangling.startswith(
         f"not used: 2 links that lead to nothing, e.g. {root / 'b' / 'gone'}"
@@ -183,6 +183,41 @@ def test_a_folder_reached_from_two_classes_is_one_error_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message and "are the same folder" in message
     assert str(tmp_path / "val" / "b") in message and "remove the link" in message
+
+
+def test_one_file_reached_by_two_names_in_a_class_counts_once(tmp_path, project_log):
+    root = tmp_path / "data"
+    write_images(root, {"a": 3, "b": 3})
+    (root / "a" / "sub").mkdir()
+    (root / "a" / "again.png").symlink_to(root / "a" / "000.png")
+    os.link(root / "a" / "001.png", root / "a" / "sub" / "copy.png")  # a hard link
+    bundle = build_datasets(images_config(root), seed=0)
+    used = used_files(bundle)
+    assert len(used) == 6 and {root / "a" / "000.png", root / "a" / "001.png"} <= set(used)
+    lines = [record.getMessage() for record in project_log.records]
+    (repeated,) = [line for line in lines if "already read" in line]
+    assert repeated.startswith("not used: 2 links to a file or folder already read")
+    assert str(root / "a" / "again.png") in repeated
+    # The data's fingerprint and predict.py list the same files as training.
+    listed = {str(root / relative) for relative in image_folder_files(root)}
+    assert listed == set(map(str, used))
+    assert sorted(map(str, image_files(root))) == sorted(listed)
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_file_reached_from_two_classes_is_one_error_line(tmp_path, link):
+    root = tmp_path / "data"
+    write_images(root, {"a": 3, "b": 3})
+    duplicate = root / "b" / "dup.png"  # the same image under class a and class b
+    if link == "symbolic":
+        duplicate.symlink_to(Path("..") / "a" / "000.png")
+    else:
+        os.link(root / "a" / "000.png", duplicate)
+    with pytest.raises(ConfigError) as error:
+        build_datasets(images_config(root), seed=0)
+    message = str(error.value)
+    assert "\n" not in message and "are the same file" in message
+    assert str(root / "a" / "000.png") in message and str(duplicate) in message
 
 
 def make_name_of_bytes(folder: Path, name: bytes) -> Path:

@@ -241,19 +241,21 @@ def _check_names_are_text(folder: Path, classes: list[str]) -> None:
 
 
 def _check_folders_apart(listings: dict[Path, Listing]) -> None:
-    """Every real folder belongs to one class folder of one split: one reached from two
-    (through a symbolic link) would give its images two labels, or put validation images
-    into training. (Within one class folder, the walk reads each folder once.)"""
-    owners: dict[tuple[int, int], Path] = {}
-    for listing in listings.values():
-        for identity, path in listing.folders.items():
-            first = owners.setdefault(identity, path)
-            if first is not path:
-                raise DataError(
-                    f"{shown(first)} and {shown(path)} are the same folder (a symbolic link "
-                    "leads to it), so its images would be read twice, with two labels or in "
-                    "both training and validation; remove the link"
-                )
+    """Every real folder, and every real image file, belongs to one class folder of one
+    split: one reached from two (through a symbolic or hard link) would give its images two
+    labels, or put validation images into training. (Within one class folder, the walk
+    reads each folder and file once.)"""
+    for kind, of in (("folder", "its images"), ("file", "the image")):
+        owners: dict[tuple[int, int], Path] = {}
+        for listing in listings.values():
+            for identity, path in getattr(listing, f"{kind}s").items():
+                first = owners.setdefault(identity, path)
+                if first is not path:
+                    raise DataError(
+                        f"{shown(first)} and {shown(path)} are the same {kind} (a link leads "
+                        f"to it), so {of} would be read twice, with two labels or in both "
+                        "training and validation; remove the link"
+                    )
 
 
 def image_files_under(folder: Path) -> list[Path]:

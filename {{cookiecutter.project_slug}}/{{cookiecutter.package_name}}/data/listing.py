@@ -8,14 +8,18 @@ three see the same files.
   .ipynb_checkpoints.
 - Symbolic links are followed, to files and to folders, at any depth. Each real folder
   (told by its device and inode) is walked once: a link back to a folder already walked (a
-  loop, or a second way to the same folder) is left out, so that no image counts twice and
-  no walk runs forever. Links that lead nowhere are left out.
+  loop, or a second way to the same folder) is left out, so that no walk runs forever. Each
+  real file is used once too: of the names that lead to one (symbolic or hard links), the
+  first in sorted order is used and the others are left out, so that no image counts twice.
+  Links that lead nowhere are left out. (Across class folders, the same folder or file
+  reached from two is an error: folders.py.)
 Everything left out that may have been meant as data is counted in one warning line per
 kind (report_listing).
 """
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +37,12 @@ class Listing:
     images: list[Path] = field(default_factory=list)
     hidden: list[Path] = field(default_factory=list)  # image files in hidden places
     misnamed: list[Path] = field(default_factory=list)  # images by content, not by suffix
-    repeated: list[Path] = field(default_factory=list)  # links to a folder already walked
+    repeated: list[Path] = field(default_factory=list)  # more names of a file or folder read
     dangling: list[Path] = field(default_factory=list)  # links that lead nowhere
     # (st_dev, st_ino) -> path, of each folder walked
     folders: dict[tuple[int, int], Path] = field(default_factory=dict)
+    # (st_dev, st_ino) -> path, of each image file used (one of `images`)
+    files: dict[tuple[int, int], Path] = field(default_factory=dict)
 
 
 def is_hidden(name: str) -> bool:
@@ -59,6 +65,7 @@ def list_images(folder: Path, identify: bool = True, strict: bool = True) -> Lis
     `stat`. `strict`: a visible folder that cannot be listed is a DataError, else skipped.
     """
     found = Listing()
+    identities: dict[Path, tuple[int, int]] = {}  # of each image file found
 
     def unlistable(error: OSError) -> None:  # a hidden folder may stay unreadable
         if strict and not _under_hidden(Path(error.filename), folder):
@@ -77,19 +84,38 @@ def list_images(folder: Path, identify: bool = True, strict: bool = True) -> Lis
                 if has_image_suffix(name):
                     found.hidden.append(path)
             elif has_image_suffix(name) or identify:
-                _sort_file(path, found, identify)
+                _sort_file(path, found, identify, identities)
+    _use_each_file_once(found, identities)
     for paths in (found.images, found.hidden, found.misnamed, found.repeated, found.dangling):
         paths.sort()
     return found
 
 
-def _sort_file(path: Path, found: Listing, identify: bool) -> None:
-    """Put a visible file into its list of `found`, if any."""
-    if not path.is_file():  # a link that leads nowhere, a socket, a device
-        if path.is_symlink() and not path.exists():
+def _use_each_file_once(found: Listing, identities: dict[Path, tuple[int, int]]) -> None:
+    """Keep in found.images the first name (in sorted order) of each real file; the others
+    (a symbolic or hard link to a file already there) go to found.repeated."""
+    images, found.images = sorted(found.images), []
+    for path in images:
+        first = found.files.setdefault(identities[path], path)
+        (found.images if first is path else found.repeated).append(path)
+
+
+def _sort_file(
+    path: Path, found: Listing, identify: bool, identities: dict[Path, tuple[int, int]]
+) -> None:
+    """Put a visible file into its list of `found`, if any; an image's identity (device,
+    inode) into `identities`."""
+    try:
+        status = path.stat()
+    except OSError:  # a link that leads nowhere (or round in a loop)
+        if path.is_symlink():
             found.dangling.append(path)
-    elif has_image_suffix(path.name):
+        return
+    if not stat.S_ISREG(status.st_mode):  # a socket, a device, a named pipe
+        return
+    if has_image_suffix(path.name):
         found.images.append(path)
+        identities[path] = (status.st_dev, status.st_ino)
     elif identify and reads_as_image(path):
         found.misnamed.append(path)
 
@@ -154,8 +180,9 @@ LEFT_OUT = {
     "repeated": (
         "link",
         "links",
-        "not followed: %s to a folder already read (a loop, or a second way to the same "
-        "folder), e.g. %s; each folder is read once, so its images count once",
+        "not used: %s to a file or folder already read (a symbolic or hard link, a loop, or "
+        "a second way to the same one), e.g. %s; each file and folder is read once, so each "
+        "image counts once",
     ),
     "dangling": (
         "link",
