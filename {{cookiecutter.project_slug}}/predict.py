@@ -111,7 +111,7 @@ def check_output(output: Path) -> None:
 def first_free(path: Path) -> Path:
     """`path`, or where it exists the first of `<stem>-2<suffix>`, `<stem>-3<suffix>`, ..."""
     candidate, number = path, 2
-    while candidate.exists():
+    while os.path.lexists(candidate):  # a link that leads nowhere is someone's too
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
         number += 1
     return candidate

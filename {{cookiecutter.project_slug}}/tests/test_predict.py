@@ -290,6 +290,15 @@ def test_export_writes_nothing_into_checkpoints_through_a_link(run_copy, run_pyt
     assert (tmp_path / "mine.pt").read_bytes() == b"the user's own file"
 
 
+def test_predict_keeps_a_link_where_its_default_output_would_go(trained, run_copy, run_python):
+    default = run_copy / "predictions.csv"
+    default.symlink_to(run_copy / "missing.csv")  # a link that leads nowhere, still the user's
+    result = run_python("predict.py", str(run_copy), str(trained[2]))
+    assert result.returncode == 0, result.stderr
+    assert f"to {run_copy / 'predictions-2.csv'}" in result.stderr
+    assert default.is_symlink() and not (run_copy / "missing.csv").exists()
+
+
 def test_evaluate_on_other_data_writes_beside_the_first_evaluation(trained, run_copy, run_python):
     other = run_copy.parent / "other"
     write_images(other, CLASSES, first=700)
