@@ -150,9 +150,13 @@ def checked_stats(value, channels: int | None = None) -> tuple[tuple, tuple]:
 def read_stats_record(path: Path, channels: int | None = None):
     """((mean, std), None) from a normalization.json, or (None, what is wrong with it)."""
     try:
-        if path.stat().st_size > MAX_RECORD_BYTES:
-            return None, f"{path.stat().st_size} bytes, far too large for statistics"
-        return checked_stats(json.loads(path.read_bytes()), channels), None
+        if path.exists() and not path.is_file():  # a pipe would wait, /dev/zero never end
+            return None, "it is not a regular file"
+        with path.open("rb") as file:
+            data = file.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            return None, f"more than {MAX_RECORD_BYTES} bytes, far too large for statistics"
+        return checked_stats(json.loads(data), channels), None
     except FileNotFoundError:
         return None, "there is no such file"
     except OSError as error:
