@@ -328,11 +328,13 @@ BOMBS = {
 }
 
 
-def test_alias_bombs_and_recursive_aliases_stop_with_one_error_line(tmp_path):
-    """Every bomb, read in a child process limited in time and address space: each is one
-    ConfigError line; none expands (that would take minutes and gigabytes)."""
+def test_alias_bombs_and_huge_files_stop_with_one_error_line(tmp_path):
+    """Every bomb, and a config file of 16 GiB (sparse: free on disk), read in a child
+    process limited in time and address space: each is one ConfigError line; none expands
+    or is read whole (that would take minutes and gigabytes)."""
     for name, text in BOMBS.items():
         (tmp_path / f"{name.replace(' ', '_')}.yaml").write_text(text, encoding="utf-8")
+    huge(tmp_path / "huge.yaml")
     script = (
         "import sys\n"
         "from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG\n"
@@ -541,6 +543,66 @@ def test_a_damaged_run_folder_resumes_or_ends_with_one_error_line(finished_run, 
         assert len(errors) == 1 and errors[0] == lines[-1], stderr[-3000:]
 
 
+@st.composite
+def damaged_contents(draw, original: bytes) -> bytes:
+    """The bytes of a run-folder file after one to three edits: cut off, bytes flipped,
+    inserted or cut out, or the whole replaced by hostile JSON or YAML or random bytes."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["truncate", "flip", "insert", "cut", "replace"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "truncate":
+            del data[at:]
+        elif kind == "flip" and data:
+            data[at] ^= draw(st.integers(1, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.sampled_from([b"\x00", b"\xff", b"[", b"{", b'"', b"1e999"]))
+        elif kind == "cut":
+            del data[at : at + draw(st.integers(1, 32))]
+        else:
+            hostile = st.sampled_from([*HOSTILE_JSON, *(text.encode() for text in BOMBS.values())])
+            data = bytearray(draw(st.one_of(hostile, st.binary(max_size=64))))
+    return bytes(data)
+
+
+RECORDS = ("config.yaml", "normalization.json", "manifest.json", "checkpoint", "sidecar")
+
+
+@examples(150)
+@given(data=st.data())
+def test_each_record_of_a_run_folder_reads_or_is_refused_in_one_line(finished_run, data):
+    """The readers a resume uses, called directly (many more examples than whole resumes):
+    a damaged config.yaml, normalization.json or manifest.json is a record that warns, a
+    damaged checkpoint or sidecar is refused with one CheckpointError line, or skipped."""
+    from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, CheckpointManager
+    from {{ cookiecutter.package_name }}.data.stats import read_stats_record
+    from {{ cookiecutter.package_name }}.manifest import read_manifest
+    from {{ cookiecutter.package_name }}.resume import check_config_record
+    from {{ cookiecutter.package_name }}.runs import RunFolder
+
+    original, overrides = finished_run
+    record = data.draw(st.sampled_from(RECORDS))
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary) / "run"
+        shutil.copytree(original, folder, symlinks=True)
+        step = the_step_checkpoint(folder)
+        path = {"checkpoint": step, "sidecar": Path(f"{step}.sha256")}.get(record)
+        path = path or folder / record
+        path.write_bytes(data.draw(damaged_contents(path.read_bytes())))
+        cfg = load_config([DEFAULT_CONFIG], [*overrides, f"run.dir={folder}"])
+        with no_hang():
+            check_config_record(RunFolder(folder), cfg, step, given=set())
+            stats, problem = read_stats_record(folder / "normalization.json", 3)
+            assert (stats is None) != (problem is None)
+            manifest = read_manifest(folder)
+            assert manifest is None or isinstance(manifest, dict)
+            try:
+                found = CheckpointManager(folder / "checkpoints", is_main=False).load_newest_valid()
+                assert found is None or isinstance(found[1], dict)
+            except CheckpointError as error:
+                assert_one_line(str(error))
+
+
 def the_step_checkpoint(folder: Path) -> Path:
     return next((folder / "checkpoints").glob("step-*.pt"))
 
@@ -601,6 +663,7 @@ SPECIAL_DAMAGE = {
     "the checkpoint's sidecar is /dev/zero": lambda f: endless(
         Path(f"{the_step_checkpoint(f)}.sha256")
     ),
+    "the checkpoint's sidecar is 16 GiB": lambda f: huge(Path(f"{the_step_checkpoint(f)}.sha256")),
     "the checkpoint is a PNG": lambda f: other_kind(the_step_checkpoint(f)),
     "the checkpoint is a pickle of a list": lambda f: torch_save_of_a_list(the_step_checkpoint(f)),
 }
@@ -678,7 +741,7 @@ def entries(draw, depth: int) -> dict:
     """One entry of a tree: ("file", bytes), ("dir", {name: entry}), ("link", target
     relative to data.root, or None for a link that leads nowhere), ("pipe",)."""
     kind = draw(
-        st.sampled_from(["image", "image", "image", "bad", "dir", "link", "pipe", "empty dir"])
+        st.sampled_from(["image", "bad", "image", "bad", "dir", "link", "pipe", "empty dir", "bad"])
     )
     if kind == "dir" and depth < 3:
         return ("dir", draw(trees(depth + 1)))

@@ -104,6 +104,10 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+# A sidecar is `HEX  NAME`: its first kilobytes hold the checksum, whatever else it holds.
+SIDECAR_BYTES = 4096
+
+
 def verify_file(path: Path) -> None:
     """Compare `path` with its SHA-256 sidecar; without one, check the zip's CRCs.
 
@@ -112,7 +116,9 @@ def verify_file(path: Path) -> None:
     """
     sidecar = sidecar_of(path)
     if sidecar.is_file():
-        recorded = (sidecar.read_text(encoding="utf-8").split() or [""])[0]
+        with sidecar.open("rb") as file:  # one line: a damaged one may be huge, never read it all
+            head = file.read(SIDECAR_BYTES).decode("utf-8", "replace")
+        recorded = (head.split() or [""])[0]
         if file_sha256(path) != recorded:
             raise CheckpointError(
                 f"{path} is corrupt: its SHA-256 differs from the one in {sidecar.name}, "

@@ -32,6 +32,9 @@ HINTS = (
     ("nested too deeply", "flatten it"),
 )
 
+# Settings files are kilobytes; a file far larger is not one (and is not read whole).
+MAX_FILE_BYTES = 16 * 2**20
+
 
 class YamlError(ValueError):
     """YAML that cannot be read; the message says where and how to fix it."""
@@ -95,11 +98,17 @@ def _read_text(path: Path) -> str:
         if not path.is_file():
             problem = "is not a file" if path.exists() else "does not exist"
             raise YamlError(f"config file {path} {problem}; give the path of a YAML file")
-        data = path.read_bytes()
+        with path.open("rb") as file:  # never all of a huge file: settings are kilobytes
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:  # no permission, a name too long, ...
         raise YamlError(
             f"config file {path} cannot be read ({error.strerror}); check the path"
         ) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise YamlError(
+            f"config file {path} is larger than {MAX_FILE_BYTES // 2**20} MiB, far too large "
+            "for settings; give the path of a YAML file of settings"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
