@@ -397,6 +397,9 @@ def test_next_steps_are_printed(cookies, capfd, use_ddp):
     assert "python train.py optim.lr=0.01 train.epochs=10" in out
     assert ("torchrun --standalone --nproc_per_node=2 train.py" in out) is use_ddp
     assert "python sweep.py" not in out  # use_sweeps is off by default
+    # The CPU-only install is named both here and in the baked README's Quick start.
+    assert post_gen_project.CPU_TORCH_INDEX in out
+    assert post_gen_project.CPU_TORCH_INDEX in (result.project_path / "README.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +540,15 @@ def test_next_steps_text():
     lines = text.splitlines()
     assert lines[:2] == ["Created proj. Next steps:", "  cd proj"]
     assert lines[2].startswith("  python -m venv .venv")  # the project's own environment
-    assert lines[3].startswith("  python -m pip install -e .") and "GB" in lines[3]
+    # The CPU build of torch comes first, else pip takes the 3 GB CUDA build for -e .
+    cpu_install = "python -m pip install torch torchvision --index-url " + (
+        "https://download.pytorch.org/whl/cpu"
+    )
+    assert cpu_install in lines[4]
+    assert lines[5].startswith("  python -m pip install -e .") and "GB" in lines[5]
+    # No promise beyond what was measured (30 s on a 2-core CPU in the template README).
+    assert "well under a minute" not in text
+    assert "~30 s on a 2-core CPU" in text
     assert "torchrun --standalone --nproc_per_node=2 train.py" in text
     assert "python sweep.py --trials 20" in text
     assert "torchrun" not in post_gen_project.next_steps("proj", use_ddp=False)
