@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from {{ cookiecutter.package_name }}.files import (
     atomic_symlink,
     atomic_write_text,
     file_sha256,
+    staged_files,
 )
 from {{ cookiecutter.package_name }}.model import build_model
 from {{ cookiecutter.package_name }}.optim import (
@@ -360,6 +362,43 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
             raise RuntimeError("disk full")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"], "a temporary file was left"
+
+
+@pytest.fixture
+def umask_027():
+    """The process's umask set to 027 for one test (a group may read, others nothing)."""
+    earlier = os.umask(0o027)
+    yield
+    os.umask(earlier)
+
+
+def write_as_a_library_does(target: Path, content: bytes) -> None:
+    """Write `target` as the safetensors library does: through mkstemp (mode 0600),
+    renamed into place."""
+    handle, name = tempfile.mkstemp(dir=target.parent)
+    with os.fdopen(handle, "wb") as file:
+        file.write(content)
+    os.replace(name, target)
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_files_written_through_a_private_temporary_follow_the_umask(tmp_path, umask_027):
+    # safetensors files came out 0600 beside .pt files of 0644: unreadable to the group.
+    with atomic_path(tmp_path / "weights.bin") as temporary:
+        write_as_a_library_does(temporary, b"weights")
+    with staged_files(tmp_path / "export") as staging:
+        write_as_a_library_does(staging / "model.bin", b"weights")
+        (staging / "card.json").write_text("{}", encoding="utf-8")
+    with atomic_path(tmp_path / "plain.txt") as temporary:
+        temporary.write_text("written with open()", encoding="utf-8")
+
+    for path in (tmp_path / "weights.bin", tmp_path / "export" / "model.bin"):
+        assert stat_mode(path) == 0o640, path
+    assert stat_mode(tmp_path / "export" / "card.json") == 0o640
+    assert stat_mode(tmp_path / "plain.txt") == 0o640
 
 
 def test_atomic_write_text_replaces_the_file(tmp_path):

@@ -43,6 +43,18 @@ def test_run_writes_safetensors_equal_to_the_checkpoint(make_config, tmp_path):
         assert torch.equal(from_checkpoint["head.weight"], weights["head.weight"])
 
 
+def test_safetensors_files_have_the_mode_of_the_checkpoints(make_config, tmp_path):
+    # The library writes through a mkstemp file (0600); the .pt beside it follows the umask.
+    earlier = os.umask(0o022)
+    try:
+        assert main(make_config()) == 0
+    finally:
+        os.umask(earlier)
+    step = Path(os.path.realpath(tmp_path / "run" / "checkpoints" / "last.pt"))
+    assert step.stat().st_mode & 0o777 == 0o644
+    assert paired_weights(step).stat().st_mode & 0o777 == 0o644
+
+
 def test_mid_epoch_stop_also_writes_safetensors(make_config, tmp_path):
     assert main(make_config("train.max_steps=2")) == 0
     folder = tmp_path / "run" / "checkpoints"

@@ -47,6 +47,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary
         if not temporary.is_symlink():  # a link has no content of its own to flush
             with open(temporary, "rb+") as file:
+                os.fchmod(file.fileno(), umask_mode())
                 os.fsync(file.fileno())
         os.replace(temporary, path)
         _fsync_folder(path.parent)
@@ -56,6 +57,27 @@ def atomic_path(path: Path) -> Iterator[Path]:
             # Name the user's file, not our temporary one (nor the rename between them).
             error.filename, error.filename2 = str(path), None
         raise
+
+
+def umask_mode() -> int:
+    """The mode the user's umask gives a new file (0o644 under umask 022).
+
+    Every file the project writes gets it: libraries that write through a temporary file of
+    their own (safetensors, via mkstemp) would otherwise leave a 0600 file among 0644 ones,
+    unreadable to the group that shares the run folder. The umask is read from /proc where
+    Linux offers it: the portable way, setting it and setting it back, changes it for a
+    moment in every thread of the process.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -93,6 +115,9 @@ def staged_files(folder: Path, retire: Mapping[str, object] | None = None) -> It
         staging.mkdir()
         yield staging
         names = sorted(path.name for path in staging.iterdir())
+        for name in names:
+            if stat.S_ISREG((staging / name).lstat().st_mode):  # a link's mode is its target's
+                os.chmod(staging / name, umask_mode())
         with placing(folder / name for name in names):
             for name in names:
                 os.replace(staging / name, folder / name)
