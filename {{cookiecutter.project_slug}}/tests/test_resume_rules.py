@@ -137,6 +137,15 @@ def test_a_finished_run_resumed_says_so_and_changes_nothing(train_cli, tmp_path)
     assert "run.extend=true train.epochs=2" in finished[0]
     assert "done in" not in output and "resumed from" not in output
     assert snapshot(run_dir) == before
+    # A change to it is refused with the ways that go on from a finished run: continuing
+    # it unchanged has nothing left to train, and run.extend cannot change the lr.
+    code, output = train_cli(f"run.resume={run_dir}", "optim.lr=0.001")
+    errors = error_lines(output)
+    assert code == 2 and len(errors) == 1, output[-2000:]
+    assert "has finished (1 of 1 epochs trained)" in errors[0]
+    assert "unchanged" not in errors[0] and "run.extend" not in errors[0]
+    assert "optim.lr 0.01 -> 0.001" in errors[0] and "run.fork=true" in errors[0]
+    assert snapshot(run_dir) == before
 
 
 def test_a_finished_run_extends_on_a_schedule_of_its_own_and_resumes_exactly(train_cli, tmp_path):
@@ -150,7 +159,8 @@ def test_a_finished_run_extends_on_a_schedule_of_its_own_and_resumes_exactly(tra
     code, output = train_cli(f"run.resume={runs['split']}", "train.epochs=3")
     errors = error_lines(output)
     assert code == 2 and len(errors) == 1 and "train.epochs 2 -> 3" in errors[0], output
-    assert "run.extend=true" in errors[0]
+    assert "add run.extend=true" in errors[0] and "has finished" in errors[0]
+    assert "continue it unchanged" not in errors[0]  # resuming unchanged trains nothing
 
     extend = ("run.extend=true", "train.epochs=3")
     code, output = train_cli(f"run.resume={runs['straight']}", *extend)

@@ -5,7 +5,7 @@ given at resume apply on top only where they leave the training trajectory uncha
 (FREE_TO_CHANGE: which device and workers, when to stop or save, ...). Any other change is
 refused with one line that names each changed key and the ways forward:
 
-- continue unchanged: leave those settings out;
+- continue unchanged: leave those settings out (a run that has not finished);
 - run.fork=true: a new run (new folder, optimizer, schedule; epoch 1) that starts from the
   checkpoint's weights, with the settings given now; its model.weights names the parent;
 - run.extend=true with a larger train.epochs, once the run has finished: the extra epochs
@@ -122,7 +122,7 @@ def plan_continuation(
         _check_extension(run, state, finished, blocked, saved)
         return Plan(merged, "extend", state.epoch)
     if blocked:
-        raise ConfigError(_refusal(run, blocked, finished))
+        raise ConfigError(_refusal(run, blocked, finished, state.epoch))
     if finished is not None:
         logger.info(
             "%s has finished (%s); nothing to do. To train longer: python train.py "
@@ -221,14 +221,20 @@ def _listed(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changes.items()))
 
 
-def _refusal(run: Path, blocked: dict, finished: str | None) -> str:
-    """The one line that refuses a change, with the ways forward."""
-    ways = [f"leave them out to continue it unchanged (python train.py run.resume={run})"]
-    longer = set(blocked) <= EXTENSION_KEYS and "train.epochs" in blocked
-    if finished is not None and longer:
-        ways.insert(0, "add run.extend=true to train the extra epochs on a schedule of their own")
-    ways.append("add run.fork=true to start a new run from its weights with these settings")
+def _refusal(run: Path, blocked: dict, finished: str | None, trained: int) -> str:
+    """The one line that refuses a change, with the ways forward. A finished run has
+    nothing left to continue: only run.extend (more epochs) or run.fork goes on from it."""
+    fork = "add run.fork=true to start a new run from its weights with these settings"
+    if finished is None:
+        return (
+            f"resuming {run} with other settings would change how it trains: "
+            f"{_listed(blocked)}. Either leave them out to continue it unchanged (python "
+            f"train.py run.resume={run}); or {fork}"
+        )
+    epochs = blocked.get("train.epochs")
+    longer = set(blocked) <= EXTENSION_KEYS and epochs is not None and epochs[1] > trained
+    extend = "add run.extend=true to train the extra epochs on a schedule of their own"
     return (
-        f"resuming {run} with other settings would change how it trains: {_listed(blocked)}. "
-        f"Either {'; or '.join(ways)}"
+        f"{run} has finished ({finished}) and these settings would change how it trained: "
+        f"{_listed(blocked)}. To go on from it, {f'{extend}; or ' if longer else ''}{fork}"
     )
