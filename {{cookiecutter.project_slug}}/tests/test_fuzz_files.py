@@ -78,6 +78,48 @@ def test_a_mutated_program_json_loads_or_is_refused(exported, data):  # noqa: F8
         loads_or_refuses(load_program, output)
 
 
+def strings_of(tree) -> set[str]:
+    if isinstance(tree, str):
+        return {tree}
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else []
+    return set().union(*(strings_of(value) for value in values))
+
+
+# Each becomes Python code where torch writes a name into the code it generates: a
+# statement, an attribute (`getattr(self, "NAME")`), a quoted argument.
+INJECTIONS = (
+    "{name} = __import__('pathlib').Path({marker!r}).touch(); {name}",
+    '{name}") if __import__("pathlib").Path({marker!r}).touch() else getattr(self, "{name}',
+    "{name}') or __import__('pathlib').Path({marker!r}).touch() or ('",
+    "{name}=__import__('pathlib').Path({marker!r}).touch()",
+)
+
+
+@FUZZ
+@given(data=st.data())
+def test_code_in_any_string_of_a_program_never_runs(exported, data):  # noqa: F811
+    """Any string of the program, replaced everywhere by code for the Python that torch
+    generates from the program: refused, or it stays text; the code never runs."""
+    _, program = exported
+    with zipfile.ZipFile(program) as archive:
+        root = archive.namelist()[0].split("/")[0]
+        text = archive.read(f"{root}/models/model.json").decode()
+    name = data.draw(st.sampled_from(sorted(strings_of(json.loads(text)))))
+    with tempfile.TemporaryDirectory() as folder:
+        marker = Path(folder) / "marker"
+        code = data.draw(st.sampled_from(INJECTIONS)).format(name=name, marker=str(marker))
+        mutated = text.replace(json.dumps(name), json.dumps(code)).encode()
+        output = Path(folder) / "mutated.pt2"
+        rewritten(program, output, lambda records: records.update({"models/model.json": mutated}))
+        try:
+            load_program(output)(torch.zeros(1, 3, 16, 16))
+        except CheckpointError as error:
+            assert str(output) in str(error) and "\n" not in str(error)
+        except Exception:  # a program that loads may fail on its input: it ran no code
+            pass
+        assert not marker.exists()
+
+
 @FUZZ
 @given(data=st.data())
 def test_a_program_with_mutated_bytes_loads_or_is_refused(exported, data):  # noqa: F811

@@ -143,6 +143,75 @@ def parameter_name(name: str):
     return change
 
 
+def program_edit(edit):
+    return lambda records: edit_json(records, PROGRAM, edit)
+
+
+def subgraph_named_with_code(marker: Path):
+    """A subgraph argument: torch registers it under its name and writes the name into
+    the code of `forward` as an attribute."""
+    touch = f'getattr(__import__("pathlib"), "Path")("{marker}").touch()'
+    name = f'g") if {touch} else getattr(self, "g'
+
+    def edit(program):
+        graph = program["graph_module"]["graph"]
+        meta = next(iter(graph["tensor_values"].values()))
+        subgraph = {
+            "inputs": [{"as_tensor": {"name": "sub_x"}}],
+            "outputs": [{"as_tensor": {"name": "sub_x"}}],
+            "nodes": [],
+            "tensor_values": {"sub_x": meta},
+            "sym_int_values": {},
+            "sym_bool_values": {},
+            "is_single_tensor_return": True,
+            "custom_obj_values": {},
+            "sym_float_values": {},
+        }
+        for argument in graph["nodes"][0]["inputs"]:
+            if argument["name"] == "bias":
+                argument["arg"] = {"as_graph": {"name": name, "graph": subgraph}}
+
+    return program_edit(edit)
+
+
+def tensor_named_with_code(marker: Path):
+    """A node's name, everywhere it is used: torch names the node's variable by it."""
+    code = f"conv2d = __import__('pathlib').Path({str(marker)!r}).touch(); conv2d"
+
+    def change(records):
+        text = records[PROGRAM].decode()
+        assert '"conv2d"' in text
+        records[PROGRAM] = text.replace('"conv2d"', json.dumps(code)).encode()
+
+    return change
+
+
+def first_argument(argument: dict):
+    def edit(program):
+        program["graph_module"]["graph"]["nodes"][0]["inputs"][-1]["arg"] = argument
+
+    return program_edit(edit)
+
+
+def input_spec_context(context: list):
+    """The spec of the program's inputs, with keyword arguments named by `context`."""
+
+    def edit(program):
+        signature = program["graph_module"]["module_call_graph"][0]["signature"]
+        spec = json.loads(signature["in_spec"])
+        spec[1]["children_spec"][1]["context"] = json.dumps(context)
+        signature["in_spec"] = json.dumps(spec)
+
+    return program_edit(edit)
+
+
+def range_constraint(symbol: str, low, high):
+    def edit(program):
+        program["range_constraints"][symbol] = {"min_val": low, "max_val": high}
+
+    return program_edit(edit)
+
+
 def empty_weight_of_huge_size(records):
     def enlarge(config):
         entry = config["config"]["stem.0.weight"]
@@ -182,6 +251,24 @@ HOSTILE = {
     "a carriage return in metadata": lambda marker: node_target("torch.ops.aten.relu.default\r"),
     "an empty weight of huge size": lambda marker: empty_weight_of_huge_size,
     "native code": lambda marker: native_library,
+    "a subgraph named with code": subgraph_named_with_code,
+    "a tensor named with code": tensor_named_with_code,
+    "an operator as an argument": lambda marker: first_argument({"as_operator": "torch.os.system"}),
+    "a custom object argument": lambda marker: first_argument(
+        {"as_custom_obj": {"name": "obj", "class_fqn": "__torch__.torch.classes.a.B"}}
+    ),
+    "keyword arguments named with code": lambda marker: input_spec_context(["x') or print('"]),
+    "an enum that torch would import": lambda marker: input_spec_context(
+        [{"__enum__": True, "fqn": "antigravity:X", "name": "a"}]
+    ),
+    "a symbol index torch counts up to": lambda marker: range_constraint("u10000000", 0, None),
+    "a range beyond 64 bits": lambda marker: range_constraint("s1", 0, 2**70),
+    "node metadata torch does not write": lambda marker: program_edit(
+        lambda program: program["graph_module"]["graph"]["nodes"][0]["metadata"].update(a="b")
+    ),
+    "a key torch's schema does not have": lambda marker: program_edit(
+        lambda program: program["graph_module"]["graph"].update(subgraphs={})
+    ),
 }
 
 
@@ -193,8 +280,8 @@ def test_a_hostile_program_is_refused_before_torch_reads_it(exported, tmp_path, 
     with pytest.raises(CheckpointError) as refused:
         load_program(hostile)
     message = str(refused.value)
-    assert str(hostile) in message and "\n" not in message and "export" in message
-    assert not marker.exists()
+    assert message.startswith(f"refused to load {hostile}: ") and "\n" not in message
+    assert "export" in message and not marker.exists()
 
 
 def test_a_program_rewritten_unchanged_still_loads(exported, tmp_path):

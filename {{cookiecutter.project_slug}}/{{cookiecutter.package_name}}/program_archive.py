@@ -7,30 +7,30 @@ legacy `weights/<model>.pt` entries; it loads the native libraries of `data/aoti
 it hands every shape expression (`expr_str`) to sympy, which evaluates it as Python; it
 turns `guards_code` into Python source and executes it; and it resolves each graph node's
 target by name inside the torch, math and operator modules, so a node can call any function
-reachable from there (`torch.os.system`). The program's attribute names become part of the
-Python code torch generates for the graph.
+reachable from there (`torch.os.system`). The program's names (nodes, inputs, attributes,
+subgraphs) become part of the Python code torch generates for the graph.
 
 So an archive is read only when what it declares is what `torch.export.save` writes for a
 model of plain tensor operations: the records torch's own reader lists, no pickled payload,
-no native code, no guards, graph nodes that call ATen operators or symbolic arithmetic
-only, shape expressions built from sympy's own constructors, plain attribute names, and
-sizes that fit in the bytes the file holds. Anything else is refused before torch sees it.
+no native code, and a program that torch's own schema describes within the rules of
+program_graph.py (graph nodes that call ATen operators or symbolic arithmetic only, no
+subgraphs, plain names, shape expressions built from sympy's constructors), with sizes that
+fit in the bytes the file holds. Anything else is refused before torch sees it.
 """
 
-import ast
 import io
 import json
 import math
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
 
 import torch
 from torch.export.pt2_archive import PT2ArchiveReader
 from torch.export.pt2_archive import constants as layout
 
 from .checkpoint import first_line
+from .program_graph import UnsafeGraph, check_program_json
 
 # torch.export.load returns the program of this name; save writes only this one.
 MODEL = "model"
@@ -42,31 +42,13 @@ FIXED_RECORDS = (
     ".data/version",
     ".data/serialization_id",
 )
-# The largest number of elements a tensor argument of the graph may ask for (1 GiB of
-# float32): many times any activation of the models this project trains.
-MAX_ELEMENTS = 2**28
-# The longest shape expression read; those of torch.export are far shorter.
-MAX_EXPRESSION = 2000
-# sympy constructors that `sympy.srepr` writes for shape expressions, and torch's own sympy
-# functions (torch.utils._sympy.functions); Pow and friends are left out on purpose: an
-# exponent in the file could make sympy compute a number without end.
-SYMPY_CALLS = frozenset(
-    "Symbol Integer Rational Add Mul Max Min Mod Abs Eq Ne Lt Le Gt Ge StrictLessThan "
-    "LessThan StrictGreaterThan GreaterThan Equality Unequality And Or Not true false "
-    "FloorDiv CeilDiv CleanDiv ModularIndexing PythonMod Where CeilToInt FloorToInt "
-    "TruncToInt RoundToInt IntTrueDiv FloatTrueDiv ToFloat TruncToFloat Identity".split()
-)
 # Attribute names (parameters, buffers, submodules): dotted words, as nn.Module names them.
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-NAME_KEYS = re.compile(r".*_names?|fqn")
 # The arithmetic torch.export records for symbolic sizes, by the names it serialises.
 SYMBOLIC_OPERATORS = frozenset(
     f"_operator.{name}"
     for name in "add sub mul floordiv truediv mod neg eq ne lt le gt ge and_ or_ not_".split()
 ) | {"torch.sym_max", "torch.sym_min", "torch.sym_not", "torch.sym_int", "torch.sym_float"}
-# Control characters other than a newline or a tab: a carriage return ends a line of the
-# Python code torch generates, so a comment built from metadata would no longer be one.
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class UnsafeProgram(Exception):
@@ -182,20 +164,12 @@ def _check_sample_inputs(data: bytes) -> None:
 
 
 def _check_program(program: dict) -> None:
-    """The program's graph calls ATen operators only, and declares no code or huge sizes."""
-    if program.get("guards_code"):
-        raise UnsafeProgram("it holds guards_code, Python that torch would execute")
-    graph = program.get("graph_module", {}).get("graph", {})
-    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
-        raise UnsafeProgram("it holds no graph")
-    if graph.get("custom_obj_values"):
-        raise UnsafeProgram("it holds custom (torchbind) objects, which are unpickled")
-    for node in graph["nodes"]:
-        target = node.get("target") if isinstance(node, dict) else None
-        if not _is_allowed_target(target):
-            raise UnsafeProgram(f"its graph calls {str(target)[:80]}, not a tensor operator")
-    for key, value in _items(program):
-        _check_item(key, value)
+    """The program's graph calls ATen operators only, names plain attributes, and declares
+    no code, subgraphs or huge sizes (program_graph.py)."""
+    try:
+        check_program_json(program, _is_allowed_target)
+    except UnsafeGraph as problem:
+        raise UnsafeProgram(str(problem)) from None
 
 
 def _is_allowed_target(target) -> bool:
@@ -214,64 +188,6 @@ def _is_allowed_target(target) -> bool:
     if not isinstance(operator, torch._ops.OpOverload):
         return False
     return "filename" not in {argument.name for argument in operator._schema.arguments}
-
-
-def _items(tree, key: str = "") -> Iterator[tuple[str, object]]:
-    """Every (key, value) of a JSON tree; a list's items under the list's key."""
-    if isinstance(tree, dict):
-        for name, value in tree.items():
-            yield str(name), value
-            yield from _items(value, str(name))
-    elif isinstance(tree, list):
-        for value in tree:
-            yield key, value
-            yield from _items(value, key)
-
-
-def _check_item(key: str, value) -> None:
-    if isinstance(value, str):
-        if CONTROL.search(value):
-            raise UnsafeProgram(f"its {key} holds control characters")
-        if key == "expr_str":
-            _check_expression(value)
-        elif NAME_KEYS.fullmatch(key) and value and not ATTRIBUTE_NAME.fullmatch(value):
-            raise UnsafeProgram(f"its {key} {value[:80]!r} is not a plain name")
-    elif key == "as_ints" and isinstance(value, list):
-        if not all(type(number) is int for number in value):
-            raise UnsafeProgram("its graph holds a list of integers that are not integers")
-        if math.prod(abs(number) for number in value) > MAX_ELEMENTS:
-            raise UnsafeProgram(f"its graph asks for sizes {value[:8]}, beyond any model's")
-
-
-def _check_expression(text: str) -> None:
-    """A shape expression as `sympy.srepr` writes it: calls of SYMPY_CALLS on integers,
-    names in quotes and `assumption=True`; sympy evaluates it as Python."""
-    if len(text) > MAX_EXPRESSION:
-        raise UnsafeProgram(f"its shape expression is {len(text)} characters long")
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise UnsafeProgram(f"its shape expression {text[:80]!r} is not one") from None
-    for node in ast.walk(tree):
-        if not _is_plain_expression_node(node):
-            raise UnsafeProgram(f"its shape expression {text[:80]!r} holds more than sizes")
-
-
-def _is_plain_expression_node(node: ast.AST) -> bool:
-    if isinstance(node, ast.Call):
-        return isinstance(node.func, ast.Name) and node.func.id in SYMPY_CALLS
-    if isinstance(node, ast.Name):
-        return node.id in SYMPY_CALLS and isinstance(node.ctx, ast.Load)
-    if isinstance(node, ast.keyword):
-        return node.arg is not None and isinstance(node.value, ast.Constant)
-    if isinstance(node, ast.Constant):
-        value = node.value
-        if isinstance(value, str):
-            return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) is not None
-        return isinstance(value, (bool, int)) and abs(value) <= 2**63
-    if isinstance(node, ast.UnaryOp):
-        return isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
-    return isinstance(node, (ast.Expression, ast.Load, ast.USub))
 
 
 def _json(records: dict[str, bytes], name: str) -> dict:
