@@ -16,12 +16,13 @@ from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import Config, ConfigError, get_setting
 from {{ cookiecutter.package_name }}.data import DataBundle, build_datasets, cache
 from {{ cookiecutter.package_name }}.engine import PerClass
-from {{ cookiecutter.package_name }}.log import LOGGER_NAME
+from {{ cookiecutter.package_name }}.log import LOGGER_NAME, counted
 from {{ cookiecutter.package_name }}.recipe import (
     AUTOMATIC,
     choose_data_settings,
     choose_machine_settings,
     choose_training_settings,
+    with_setting,
 )
 from {{ cookiecutter.package_name }}.train import main
 
@@ -111,6 +112,36 @@ def test_too_few_validation_images_turn_early_stopping_off_in_one_line(project_l
     lines = [r.getMessage() for r in project_log.records if "early_stop_patience" in r.getMessage()]
     assert len(lines) == 1
     assert "12 images" in lines[0] and "data.val_fraction" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "patience", "reason"),
+    [
+        (2, 5, "a quarter of 2 epochs, at least 5; too few epochs to stop early"),
+        (1, 5, "a quarter of 1 epoch, at least 5; too few epochs to stop early"),
+        (6, 5, "a quarter of 6 epochs, at least 5; too few epochs to stop early"),
+        (7, 5, "a quarter of 7 epochs, at least 5"),  # stops before epoch 7 at the earliest
+        (40, 10, "a quarter of 40 epochs, at least 5"),
+    ],
+)
+def test_log_lines_of_the_choices_read_right_for_one_and_for_few(
+    project_log, epochs, patience, reason
+):
+    # "early_stop_patience=5 (2 epochs)" read as if the patience were 2 epochs; it can
+    # never end a run of 2 epochs early. "1 training images" and "1 images" miscounted.
+    project_log.set_level(logging.INFO, logger=LOGGER_NAME)
+    cfg = with_setting(Config(), "train.epochs", epochs)
+    assert choose_training_settings(cfg, 1, 100).train.early_stop_patience == patience
+    automatic(train=1, val=1)
+    lines = [record.getMessage() for record in project_log.records]
+    assert f"auto: train.early_stop_patience={patience} ({reason})" in lines
+    assert "auto: data.batch_size=16 (1 training image)" in lines
+    assert any("the validation split has 1 image, too few" in line for line in lines)
+    assert (counted(1, "batch", "batches"), counted(2, "batch", "batches")) == (
+        "1 batch",
+        "2 batches",
+    )
+    assert counted(0, "epoch") == "0 epochs"
 
 
 def test_choices_are_logged_written_resolved_and_taken_back_on_resume(

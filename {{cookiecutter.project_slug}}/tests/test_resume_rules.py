@@ -165,6 +165,7 @@ def test_a_finished_run_extends_on_a_schedule_of_its_own_and_resumes_exactly(tra
     extend = ("run.extend=true", "train.epochs=3")
     code, output = train_cli(f"run.resume={runs['straight']}", *extend)
     assert code == 0, output[-2000:]
+    assert f"run.extend: epoch 3 of {runs['straight']}," in output  # not "epochs 3 to 3"
     steps_per_epoch = int(read_csv(runs["straight"] / "metrics.csv")[0]["step"])
     lrs = {int(row["step"]): float(row["lr"]) for row in read_csv(runs["straight"] / "lr.csv")}
     assert lrs[2 * steps_per_epoch] < 0.001  # the end of the first schedule
@@ -187,7 +188,7 @@ def test_extend_needs_a_finished_run_and_more_epochs(train_cli, tmp_path):
     assert code == 2 and "has not finished" in error_lines(output)[0], output[-2000:]
     assert train_cli(f"run.resume={run_dir}", "train.max_steps=0")[0] == 0
     code, output = train_cli(f"run.resume={run_dir}", "run.extend=true")
-    assert code == 2 and "larger than the 1 epochs" in error_lines(output)[0], output[-2000:]
+    assert code == 2 and "larger than the 1 epoch " in error_lines(output)[0], output[-2000:]
     code, output = train_cli("run.extend=true")
     assert code == 2 and "run.resume" in error_lines(output)[0], output[-2000:]
 

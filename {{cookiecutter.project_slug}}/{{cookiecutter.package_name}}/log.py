@@ -68,6 +68,11 @@ def setup_logging(log_file: Path | None = None, rank: int = 0) -> logging.Logger
     return logger
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number: "1 batch", "2 batches", "0 epochs"."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def log_choice(key: str, value, reason: str) -> None:
     """The one line that reports an automatic choice of a setting (see recipe.py)."""
     logging.getLogger(LOGGER_NAME).info("auto: %s=%s (%s)", key, value, reason)

@@ -33,7 +33,7 @@ import torch
 from .config import Config
 from .data import DataBundle
 from .device import processes_on_this_machine
-from .log import log_choice
+from .log import counted, log_choice
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -47,6 +47,7 @@ AUTOMATIC = (
     "train.early_stop_patience",
 )
 MIN_VAL_IMAGES = 20
+MIN_PATIENCE = 5  # epochs without a better validation accuracy before stopping early
 BASE_BATCH, BASE_LR = 128, 0.01
 
 
@@ -93,7 +94,7 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
         if train_images < 16 * BASE_BATCH:
             batch = max(2 ** math.floor(math.log2(max(train_images / 16, 1))), 16)
         cfg = with_setting(cfg, "data.batch_size", batch)
-        log_choice("data.batch_size", batch, f"{train_images} training images")
+        log_choice("data.batch_size", batch, counted(train_images, "training image"))
     if cfg.optim.lr is None:
         batch, reason = running_batch(cfg.data.batch_size, train_images)
         lr = round(BASE_LR * math.sqrt(batch / BASE_BATCH), 6)
@@ -102,7 +103,7 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
     if cfg.train.epochs is None:
         epochs = min(max(round(60 * math.sqrt(1000 / max(train_images, 1))), 20), 100)
         cfg = with_setting(cfg, "train.epochs", epochs)
-        log_choice("train.epochs", epochs, f"{train_images} training images")
+        log_choice("train.epochs", epochs, counted(train_images, "training image"))
     if cfg.train.early_stop_patience is None:
         cfg = with_setting(cfg, "train.early_stop_patience", _patience(cfg, val_images))
     return cfg
@@ -123,12 +124,18 @@ def running_batch(batch_size: int, train_images: int) -> tuple[int, str]:
 def _patience(cfg: Config, val_images: int) -> int:
     if val_images < MIN_VAL_IMAGES:
         logger.warning(
-            "auto: train.early_stop_patience=0: the validation split has %d images, too few "
+            "auto: train.early_stop_patience=0: the validation split has %s, too few "
             "to stop early on; raise data.val_fraction (or add images to val/) for more, or "
             "set train.early_stop_patience=N to stop on them anyway",
-            val_images,
+            counted(val_images, "image"),
         )
         return 0
-    patience = max(math.ceil(cfg.train.epochs / 4), 5)
-    log_choice("train.early_stop_patience", patience, f"{cfg.train.epochs} epochs")
+    epochs = cfg.train.epochs
+    patience = max(math.ceil(epochs / 4), MIN_PATIENCE)
+    reason = f"a quarter of {counted(epochs, 'epoch')}, at least {MIN_PATIENCE}"
+    # The wait is checked before each epoch, and the first epoch is always the best so far,
+    # so a run stops early only when patience <= epochs - 2.
+    if patience > epochs - 2:
+        reason += "; too few epochs to stop early"
+    log_choice("train.early_stop_patience", patience, reason)
     return patience

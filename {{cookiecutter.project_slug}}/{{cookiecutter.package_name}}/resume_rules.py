@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from .config import Config, ConfigError, load_saved_config, to_dict
 from .engine import TrainState
+from .log import counted
 from .recipe import AUTOMATIC
 from .runs import run_dir_of
 from .yaml_files import flatten
@@ -182,7 +183,7 @@ def _finished(state: TrainState, saved: Config) -> str | None:
     if 0 < patience <= state.epochs_since_best:
         return (
             f"stopped early after epoch {state.epoch}: no better validation accuracy "
-            f"for {state.epochs_since_best} epochs"
+            f"for {counted(state.epochs_since_best, 'epoch')}"
         )
     return None
 
@@ -206,15 +207,12 @@ def _check_extension(
     epochs = blocked.get("train.epochs", (None, saved["train"]["epochs"]))[1]
     if epochs <= state.epoch:
         raise ConfigError(
-            f"run.extend=true needs a train.epochs larger than the {state.epoch} epochs "
+            f"run.extend=true needs a train.epochs larger than the {counted(state.epoch, 'epoch')} "
             f"{run} has trained, e.g. train.epochs={2 * state.epoch}"
         )
-    logger.info(
-        "run.extend: epochs %d to %d of %s, on a schedule of their own",
-        state.epoch + 1,
-        epochs,
-        run,
-    )
+    first = state.epoch + 1
+    extra = f"epoch {epochs}" if epochs == first else f"epochs {first} to {epochs}"
+    logger.info("run.extend: %s of %s, on a schedule of their own", extra, run)
 
 
 def _listed(changes: dict[str, tuple[Any, Any]]) -> str:

@@ -46,7 +46,7 @@ from .engine import (
 from .errors import FAILURE, INTERRUPTED, Failure, describe, report
 from .files import atomic_write_text
 from .hooks import Hooks
-from .log import attach_log_file, draws_progress_bar, progress_bar, setup_logging
+from .log import attach_log_file, counted, draws_progress_bar, progress_bar, setup_logging
 from .manifest import write_manifest
 from .model import build_model, check_input_size, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
@@ -148,12 +148,12 @@ def prepare_device(cfg: TrainConfig, team: SingleProcess) -> torch.device:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device, team.local_rank)
     logger.info(
-        "python %s, torch %s, device %s%s, %d threads, world size %d",
+        "python %s, torch %s, device %s%s, %s, world size %d",
         platform.python_version(),
         torch.__version__,
         device,
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "",
-        torch.get_num_threads(),
+        counted(torch.get_num_threads(), "thread"),
         team.world_size,
     )
     return device
@@ -174,14 +174,15 @@ def build_loaders(
         )
     batches = epoch_batch_sampler(train_loader)
     if batches.batches_per_epoch == 0:
-        raise ConfigError(f"the training set of {len(data.train)} samples gives no batch")
+        samples = counted(len(data.train), "sample")
+        raise ConfigError(f"the training set of {samples} gives no batch")
     logger.info(
-        "data: %s, %d classes, %d train / %d val samples, %d batches per epoch",
+        "data: %s, %s, %d train / %d val samples, %s per epoch",
         cfg.data.dataset,
-        len(data.classes),
+        counted(len(data.classes), "class", "classes"),
         len(data.train),
         len(data.val),
-        batches.batches_per_epoch,
+        counted(batches.batches_per_epoch, "batch", "batches"),
     )
     return Loaders(train_loader, val_loader, batches, batches.batches_per_epoch)
 
@@ -278,9 +279,9 @@ def train_epochs(session: Session, stop: StopRequests) -> bool:
     while state.epoch < cfg.train.epochs and not stop(state):
         if 0 < cfg.train.early_stop_patience <= state.epochs_since_best:
             logger.info(
-                "stopping early: no better validation accuracy for %d epochs (best %.4f, "
+                "stopping early: no better validation accuracy for %s (best %.4f, "
                 "epoch %d); train.early_stop_patience sets how long to wait",
-                state.epochs_since_best,
+                counted(state.epochs_since_best, "epoch"),
                 state.best_val_acc,
                 state.best_epoch + 1,
             )
