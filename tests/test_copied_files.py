@@ -5,6 +5,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import pytest
 from cookiecutter.main import cookiecutter
 from PIL import Image
 
@@ -52,6 +53,36 @@ def test_the_generator_refuses_extra_arguments_in_one_line(baked):
     assert process.stderr.startswith("error: too many arguments;")
     assert len(process.stderr.strip().splitlines()) == 1
     assert not (project / "a.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "start"),
+    [
+        (["--help"], 0, "usage: python scripts/draw_samples.py [OUTPUT.png]"),
+        (["-h"], 0, "usage: python scripts/draw_samples.py [OUTPUT.png]"),
+        (["--size=64"], 2, "error: unknown option '--size=64';"),
+        (["picture"], 2, "error: 'picture' does not end in .png;"),
+    ],
+)
+def test_the_generator_answers_help_and_bad_arguments_in_one_line(baked, argv, code, start):
+    # --help was a traceback (PIL: unknown file extension).
+    project = Path(baked(DEFAULT).project_path)
+    process = run_python(["scripts/draw_samples.py", *argv], cwd=project)
+    assert process.returncode == code, process.stderr
+    out = process.stdout if code == 0 else process.stderr
+    assert out.startswith(start), out
+    assert "Traceback" not in process.stderr
+    if code == 2:
+        assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_the_generator_names_an_output_it_cannot_write_in_one_line(baked):
+    project = Path(baked(DEFAULT).project_path)
+    (project / "taken").write_text("a file, not a folder", encoding="utf-8")
+    process = run_python(["scripts/draw_samples.py", "taken/samples.png"], cwd=project)
+    assert process.returncode == 1
+    assert process.stderr.startswith("error: cannot write taken/samples.png (")
+    assert len(process.stderr.strip().splitlines()) == 1
 
 
 def test_a_stray_ruff_cache_in_the_template_does_not_break_a_bake(tmp_path):

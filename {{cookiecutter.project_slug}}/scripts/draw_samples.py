@@ -45,16 +45,30 @@ def draw_samples(per_class: int = PER_CLASS, image_size: int = IMAGE_SIZE, seed:
     return picture
 
 
+USAGE = "usage: python scripts/draw_samples.py [OUTPUT.png]"
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__.splitlines()[0]} (default: docs/samples.png)")
+        return 0
+    problem = None
     if len(argv) > 1:
-        print(
-            "error: too many arguments; usage: python scripts/draw_samples.py [OUTPUT.png]",
-            file=sys.stderr,
-        )
+        problem = "too many arguments"
+    elif argv and argv[0].startswith("-"):
+        problem = f"unknown option {argv[0]!r}"
+    elif argv and Path(argv[0]).suffix.lower() != ".png":
+        problem = f"{argv[0]!r} does not end in .png; the picture is a PNG file"
+    if problem is not None:
+        print(f"error: {problem}; {USAGE}", file=sys.stderr)
         return 2
     output = Path(argv[0]) if argv else OUTPUT
-    output.parent.mkdir(parents=True, exist_ok=True)
-    draw_samples().save(output, optimize=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        draw_samples().save(output, format="PNG", optimize=True)
+    except OSError as error:
+        print(f"error: cannot write {output} ({error.strerror or error})", file=sys.stderr)
+        return 1
     print(output)
     return 0
 
