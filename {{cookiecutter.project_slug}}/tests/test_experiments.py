@@ -29,6 +29,9 @@ def test_each_experiment_loads_and_changes_the_defaults(path):
     changed = {key for key in defaults if loaded[key] != defaults[key]}
     assert "run.name" in changed and len(changed) >= 3, changed
     assert path.read_text(encoding="utf-8").startswith("# "), "say what it is for, first"
+    # What depends on the machine, not on the experiment, stays the recipe's choice.
+    machine = {key: loaded[key] for key in ("data.num_workers", "train.threads")}
+    assert machine == {"data.num_workers": None, "train.threads": None}
 
 
 def test_experiments_stack_in_order_and_overrides_win(run_python):
