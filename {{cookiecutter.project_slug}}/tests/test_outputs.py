@@ -3,8 +3,12 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import PROJECT_ROOT, SMALL_OVERRIDES, _subprocess_env
 from PIL import Image
+
+from {{ cookiecutter.package_name }}.log import METRIC_COLUMNS
+from {{ cookiecutter.package_name }}.plots import early_stop_epoch, epoch_figures, plot_run
 
 TWO_EPOCHS = (*SMALL_OVERRIDES, "train.epochs=2", "train.log_every=2")
 
@@ -50,6 +54,83 @@ def test_plots_are_valid_pngs_with_their_curves(tmp_path):
             assert image.text["Description"] == f"curves: {curves}"
     lr_rows = (run_dir / "lr.csv").read_text().strip().splitlines()
     assert lr_rows[0] == "step,lr" and len(lr_rows) == 1 + 16  # one row per optimizer step
+
+
+def metrics_rows(val_acc: list[float], loss: float = 0.5, ema: list[float] | None = None):
+    """Rows of metrics.csv as read back (text), epochs from 0, the loss falling."""
+    rows = []
+    for index, accuracy in enumerate(val_acc):
+        row = dict.fromkeys(METRIC_COLUMNS, "")
+        row.update(epoch=str(index), step=str(10 * (index + 1)), val_acc=str(accuracy))
+        row.update(train_acc=str(accuracy), val_balanced_acc=str(accuracy), lr="0.01")
+        row.update(train_loss=str(loss / (index + 1)), val_loss=str(loss / (index + 1)))
+        if ema is not None:
+            row["val_acc_ema"] = str(ema[index])
+        rows.append(row)
+    return rows
+
+
+def marks(figure) -> dict[str, float]:
+    """{label: epoch} of the vertical lines on the figure's axes."""
+    (axes,) = figure.axes
+    return {
+        line.get_label(): line.get_xdata()[0]
+        for line in axes.get_lines()
+        if len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2
+    }
+
+
+def test_loss_is_on_a_log_scale_and_both_plots_mark_the_best_epoch():
+    figures = dict(epoch_figures(metrics_rows([0.5, 0.9, 0.8, 0.9])))
+    # The first of the best epochs (counted from 1), as best.pt holds it; no early stop.
+    for name in ("loss.png", "accuracy.png"):
+        assert marks(figures[name]) == {"best: epoch 2": 2}, name
+    assert figures["loss.png"].axes[0].get_yscale() == "log"
+    assert figures["accuracy.png"].axes[0].get_yscale() == "linear"
+    (axes,) = figures["loss.png"].axes
+    assert list(axes.get_lines()[0].get_xdata()) == [1, 2, 3, 4]  # as the console counts
+
+
+def test_a_loss_of_zero_stays_linear_and_the_moving_average_chooses_the_best():
+    rows = metrics_rows([0.9, 0.5, 0.6], ema=[0.4, 0.5, 0.7])
+    rows[1]["train_loss"] = "0.0"
+    figures = dict(epoch_figures(rows))
+    assert figures["loss.png"].axes[0].get_yscale() == "linear"
+    assert marks(figures["accuracy.png"]) == {"best: epoch 3": 3}  # val_acc_ema, not val_acc
+
+
+def test_an_early_stop_is_marked_where_the_run_stopped(tmp_path):
+    rows = metrics_rows([0.5, 0.9, 0.8, 0.7])  # best epoch 2, then 2 epochs without
+    figures = dict(epoch_figures(rows, stopped_early=4))
+    assert marks(figures["loss.png"]) == {"best: epoch 2": 2, "stopped early after epoch 4": 4}
+
+    def stop(epochs, patience):
+        config = f"train:\n  epochs: {epochs}\n  early_stop_patience: {patience}\n"
+        (tmp_path / "config.yaml").write_text(config, encoding="utf-8")
+        return early_stop_epoch(tmp_path, rows)
+
+    assert stop(10, 2) == 4
+    assert stop(4, 2) is None  # all its epochs trained: it ended, not early
+    assert stop(10, 3) is None  # the patience was not used up: stopped otherwise
+    assert stop(10, 0) is None and stop(10, "null") is None  # no early stopping
+    (tmp_path / "config.yaml").write_text("train: [1, 2]\n", encoding="utf-8")
+    assert early_stop_epoch(tmp_path, rows) is None
+    (tmp_path / "config.yaml").unlink()
+    assert early_stop_epoch(tmp_path, rows) is None  # nothing to tell: no mark
+
+
+@pytest.mark.parametrize("config", [True, False])
+def test_plot_run_draws_from_a_run_folder_with_or_without_its_config(tmp_path, config):
+    header = ",".join(METRIC_COLUMNS)
+    lines = [
+        ",".join(row[column] for column in METRIC_COLUMNS)
+        for row in metrics_rows([0.5, 0.9, 0.8, 0.7])
+    ]
+    (tmp_path / "metrics.csv").write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+    if config:
+        text = "train:\n  epochs: 10\n  early_stop_patience: 2\n"
+        (tmp_path / "config.yaml").write_text(text, encoding="utf-8")
+    assert plot_run(tmp_path) == [tmp_path / "loss.png", tmp_path / "accuracy.png"]
 
 
 def test_two_runs_never_share_a_folder_and_latest_points_at_the_newest(tmp_path):
