@@ -15,9 +15,10 @@ from conftest import SMALL_OVERRIDES, write_images
 from shape_classifier.checkpoint import CheckpointError
 from shape_classifier.cli import DEFAULT_CONFIG
 from shape_classifier.config import load_config
+from shape_classifier.data import DataError, builtin
 from shape_classifier.export_program import export_program, onnx_missing
 from shape_classifier.exported import export_weights, info_path, load_program
-from shape_classifier.inference import load_trained
+from shape_classifier.inference import evaluate_checkpoint, load_trained
 from shape_classifier.train import main
 
 CLASSES = {"a": 4, "b": 4, "c": 4}
@@ -365,6 +366,15 @@ DECLARED = {
     "statistics of the wrong length": (set_statistics([0.5], [0.2]), "channels"),
     "statistics that are text": (set_statistics("0.5", "0.2"), "finite"),
     "a mean without a std": (set_statistics([0.5] * 3, None), "finite"),
+    "a billion built-in validation images": (
+        lambda card: card["config"]["data"].update(dataset="shapes", val_size=10**9),
+        "data.val_size",
+    ),
+    "a batch of a billion images": (set_config("data", "batch_size", 10**9), "data.batch_size"),
+    "ten thousand loader processes": (
+        set_config("data", "num_workers", 10_000),
+        "data.num_workers",
+    ),
 }
 
 
@@ -412,3 +422,39 @@ def test_a_program_that_does_not_fit_its_card_is_refused(exported, tmp_path, cas
         assert "\n" not in str(refused)
     else:  # a program of dynamic size may take other sizes: then its outputs must fit
         assert case == "another image size"
+
+
+@pytest.fixture(scope="module")
+def shapes_weights(tmp_path_factory) -> Path:
+    """Weights that export.py wrote for a run on the built-in shapes, with their card."""
+    root = tmp_path_factory.mktemp("shapes")
+    settings = [*SMALL_OVERRIDES, "data.image_size=16", f"run.dir={root / 'run'}"]
+    assert main(load_config([DEFAULT_CONFIG], settings)) == 0
+    return export_weights(root / "run" / "checkpoints" / "last.pt", root / "model.pt")
+
+
+def test_evaluation_builds_no_training_set(shapes_weights, tmp_path):
+    """A card may declare any data.train_size: evaluating needs only the validation images,
+    which are the same whatever it says (here 10**12 images, which would not fit)."""
+    huge_set = set_config("data", "train_size", 10**12)
+    huge = with_card(shapes_weights, tmp_path / "model.pt", huge_set)
+    expected = evaluate_checkpoint(load_trained(shapes_weights, ["train.device=cpu"]))
+    found = evaluate_checkpoint(load_trained(huge, ["train.device=cpu"]))
+    assert torch.equal(found.confusion, expected.confusion) and found.loss == expected.loss
+
+
+def test_an_allocation_that_fails_is_one_line_naming_the_setting(shapes_weights, monkeypatch):
+    trained = load_trained(shapes_weights, ["train.device=cpu"])
+
+    def refuse(*arguments, **settings):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1e12")
+
+    monkeypatch.setattr(builtin, "make_shapes", refuse)
+    with pytest.raises(DataError) as refused:
+        evaluate_checkpoint(trained)
+    message = str(refused.value)
+    assert "data.val_size=64" in message and "memory" in message and "\n" not in message
+    monkeypatch.undo()
+    monkeypatch.setattr(trained, "logits", refuse)
+    with pytest.raises(DataError, match="data.batch_size=32"):
+        evaluate_checkpoint(trained)

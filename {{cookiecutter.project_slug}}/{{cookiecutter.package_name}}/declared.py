@@ -5,7 +5,10 @@ program comes with the config, class names, normalisation statistics and input c
 it was made with. They may come from anyone: the config schema's own rules
 (`config.validate`) check the settings, and the bounds here add what the schema leaves open
 because a user may choose it for their own training, but a file may not ask of this
-machine: images or a resize side beyond MAX_IMAGE_SIZE, more than MAX_CLASSES classes.
+machine: images or a resize side beyond MAX_IMAGE_SIZE, more than MAX_CLASSES classes, batches
+or built-in validation images beyond a few GiB, more loader processes than MAX_WORKERS
+(`check_data_settings`: every data setting that scales memory or processes, checked in one
+place before any data is built; the built-in training set is never built to read a file).
 The model itself is sized against its weights on the meta device (inference.py), so a
 width or a class list that does not fit the weights allocates nothing.
 """
@@ -24,6 +27,15 @@ MAX_IMAGE_SIZE = 4096
 # More classes than any public classification data set has (ImageNet-21k: 21,841).
 MAX_CLASSES = 100_000
 CHANNELS = (1, 3)
+# The most memory one batch of float32 input images may take (1 GiB: 2,700 RGB images of
+# 224 px), and the built-in validation images (2 GiB: 50,000 of 32 px); generating one
+# built-in image of side S takes about BUILTIN_BYTES_PER_PIXEL * S * S bytes at its peak
+# (float32 colours and noise, the uint8 image, its normalised copy).
+MAX_BATCH_BYTES = 2**30
+MAX_BUILTIN_BYTES = 2**31
+BUILTIN_BYTES_PER_PIXEL = 40
+# DataLoader worker processes a file may start: more than any machine uses to read images.
+MAX_WORKERS = 64
 
 
 def checked_classes(classes, path: Path) -> list[str]:
@@ -38,15 +50,30 @@ def checked_classes(classes, path: Path) -> list[str]:
     return classes
 
 
-def check_image_sizes(cfg: Config, path: Path) -> None:
-    """The image side and resize side a file's config asks for fit MAX_IMAGE_SIZE."""
-    for key, side in (("data.image_size", cfg.data.image_size), ("data.resize", cfg.data.resize)):
+def check_data_settings(cfg: Config, path: Path) -> None:
+    """The data settings of a file's config (with the user's overrides) ask for no more
+    memory or processes than the bounds above, before any data is built from them."""
+    data = cfg.data
+    for key, side in (("data.image_size", data.image_size), ("data.resize", data.resize)):
         if side is not None and side > MAX_IMAGE_SIZE:
-            raise CheckpointError(
-                f"{path} asks for {key}={side}, beyond {MAX_IMAGE_SIZE} px: not a model "
-                "file of this project; give another, or override it with "
-                f"{key}=N if you trust the file"
-            )
+            _too_large(path, key, side, f"beyond {MAX_IMAGE_SIZE} px")
+    size, pixels = data.image_size, data.image_size**2
+    if data.batch_size is not None and data.batch_size * 3 * 4 * pixels > MAX_BATCH_BYTES:
+        limit = f"beyond {MAX_BATCH_BYTES // (3 * 4 * pixels)} images of {size} px a batch"
+        _too_large(path, "data.batch_size", data.batch_size, limit)
+    builtin = data.val_size * BUILTIN_BYTES_PER_PIXEL * pixels
+    if data.dataset == "shapes" and builtin > MAX_BUILTIN_BYTES:
+        limit = MAX_BUILTIN_BYTES // (BUILTIN_BYTES_PER_PIXEL * pixels)
+        _too_large(path, "data.val_size", data.val_size, f"beyond {limit} images of {size} px")
+    if data.num_workers is not None and data.num_workers > MAX_WORKERS:
+        _too_large(path, "data.num_workers", data.num_workers, f"beyond {MAX_WORKERS} processes")
+
+
+def _too_large(path: Path, key: str, value: int, bound: str) -> None:
+    raise CheckpointError(
+        f"{path} asks for {key}={value} ({bound}): not a model file of "
+        f"this project; give another, or override it with {key}=N if you trust the file"
+    )
 
 
 def checked_channels(value, path: Path) -> int:

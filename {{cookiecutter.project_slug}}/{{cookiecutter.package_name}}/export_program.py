@@ -20,7 +20,6 @@ import importlib.util
 import io
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .data import build_datasets, build_loader
+from .data import build_loader
 from .exported import ONNX, info_path, load_model_file, load_program, write_card
 from .files import (
     atomic_path,
@@ -39,7 +38,7 @@ from .files import (
     staged_files,
     written_record,
 )
-from .inference import load_trained
+from .inference import load_trained, validation_data
 from .runs import CHECKPOINTS, is_run_folder
 
 # The largest difference of a logit that counts as the same model: float32 reorderings of
@@ -209,10 +208,11 @@ def save_program(program, example: torch.Tensor, suffix: str, path: Path) -> Non
 
 
 def validation_images(cfg, count: int) -> torch.Tensor:
-    """Up to `count` validation images of the run's data, prepared as for validation."""
-    data = build_datasets(replace(cfg.data, cache=False), cfg.seed)
+    """Up to `count` validation images of the run's data, prepared as for validation (only
+    the validation set is built: inference.validation_data)."""
+    data, data_cfg = validation_data(cfg)
     batches = []
-    for images, _ in build_loader(data.val, replace(cfg.data, cache=False), train=False, seed=0):
+    for images, _ in build_loader(data.val, data_cfg, train=False, seed=0):
         batches.append(images)
         if sum(len(batch) for batch in batches) >= count:
             break

@@ -8,6 +8,7 @@ prepared exactly as for validation during training. Used by evaluate.py and pred
 import csv
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_model_state, strip_prefixes
+from .checkpoint import CheckpointError, first_line, load_model_state, strip_prefixes
 from .class_names import class_difference
 from .config import Config, ConfigError, load_saved_config
 from .data import (
@@ -31,7 +32,7 @@ from .data import (
 )
 from .declared import (
     apply_statistics,
-    check_image_sizes,
+    check_data_settings,
     check_program_fits,
     checked_channels,
     checked_classes,
@@ -96,7 +97,7 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
     # What the file declares is checked before anything is built from it (declared.py).
     cfg = load_saved_config(checkpoint["config"], overrides)
     classes = checked_classes(checkpoint["classes"], path)
-    check_image_sizes(cfg, path)
+    check_data_settings(cfg, path)
     cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
     cfg.model.freeze = []
     if path.suffix in PROGRAMS:  # torch.export or ONNX: exported on the CPU, in eval mode
@@ -179,10 +180,7 @@ class Evaluation:
 def evaluate_checkpoint(trained: TrainedModel) -> Evaluation:
     """Accuracy, top-5, loss and the confusion matrix on the validation set of `trained.cfg`."""
     cfg = trained.cfg
-    # One pass over the validation images needs no data.cache: decoding the training set
-    # too would only cost time and memory, and the cache gives the same validation tensors.
-    data_cfg = replace(cfg.data, cache=False)
-    data = build_datasets(data_cfg, cfg.seed)
+    data, data_cfg = validation_data(cfg)
     difference = class_difference(trained.classes, data.classes)
     if difference is not None:
         raise ConfigError(
@@ -193,17 +191,49 @@ def evaluate_checkpoint(trained: TrainedModel) -> Evaluation:
     classes = len(trained.classes)
     confusion = torch.zeros(classes, classes, dtype=torch.int64)
     loss_sum, in_top_k = 0.0, 0
-    for images, labels in loader:
-        logits = trained.logits(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        predicted = logits.argmax(dim=1)
-        confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-        if classes > TOP_K:
-            top = logits.topk(TOP_K, dim=1).indices
-            in_top_k += int((top == labels[:, None]).any(dim=1).sum())
+    batch = f"a batch of data.batch_size={data_cfg.batch_size} images of {data_cfg.image_size} px"
+    with within_memory(batch, "data.batch_size"):
+        for images, labels in loader:
+            logits = trained.logits(images)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            predicted = logits.argmax(dim=1)
+            confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+            if classes > TOP_K:
+                top = logits.topk(TOP_K, dim=1).indices
+                in_top_k += int((top == labels[:, None]).any(dim=1).sum())
     count = max(int(confusion.sum()), 1)
     top_k = in_top_k / count if classes > TOP_K else None
     return Evaluation(list(trained.classes), confusion, loss_sum / count, top_k)
+
+
+def validation_data(cfg: Config):
+    """(the datasets of `cfg` with its validation set, the data settings that read them),
+    building only what the validation set needs: no data.cache (decoding the training set
+    too would only cost time and memory, and the cache gives the same validation tensors),
+    and of the built-in shapes one training image (their validation images come from a seed
+    of their own: the same whatever data.train_size a file declares)."""
+    data_cfg = replace(cfg.data, cache=False, train_size=1)
+    what = f"the validation images of data.dataset={data_cfg.dataset}"
+    if data_cfg.dataset == "shapes":
+        what += f" (data.val_size={data_cfg.val_size} of {data_cfg.image_size} px)"
+    with within_memory(what, "data.val_size or data.image_size"):
+        return build_datasets(data_cfg, cfg.seed), data_cfg
+
+
+@contextmanager
+def within_memory(what: str, setting: str):
+    """One DataError naming `what` and the `setting` to lower where an allocation fails:
+    MemoryError, or torch's RuntimeError (CPU "can't allocate memory", CUDA out of memory)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        text = str(error).lower()
+        if isinstance(error, RuntimeError) and "allocate" not in text and "memory" not in text:
+            raise
+        raise DataError(
+            f"{what} do not fit in this machine's memory ({first_line(error) or 'MemoryError'}); "
+            f"set {setting} smaller"
+        ) from None
 
 
 def write_evaluation(result: Evaluation, trained: TrainedModel, folder: Path) -> list[Path]:
