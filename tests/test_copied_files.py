@@ -46,6 +46,26 @@ def test_the_samples_picture_is_what_the_generator_draws(baked, tmp_path):
         )
 
 
+def test_the_images_for_predict_are_what_the_generator_draws(baked, tmp_path):
+    project = Path(baked(DEFAULT).project_path)
+    shipped = sorted((TEMPLATE / "{{cookiecutter.project_slug}}" / "samples").iterdir())
+    assert [path.name for path in shipped] == sorted(f"{name}.png" for name in _shape_classes())
+    for path in shipped:  # copied as they are (*.png in _copy_without_render)
+        assert (project / "samples" / path.name).read_bytes() == path.read_bytes()
+
+    drawn = tmp_path / "drawn"
+    process = run_python(["scripts/draw_samples.py", "--images", str(drawn)], cwd=project)
+    assert process.returncode == 0, process.stderr
+    assert sorted(path.name for path in drawn.iterdir()) == [path.name for path in shipped]
+    for path in shipped:
+        with Image.open(path) as committed, Image.open(drawn / path.name) as fresh:
+            assert committed.format == "PNG" and committed.size == (32, 32)
+            assert fresh.tobytes() == committed.tobytes(), (
+                f"samples/{path.name} is out of date: run python scripts/draw_samples.py "
+                "--images in a baked project and copy samples/ into the template"
+            )
+
+
 def test_the_generator_refuses_extra_arguments_in_one_line(baked):
     project = Path(baked(DEFAULT).project_path)
     process = run_python(["scripts/draw_samples.py", "a.png", "b.png"], cwd=project)
@@ -62,6 +82,7 @@ def test_the_generator_refuses_extra_arguments_in_one_line(baked):
         (["-h"], 0, "usage: python scripts/draw_samples.py [OUTPUT.png]"),
         (["--size=64"], 2, "error: unknown option '--size=64';"),
         (["picture"], 2, "error: 'picture' does not end in .png;"),
+        (["--images", "a", "b"], 2, "error: --images takes one FOLDER at most;"),
     ],
 )
 def test_the_generator_answers_help_and_bad_arguments_in_one_line(baked, argv, code, start):
