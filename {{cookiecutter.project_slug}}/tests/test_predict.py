@@ -178,11 +178,12 @@ def files_below(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def run_copy(trained, tmp_path) -> Path:
-    """A copy of the trained run folder, for a test to write into."""
+    """A copy of the trained run folder, for a test to write into: without what other tests
+    of this module wrote into the trained run (evaluations, exports, predictions), so that
+    the copy is the same whatever ran before."""
     copy = tmp_path / "run"
-    shutil.copytree(
-        trained[1], copy, symlinks=True, ignore=shutil.ignore_patterns("eval", "export")
-    )
+    outputs = shutil.ignore_patterns("eval", "export", "predictions*.csv")
+    shutil.copytree(trained[1], copy, symlinks=True, ignore=outputs)
     return copy
 
 
