@@ -3,23 +3,27 @@
 
 import io
 import json
+import os
 import pickle
+import resource
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_OVERRIDES, write_images
+from conftest import PROJECT_ROOT, SMALL_OVERRIDES, write_images
 
-from shape_classifier.checkpoint import CheckpointError
-from shape_classifier.cli import DEFAULT_CONFIG
-from shape_classifier.config import load_config
-from shape_classifier.data import DataError, builtin
-from shape_classifier.export_program import export_program, onnx_missing
-from shape_classifier.exported import export_weights, info_path, load_program
-from shape_classifier.inference import evaluate_checkpoint, load_trained
-from shape_classifier.train import main
+from {{ cookiecutter.package_name }}.checkpoint import CheckpointError
+from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.data import DataError, builtin
+from {{ cookiecutter.package_name }}.export_program import export_program, onnx_missing
+from {{ cookiecutter.package_name }}.exported import export_weights, info_path, load_program
+from {{ cookiecutter.package_name }}.inference import evaluate_checkpoint, load_trained
+from {{ cookiecutter.package_name }}.train import main
 
 CLASSES = {"a": 4, "b": 4, "c": 4}
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
@@ -386,6 +390,77 @@ def test_what_a_file_declares_is_checked_before_use(weights_file, tmp_path, case
         load_trained(hostile, ["train.device=cpu"])
     message = str(refused.value)
     assert str(hostile) in message and words in message and "\n" not in message
+
+
+def card_text(text: str):
+    """A card replaced by `text`."""
+    return lambda card: card.write_text(text, encoding="utf-8")
+
+
+def card_folder(card: Path) -> None:
+    card.unlink()
+    card.mkdir()
+
+
+# A card that is not one, each read in-process: one CheckpointError naming it.
+BAD_CARDS = {
+    "not JSON": card_text("{"),
+    "not UTF-8": lambda card: card.write_bytes(b"\xff\xfe{"),
+    "nested a million levels deep": card_text("[" * 1_000_000),
+    "a list": card_text("[1, 2, 3]"),
+    "a step that is text": card_text('{"step": "ten"}'),
+    "a folder": card_folder,
+}
+
+
+@pytest.mark.parametrize("case", BAD_CARDS)
+def test_a_card_that_is_not_one_is_one_line(weights_file, tmp_path, case):
+    hostile = with_card(weights_file, tmp_path / "model.pt", lambda card: None)
+    BAD_CARDS[case](info_path(hostile))
+    with pytest.raises(CheckpointError) as refused:
+        load_trained(hostile, ["train.device=cpu"])
+    message = str(refused.value)
+    assert str(info_path(hostile)) in message and "\n" not in message
+
+
+def limited_memory() -> None:
+    """preexec_fn of a child: 8 GiB of address space, so that an unbounded read fails there
+    instead of filling this machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+def test_a_card_that_never_ends_is_refused_unread(weights_file, tmp_path):
+    """A card that is a pipe nobody writes (opening it waits forever), /dev/zero (reading it
+    never ends) or a sparse 16 GiB file: each refused in one line, in a child bounded in
+    time and memory, since reading any of them would hang or fill the memory."""
+    cards = {}
+    for name in ("pipe", "zero", "huge"):
+        cards[name] = with_card(weights_file, tmp_path / f"{name}.pt", lambda card: None)
+        info_path(cards[name]).unlink()
+    os.mkfifo(info_path(cards["pipe"]))
+    info_path(cards["zero"]).symlink_to("/dev/zero")
+    with info_path(cards["huge"]).open("wb") as file:
+        file.truncate(16 << 30)
+    script = (
+        f"import sys\nfrom pathlib import Path\nfrom {load_trained.__module__} import "
+        "load_trained\nfor name in sys.argv[1:]:\n    try:\n        load_trained(Path(name), "
+        "['train.device=cpu'])\n    except Exception as error:\n        print(type(error)"
+        ".__name__, ' '.join(str(error).split()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, cards.values())],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited_memory,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    for line, model in zip(lines, cards.values(), strict=True):
+        assert line.startswith(f"CheckpointError {info_path(model)} is unreadable"), line
 
 
 PROGRAM_CARDS = {

@@ -27,7 +27,7 @@ from .checkpoint import (
 )
 from .ema import inference_weights
 from .features import has_feature
-from .files import atomic_write_text
+from .files import RECORD_LIMIT, atomic_write_text, read_small_json
 from .program_archive import UnsafeProgram, check_program_archive
 
 # What a checkpoint holds beside its weights that using them needs.
@@ -156,13 +156,9 @@ def torch_export_warnings():
 def read_info(path: Path) -> dict | None:
     """What export.py recorded with the weights file `path`: from `<path>.json`, else from
     a .safetensors header; None where neither holds it (e.g. a training checkpoint)."""
-    card = info_path(path)
-    if card.is_file():
-        try:
-            info = json.loads(card.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as error:
-            raise CheckpointError(f"{card} is unreadable ({first_line(error)})") from None
-        return {**info, "step": info.get("step", -1)}
+    card = read_card(info_path(path))
+    if card is not None:
+        return card
     if path.suffix != SAFETENSORS or not path.is_file():
         return None
     header = _safetensors_header(path)
@@ -172,6 +168,24 @@ def read_info(path: Path) -> dict | None:
         return {**{key: json.loads(header[key]) for key in INFO_KEYS}, "step": -1}
     except ValueError as error:
         raise CheckpointError(f"{path}: its header is unreadable ({first_line(error)})") from None
+
+
+def read_card(card: Path) -> dict | None:
+    """The export card `card` as a dict with its "step"; None where there is none.
+    Read only as a regular file of at most RECORD_LIMIT bytes (a pipe would wait forever,
+    /dev/zero never end); anything else that is not a card is one CheckpointError."""
+    try:
+        info = read_small_json(card, RECORD_LIMIT, "an export card")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:  # not a regular file, too large, not JSON
+        raise CheckpointError(
+            f"{card} is unreadable ({first_line(error)}); export the model again"
+        ) from None
+    step = info.get("step", -1) if isinstance(info, dict) else None
+    if type(step) is not int:
+        raise CheckpointError(f"{card} is not an export card of this project; export it again")
+    return {**info, "step": step}
 
 
 def _safetensors_header(path: Path) -> dict[str, str]:

@@ -189,12 +189,37 @@ def read_record(path: Path, key: str) -> dict | None:
     """The JSON object in `path` if it is one with `key` (a record this project writes,
     e.g. an export card); None for a missing, unreadable or other file."""
     try:
-        if not path.is_file() or path.stat().st_size > RECORD_LIMIT:
-            return None
-        record = json.loads(path.read_bytes())
+        record = read_small_json(path, RECORD_LIMIT, "a record")
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and key in record else None
+
+
+def read_small_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of `path`, a record of at most `limit` bytes (`what` it is, for the error).
+    FileNotFoundError where there is none; another OSError where it is not a regular file
+    (a pipe would wait forever for a writer, a device such as /dev/zero never end); a
+    ValueError where it is larger. Read once from one open file: what is checked is read."""
+    # O_NONBLOCK: a pipe opens at once instead of waiting for a writer (it is refused
+    # below); O_NOCTTY: a terminal named here does not become this process's.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    with open(os.open(path, flags), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError("it is not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"more than {limit} bytes, far too large for {what}")
+    return data
+
+
+def read_small_json(path: Path, limit: int, what: str) -> object:
+    """The JSON value in `path`, read by read_small_file; a ValueError also where it is not
+    UTF-8 JSON or nests too deeply for the parser (its RecursionError)."""
+    data = read_small_file(path, limit, what)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"not {what}: its JSON nests too deeply") from None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from .config import ConfigError
 from .data.fingerprint import describe_change
-from .files import atomic_write_text
+from .files import atomic_write_text, read_small_json
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -98,30 +98,17 @@ def read_manifest(run_dir: Path) -> dict | None:
     damaged one must not stop the run)."""
     path = Path(run_dir) / MANIFEST
     try:
-        manifest = json.loads(_read_record_bytes(path))
+        manifest = read_small_json(path, MAX_MANIFEST_BYTES, "a manifest")
     except FileNotFoundError:
         return None
-    # (ValueError: not UTF-8, not JSON, too large; RecursionError: JSON nested too deeply)
-    except (OSError, ValueError, RecursionError) as error:
+    # (OSError: not a regular file; ValueError: not UTF-8, not JSON, too large, too deep)
+    except (OSError, ValueError) as error:
         problem = " ".join(str(error).split())[:200]
         logger.warning(
             "could not read %s (%s): the run's environment is not compared", path, problem
         )
         return None
     return manifest if isinstance(manifest, dict) else None
-
-
-def _read_record_bytes(path: Path) -> bytes:
-    """The bytes of `path`, refused (OSError, ValueError) unless it is a regular file of at
-    most MAX_MANIFEST_BYTES: a pipe would wait forever for a writer, a device such as
-    /dev/zero would fill the memory."""
-    if path.exists() and not path.is_file():
-        raise OSError(f"{path} is not a regular file")
-    with path.open("rb") as file:  # FileNotFoundError where there is none
-        data = file.read(MAX_MANIFEST_BYTES + 1)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ValueError(f"more than {MAX_MANIFEST_BYTES} bytes, far too large for a manifest")
-    return data
 
 
 def compare_for_resume(saved: dict | None, current: dict) -> tuple[list[str], str | None]:

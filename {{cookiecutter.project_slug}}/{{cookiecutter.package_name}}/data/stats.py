@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_small_json
 from .bundle import DataBundle
 from .transforms import centre_window, image_transform
 
@@ -150,18 +150,13 @@ def checked_stats(value, channels: int | None = None) -> tuple[tuple, tuple]:
 def read_stats_record(path: Path, channels: int | None = None):
     """((mean, std), None) from a normalization.json, or (None, what is wrong with it)."""
     try:
-        if path.exists() and not path.is_file():  # a pipe would wait, /dev/zero never end
-            return None, "it is not a regular file"
-        with path.open("rb") as file:
-            data = file.read(MAX_RECORD_BYTES + 1)
-        if len(data) > MAX_RECORD_BYTES:
-            return None, f"more than {MAX_RECORD_BYTES} bytes, far too large for statistics"
-        return checked_stats(json.loads(data), channels), None
+        record = read_small_json(path, MAX_RECORD_BYTES, "statistics")
+        return checked_stats(record, channels), None
     except FileNotFoundError:
         return None, "there is no such file"
-    except OSError as error:
+    except OSError as error:  # not a regular file (a pipe, a device), or unreadable
         return None, error.strerror or str(error)
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # JSON errors included
+    except ValueError as error:  # too large, not UTF-8 JSON, or not statistics
         return None, f"not a statistics record: {' '.join(str(error).split())[:200]}"
 
 
