@@ -21,9 +21,10 @@ instead, with `OUTPUT.json` beside it.
 
 The files of an export appear together or not at all: a failure, Ctrl-C, SIGTERM or SIGHUP
 on the way leaves none (it says so in one line, and exits 128 + the signal's number). An
-export replaces only what an earlier export wrote: an OUTPUT whose `OUTPUT.json` card is
-export.py's, an export/ folder with its export.json. Any other existing file, a training
-checkpoint above all, is refused with one line and left as it is.
+export replaces only what an earlier export wrote: an OUTPUT that is still the file its
+`OUTPUT.json` card records (size and SHA-256), an export/ folder's files that its export.json
+records. Any other existing file (a training checkpoint above all, or a file put in place of
+an export beside its card) is refused with one line and left as it is.
 
 `python predict.py FILE IMAGES` and `python evaluate.py FILE` take any of these files; in
 code, read weights back with `<package>.checkpoint.load_weights(path)`, a .pt2 program with
@@ -76,7 +77,11 @@ def export(checkpoint: Path, output: Path | None) -> int:
         check_output_file,
         export_program,
     )
-    from {{ cookiecutter.package_name }}.exported import export_weights, info_path
+    from {{ cookiecutter.package_name }}.exported import (
+        check_replaceable,
+        export_weights,
+        info_path,
+    )
     from {{ cookiecutter.package_name }}.files import staged_files
     from {{ cookiecutter.package_name }}.inference import resolve_checkpoint
 
@@ -85,6 +90,7 @@ def export(checkpoint: Path, output: Path | None) -> int:
         check_export_folder(default_folder(checkpoint))
         return export_everything(checkpoint, default_folder(checkpoint))
     check_output_file(checkpoint, output)
+    check_replaceable(output)
     if output.suffix in PROGRAM_SUFFIXES:
         parity = export_program(checkpoint, output)
         print(

@@ -18,9 +18,10 @@ from conftest import PROJECT_ROOT, SMALL_OVERRIDES, pipe_without_reader, wait_fo
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, load_checkpoint, load_weights
 from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.exported import info_path
+from {{ cookiecutter.package_name }}.exported import export_weights, info_path
 from {{ cookiecutter.package_name }}.features import has_feature
 from {{ cookiecutter.package_name }}.files import file_record
+from {{ cookiecutter.package_name }}.inference import load_trained
 from {{ cookiecutter.package_name }}.train import main, run
 
 CLASSES = {f"class{number:02d}": 4 for number in range(12)}  # more than ten classes
@@ -207,6 +208,26 @@ def test_export_replaces_no_checkpoint_and_no_file_it_did_not_write(run_copy, ru
         exported = run_python("export.py", str(checkpoint), str(ours))
         assert exported.returncode == 0, exported.stderr
     assert json.loads(info_path(ours).read_text(encoding="utf-8"))["checkpoint"]
+
+
+def test_export_replaces_no_file_put_in_place_of_its_output(run_copy, run_python):
+    """A user's file in place of an earlier export, its card left beside it, is not the
+    export's to replace; nor is an export whose card (from an export.py before cards kept
+    the file's SHA-256) cannot tell. Such an older export still reads."""
+    checkpoint = run_copy / "checkpoints" / "last.pt"
+    replaced, older = run_copy.parent / "replaced.pt", run_copy.parent / "older.pt"
+    for output in (replaced, older):
+        export_weights(checkpoint, output)
+    replaced.write_bytes(b"the user's own file")
+    card = json.loads(info_path(older).read_text(encoding="utf-8"))
+    del card["file"]
+    info_path(older).write_text(json.dumps(card), encoding="utf-8")
+    before = {path: path.read_bytes() for path in (replaced, older)}
+    for output, words in ((replaced, "not the file its card"), (older, "no checksum")):
+        line = one_error(run_python("export.py", str(checkpoint), str(output)))
+        assert str(output) in line and words in line and "new OUTPUT" in line
+    assert {path: path.read_bytes() for path in before} == before
+    assert load_trained(older, ["train.device=cpu"]).classes == card["classes"]
 
 
 def without_onnx(tmp_path: Path, subprocess_env: dict) -> dict:

@@ -10,6 +10,7 @@ such an exported file alike.
 import io
 import json
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,9 +26,17 @@ from .checkpoint import (
     safetensors_library,
     write_weights,
 )
+from .config import ConfigError
 from .ema import inference_weights
 from .features import has_feature
-from .files import RECORD_LIMIT, atomic_write_text, read_small_json
+from .files import (
+    RECORD_LIMIT,
+    atomic_write_text,
+    file_record,
+    matches,
+    read_record,
+    read_small_json,
+)
 from .program_archive import UnsafeProgram, check_program_archive
 
 # What a checkpoint holds beside its weights that using them needs.
@@ -59,11 +68,33 @@ def export_weights(checkpoint_path: Path, output: Path) -> Path:
 
 
 def write_card(output: Path, checkpoint_path: Path, checkpoint: dict, **more) -> Path:
-    """`<output>.json`: where the exported file came from, INFO_KEYS, and `more`."""
+    """`<output>.json`: where the exported file came from, INFO_KEYS, `more`, and the size
+    and SHA-256 of `output` as written ("file"): a later export replaces `output` only while
+    it is still that file (check_replaceable)."""
     card = {"checkpoint": str(checkpoint_path), "step": _step(checkpoint)}
     card.update({key: checkpoint.get(key) for key in INFO_KEYS}, **more)
+    card["file"] = file_record(output)
     atomic_write_text(info_path(output), json.dumps(card, indent=2) + "\n")
     return info_path(output)
+
+
+def check_replaceable(output: Path) -> None:
+    """ConfigError unless `output` is new, or still the file its card records (size and
+    SHA-256): a file the user put in its place keeps the card beside it, and a card from an
+    export.py that recorded no checksum cannot tell such a file from its own."""
+    if not os.path.lexists(output):
+        return
+    card = read_record(info_path(output), "checkpoint")
+    if card is not None and matches(output, card.get("file")):
+        return
+    if card is not None and "file" not in card:
+        why = "its card records no checksum of it (an older export.py wrote it)"
+    else:
+        why = "it is not the file its card describes (changed or replaced since the export)"
+    raise ConfigError(
+        f"OUTPUT {output} exists and {why}, so export.py may not replace it; move it away "
+        "(or delete it, if it is an export you no longer need), or name a new OUTPUT"
+    )
 
 
 def _step(checkpoint: dict) -> int:
