@@ -139,3 +139,30 @@ def test_runs_latest_is_replaced_only_when_it_is_the_projects_link(
     (tmp_path / "runs" / "latest").unlink()
     assert run(make_config("train.max_steps=1", "run.dir=null")) == 0
     assert (tmp_path / "runs" / "latest").is_symlink()
+
+
+@pytest.mark.parametrize("victim_exists", [True, False])
+def test_a_run_lock_that_is_a_link_is_never_written_through(
+    make_config, tmp_path, capsys, victim_exists
+):
+    victim = tmp_path / "victim.txt"
+    if victim_exists:
+        victim.write_text("the user's own file\n", encoding="utf-8")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "run.lock").symlink_to(victim)
+    trained = tmp_path / "trained"  # a run folder of this project, its lock since replaced
+    assert run(make_config("train.max_steps=1", run_dir=trained)) == 0
+    (trained / "run.lock").unlink()
+    (trained / "run.lock").symlink_to(victim)
+    capsys.readouterr()
+
+    for folder, settings in ((fresh, []), (trained, ["run.resume=auto"])):
+        before = snapshot(folder)
+        assert run(make_config("train.max_steps=2", *settings, run_dir=folder)) == 2
+        assert str(folder) in one_error_line(capsys)
+        assert snapshot(folder) == before
+    if victim_exists:
+        assert victim.read_text(encoding="utf-8") == "the user's own file\n"
+    else:
+        assert not victim.exists()  # a dangling link is not followed to make its target

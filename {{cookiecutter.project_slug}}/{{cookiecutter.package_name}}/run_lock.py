@@ -14,10 +14,12 @@ with the flock mount option do.)
 """
 
 import datetime
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 
 from .config import ConfigError
@@ -53,14 +55,14 @@ class RunLock:
         except ConfigError as error:
             raise RunFolderBusy(str(error)) from None
         made_folder = not folder.exists()
-        made_file = not (folder / LOCK_FILE).exists()
+        made_file = not os.path.lexists(folder / LOCK_FILE)
         if fcntl is None:
             logger.warning("no run-folder lock on this system: start one run per run.dir")
             folder.mkdir(parents=True, exist_ok=True)
             return cls(folder, None, (made_folder, made_file))
         while True:
             folder.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = _open_lock_file(folder / LOCK_FILE)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -94,6 +96,29 @@ class RunLock:
             lock_file.unlink(missing_ok=True)
         os.close(self.descriptor)  # closing releases the lock
         self.descriptor = None
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file, opened (made if missing) for reading and writing; RunFolderBusy where
+    `path` is not a regular file. A symbolic link there is never followed (O_NOFOLLOW): the
+    holder's record would replace the content of whatever file it points to."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        # O_NONBLOCK: a pipe put there opens at once (and is refused below), never waits.
+        descriptor = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        descriptor = None
+    if descriptor is not None and stat.S_ISREG(os.fstat(descriptor).st_mode):
+        return descriptor
+    if descriptor is not None:
+        os.close(descriptor)
+    raise RunFolderBusy(
+        f"{path} is not the lock file this project makes (it is a symbolic link, a folder or "
+        "another special file), and a run never writes through one; remove it or move it "
+        "away, then start the run again"
+    )
 
 
 def _still_the_lock_file(path: Path, descriptor: int) -> bool:

@@ -20,10 +20,14 @@
     runs/latest                       -> the newest run started without run.dir
 
 Whose folder: a run writes only into a folder that does not exist yet, is empty (a run.lock
-aside), or holds RUN_MARKER, which the run that made it wrote. A folder of someone's own
-files, or a run folder whose marker is gone and checkpoints pruned, is refused with one line
-and left as it was. A run folder from before the marker existed (config.yaml and
-checkpoints/step-*.pt) is a run folder too: a resume takes it on and adds the marker.
+aside, when it is a regular file), or holds RUN_MARKER, which the run that made it wrote. A
+folder of someone's own files, or a run folder whose marker is gone and checkpoints pruned,
+is refused with one line and left as it was. Inside its folder a run never writes through a
+symbolic link it did not make: run.lock as a link is refused (run_lock.py), train.log,
+metrics.csv, lr.csv and tensorboard/ as links are moved aside with one warning, and the
+files it replaces whole are replaced by a rename, which replaces a link, not its target.
+A run folder from before the marker existed (config.yaml and checkpoints/step-*.pt) is a run
+folder too: a resume takes it on and adds the marker.
 
 Only the main process writes here; nothing in this module imports torch, so the entry
 points can find a run's files before paying for that import.
@@ -99,7 +103,7 @@ def check_run_folder(folder: Path) -> None:
     (see "Whose folder" above). Reads the folder's listing only: nothing is changed."""
     if not folder.is_dir():
         return  # missing: the run makes it (a path through a file fails as it is made)
-    if is_run_folder(folder) or not set(_names(folder)) - {LOCK_FILE}:
+    if is_run_folder(folder) or not _names_besides_lock_file(folder):
         return
     raise ConfigError(
         f"{folder} is not a run folder of this project (it has no {RUN_MARKER}) and not "
@@ -117,9 +121,15 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / "config.yaml").is_file() and any((folder / CHECKPOINTS).glob("step-*.pt"))
 
 
-def _names(folder: Path) -> list[str]:
+def _names_besides_lock_file(folder: Path) -> list[str]:
+    """The names in `folder` but a run.lock that is a regular file (one left by a run that
+    failed early); a link or a folder by that name counts: it is not the project's."""
     with os.scandir(folder) as entries:
-        return [entry.name for entry in entries]
+        return [
+            entry.name
+            for entry in entries
+            if entry.name != LOCK_FILE or not entry.is_file(follow_symlinks=False)
+        ]
 
 
 def mark_run_folder(run: RunFolder) -> None:
