@@ -176,3 +176,36 @@ def test_the_live_bar_draws_the_running_figures_on_the_terminal(capsys, monkeypa
     assert "1/6" in first_with_figures  # already after the first batch
     assert epoch_figures(state, trainer.lr) in [line for line in drawn if line.strip()][-1]
     assert "epoch 1/1" in drawn[-1] and "6/6" in drawn[-1]
+
+
+@pytest.mark.parametrize("in_place", ["link", "dangling link", "folder"])
+def test_a_train_log_that_is_not_a_regular_file_is_set_aside_never_appended_through(
+    make_config, tmp_path, capsys, in_place
+):
+    from {{ cookiecutter.package_name }}.train import run
+
+    folder = tmp_path / "run"
+    assert run(make_config("train.max_steps=1", run_dir=folder)) == 0
+    log = folder / "train.log"
+    log.unlink()
+    victim = tmp_path / "victim.txt"
+    if in_place == "folder":
+        log.mkdir()
+    else:
+        if in_place == "link":
+            victim.write_text("the user's own file\n", encoding="utf-8")
+        log.symlink_to(victim)
+    capsys.readouterr()
+
+    assert run(make_config("train.max_steps=2", "run.resume=auto", run_dir=folder)) == 0
+
+    if in_place == "link":
+        assert victim.read_text(encoding="utf-8") == "the user's own file\n"
+    else:
+        assert not victim.exists()
+    aside = folder / "train.log.corrupt-1"
+    assert aside.is_symlink() or aside.is_dir()
+    assert log.is_file() and not log.is_symlink()
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "corrupt-1" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and "not a regular file" in warnings[0]
+    assert "not a regular file" in log.read_text(encoding="utf-8")

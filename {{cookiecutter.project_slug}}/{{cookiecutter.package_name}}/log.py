@@ -98,9 +98,32 @@ def attach_log_file(log_file: Path) -> None:
 class LogFile(logging.FileHandler):
     """train.log. A write that fails (a full disk, say) is said once, in one line, and the
     file is then left alone: the console keeps every line, and training goes on. (logging's
-    own handling would print a traceback for every line that follows.)"""
+    own handling would print a traceback for every line that follows.)
+
+    The log is appended to only as a regular file of its own: a symbolic link, a folder or
+    a pipe in its place is kept as `train.log.corrupt-N` with one warning, as metrics.csv
+    is (see CSVLog), and a new train.log begins; a link is never followed (O_NOFOLLOW)."""
 
     failed = False
+
+    def __init__(self, filename: Path, encoding: str | None = None) -> None:
+        path = Path(filename)
+        aside = None
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+            aside = set_aside(path)
+        super().__init__(path, encoding=encoding)
+        if aside is not None:  # the records held so far, this one with them, go to the new file
+            logging.getLogger(LOGGER_NAME).warning(
+                "%s: it is not a regular file; kept as %s, and the log goes on in a new %s",
+                path,
+                aside.name,
+                path.name,
+            )
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        descriptor = os.open(self.baseFilename, flags, 0o666)  # the umask gives its mode
+        return open(descriptor, "a", encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.failed:
