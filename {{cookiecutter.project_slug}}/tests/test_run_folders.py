@@ -166,3 +166,27 @@ def test_a_run_lock_that_is_a_link_is_never_written_through(
         assert victim.read_text(encoding="utf-8") == "the user's own file\n"
     else:
         assert not victim.exists()  # a dangling link is not followed to make its target
+
+
+def test_a_tensorboard_folder_that_is_a_link_is_set_aside_never_written_through(
+    make_config, tmp_path
+):
+    from {{ cookiecutter.package_name }}.features import feature_module
+
+    if feature_module("tensorboard_log") is None:
+        pytest.skip("this project was made without TensorBoard")
+    folder = tmp_path / "run"
+    assert run(make_config("train.max_steps=1", run_dir=folder)) == 0
+    victim = tmp_path / "users_folder"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("the user's own file\n", encoding="utf-8")
+    shutil.rmtree(folder / "tensorboard")
+    (folder / "tensorboard").symlink_to(victim, target_is_directory=True)
+    before = snapshot(victim)
+
+    assert run(make_config("train.max_steps=2", "run.resume=auto", run_dir=folder)) == 0
+
+    assert snapshot(victim) == before
+    assert (folder / "tensorboard.corrupt-1").is_symlink()
+    tensorboard = folder / "tensorboard"
+    assert not tensorboard.is_symlink() and any(tensorboard.glob("events.out.tfevents.*"))

@@ -2,6 +2,7 @@
 graph (tracker=tensorboard). View with `tensorboard --logdir runs`."""
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoint import unwrap
+from .csv_files import set_aside
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 # Silenced while TensorBoard works (see trackers.quiet): its errors are said in one line.
@@ -27,7 +29,18 @@ def open_tracker(
 ) -> "TensorBoardWriter":
     """The writer of `run_dir/tensorboard`; a new run also gets sample images and the graph.
     (`saved`: nothing to take back, a resumed run adds event files to the same folder.)"""
-    tensorboard = TensorBoardWriter(run_dir / "tensorboard")
+    folder = run_dir / "tensorboard"
+    if os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+        # Event files go only into a folder of the run's own, never through a link into
+        # another: what is there is kept aside, as a metrics.csv that is a link is.
+        aside = set_aside(folder)
+        logger.warning(
+            "%s: it is not a folder of this run; kept as %s, and the events go on in a new %s",
+            folder,
+            aside.name,
+            folder.name,
+        )
+    tensorboard = TensorBoardWriter(folder)
     if not resumed:
         sample_images = next(iter(val_loader))[0]
         tensorboard.write_samples(sample_images)
