@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from conftest import PROJECT_ROOT, SMALL_OVERRIDES, write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import CheckpointError
@@ -461,6 +462,39 @@ def test_a_card_that_never_ends_is_refused_unread(weights_file, tmp_path):
     assert len(lines) == 3, result.stdout
     for line, model in zip(lines, cards.values(), strict=True):
         assert line.startswith(f"CheckpointError {info_path(model)} is unreadable"), line
+
+
+def test_a_file_starts_no_download_the_user_did_not_ask_for(
+    weights_file, tmp_path, monkeypatch, project_log
+):
+    """A card whose config says data.download=true, for a torchvision dataset into a folder
+    it names: evaluating it downloads nothing (one warning says so); the user's own
+    data.download=true does."""
+    root = tmp_path / "data"
+    asks = set_config("data", "dataset", "cifar10")
+    hostile = with_card(
+        weights_file,
+        tmp_path / "model.pt",
+        lambda card: [asks(card), card["config"]["data"].update(download=True, root=str(root))],
+    )
+    downloads = []
+
+    class Recorder:  # torchvision's CIFAR10, without its files and without a network
+        def __init__(self, root, train, download):
+            downloads.append(download)
+            raise RuntimeError("Dataset not found. You can use download=True to download it")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Recorder)
+    trained = load_trained(hostile, ["train.device=cpu"])
+    warnings = [record.getMessage() for record in project_log.records]
+    assert len(warnings) == 1 and "data.download=true" in warnings[0], warnings
+    with pytest.raises(DataError, match="data.download=true"):
+        evaluate_checkpoint(trained)
+    assert downloads == [False] and not root.exists()
+    trained = load_trained(hostile, ["train.device=cpu", "data.download=true"])
+    with pytest.raises(DataError):
+        evaluate_checkpoint(trained)
+    assert downloads == [False, True] and len(project_log.records) == 1
 
 
 PROGRAM_CARDS = {

@@ -9,10 +9,14 @@ machine: images or a resize side beyond MAX_IMAGE_SIZE, more than MAX_CLASSES cl
 or built-in validation images beyond a few GiB, more loader processes than MAX_WORKERS
 (`check_data_settings`: every data setting that scales memory or processes, checked in one
 place before any data is built; the built-in training set is never built to read a file).
+Nor may a file start a network download: its data.download is set aside
+(`without_download`), and only the user's own data.download=true downloads anything.
 The model itself is sized against its weights on the meta device (inference.py), so a
 width or a class list that does not fit the weights allocates nothing.
 """
 
+import functools
+import logging
 import math
 from pathlib import Path
 
@@ -20,6 +24,8 @@ import torch
 
 from .checkpoint import CheckpointError, first_line
 from .config import Config, ConfigError, validate
+
+logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
 # The largest image side a file may ask for: four times the 1024 px of the largest common
 # classification inputs; one such RGB image is 200 MB as float32.
@@ -67,6 +73,25 @@ def check_data_settings(cfg: Config, path: Path) -> None:
         _too_large(path, "data.val_size", data.val_size, f"beyond {limit} images of {size} px")
     if data.num_workers is not None and data.num_workers > MAX_WORKERS:
         _too_large(path, "data.num_workers", data.num_workers, f"beyond {MAX_WORKERS} processes")
+
+
+def without_download(config: dict) -> tuple[dict, bool]:
+    """(the config of a file with data.download off, whether the file asked for a download):
+    reading a file must not make a torchvision dataset download into data.root, a folder the
+    file names too. The user's data.download=true, applied over this, still downloads."""
+    data = config.get("data")
+    if not isinstance(data, dict) or data.get("download") in (None, False):
+        return config, False
+    return {**config, "data": {**data, "download": False}}, True
+
+
+@functools.cache  # once a file: export.py reads the same file up to five times
+def warn_download_set_aside(path: Path) -> None:
+    logger.warning(
+        "%s asks for data.download=true, which a model file may not: nothing is downloaded "
+        "(give data.download=true yourself to let torchvision download the data)",
+        path,
+    )
 
 
 def _too_large(path: Path, key: str, value: int, bound: str) -> None:

@@ -36,6 +36,8 @@ from .declared import (
     check_program_fits,
     checked_channels,
     checked_classes,
+    warn_download_set_aside,
+    without_download,
 )
 from .device import pick_device, precision
 from .ema import inference_weights
@@ -95,7 +97,10 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
             "project, or weights written by export.py"
         )
     # What the file declares is checked before anything is built from it (declared.py).
-    cfg = load_saved_config(checkpoint["config"], overrides)
+    saved, asks_download = without_download(checkpoint["config"])
+    cfg = load_saved_config(saved, overrides)
+    if asks_download and not cfg.data.download:  # the user did not give it: set aside
+        warn_download_set_aside(path)
     classes = checked_classes(checkpoint["classes"], path)
     check_data_settings(cfg, path)
     cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
