@@ -316,6 +316,50 @@ def test_file_without_model_weights_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def with_pickle(content: bytes, data_pkl: bytes) -> bytes:
+    """The torch zip file `content` with its data.pkl replaced by `data_pkl` (the zip's
+    checksums fit the new bytes: only the unpickler can tell)."""
+    rewritten = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(content)) as source, zipfile.ZipFile(rewritten, "w") as out:
+        for info in source.infolist():
+            new = data_pkl if info.filename.endswith("/data.pkl") else source.read(info)
+            out.writestr(info.filename, new)
+    return rewritten.getvalue()
+
+
+# Pickles torch's weights-only unpickler fails on each in its own way: a stack emptied
+# (IndexError), a memo entry never set (KeyError), no STOP (EOFError), a bad argument
+# (struct.error, UnpicklingError).
+MALFORMED_PICKLES = [
+    b"}q\x00(X\x01\x00\x00\x00aq\x01s.",
+    b"s.",
+    b"h\x05.",
+    b"]q\x00e.",
+    b"",
+    b"\x80\x02}",
+    b"\x80\x02K\x01K\x02b.",
+    b"\x80\x02N\x85R.",
+]
+
+
+def test_a_malformed_pickle_inside_a_checkpoint_is_one_checkpoint_error(tmp_path):
+    """Whatever the weights-only unpickler raises on a malformed data.pkl (it runs no
+    code, so any failure means a corrupt file), each reader of torch files says so in
+    one CheckpointError naming the file: every cut of a real data.pkl and the pickles above."""
+    saved = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(2)}, "progress": {"step": 3}}, saved)
+    with zipfile.ZipFile(saved) as archive:
+        (real,) = [archive.read(name) for name in archive.namelist() if name.endswith("data.pkl")]
+    path = tmp_path / "malformed.pt"
+    for data_pkl in MALFORMED_PICKLES + [real[:cut] for cut in range(len(real))]:
+        path.write_bytes(with_pickle(saved.getvalue(), data_pkl))
+        for load in (load_checkpoint, load_weights):
+            with pytest.raises(CheckpointError) as error:
+                load(path)
+            message = str(error.value)
+            assert str(path) in message and "\n" not in message, (data_pkl, message)
+
+
 class MakesSentinel:
     """Unpickling this object creates a folder: a stand-in for code run by a malicious file."""
 

@@ -220,15 +220,30 @@ def _load_verified(path: Path):
     _warn_if_safe_loading_is_disabled()
     real = path.resolve()  # last.pt and best.pt are symbolic links to step files
     verify_file(real)
+    return real, unpickle_safely(real, str(path))
+
+
+def unpickle_safely(source, name: str):
+    """What the torch file `source` (a path or a binary file) holds, read onto the CPU by
+    torch's weights-only unpickler: the one place this project unpickles a file.
+
+    That unpickler builds plain types and tensors only and runs no code from the file, so
+    whatever else it raises on a malformed pickle (IndexError, KeyError, EOFError, ...)
+    means the file is truncated or corrupt: one CheckpointError naming `name`. Running out
+    of memory, Ctrl-C and exit pass through to their own handling."""
     try:
-        return real, torch.load(real, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"refused to load {path}: it holds objects that could run code when unpickled "
+            f"refused to load {name}: it holds objects that could run code when unpickled "
             f"({first_line(error)}); load only checkpoints you trust, made by this project"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
+    except Exception as error:  # the unpickler's own failures share no base class
+        raise CheckpointError(
+            f"{name} is truncated or corrupt ({type(error).__name__}: {first_line(error)})"
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict:
