@@ -1,5 +1,6 @@
 """sweep.py: a study in SQLite that a killed or repeated sweep continues, pruning, bad input."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -209,3 +210,55 @@ def test_refuses_to_run_under_torchrun(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main([str(write_sweep(tmp_path)), "--dir", str(tmp_path / "never")]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every entry of `folder` by name, with its bytes (a link: its target)."""
+    return {
+        path.name: str(path.readlink()).encode() if path.is_symlink() else path.read_bytes()
+        for path in sorted(folder.iterdir())
+    }
+
+
+def test_a_folder_that_is_not_a_sweep_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n", encoding="utf-8")
+    own = tmp_path / "own"  # someone's own files, named as a sweep's are
+    own.mkdir()
+    (own / "best_trials.csv").write_text("the user's own table\n", encoding="utf-8")
+    (own / "history.png").write_bytes(b"the user's own picture")
+    linked = tmp_path / "linked"  # a sweep folder of this project, with links put into it
+    linked.mkdir()
+    (linked / "sweep-folder.json").write_text("{}\n", encoding="utf-8")
+    (linked / "study.db").symlink_to(victim)
+    (linked / "best_trials.csv").symlink_to(victim)
+
+    for folder in (own, linked):
+        before = snapshot(folder)
+        assert main([str(write_sweep(tmp_path)), "--dir", str(folder), "--trials", "1"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder) in lines[0]
+        assert snapshot(folder) == before
+    assert victim.read_text(encoding="utf-8") == "the user's own file\n"
+
+
+def test_a_sweep_folder_from_before_the_marker_is_taken_on_and_its_report_replaced_whole(
+    tmp_path, capsys
+):
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    study = optuna.create_study(
+        storage=f"sqlite:///{folder / 'study.db'}", study_name="test-sweep", direction="maximize"
+    )
+    study.optimize(lambda trial: trial.suggest_float("optim.lr", 1e-3, 0.1), n_trials=2)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n", encoding="utf-8")
+    for name in ("best_trials.csv", "history.png"):  # the same file under a second name
+        (folder / name).hardlink_to(victim)
+
+    assert main([str(write_sweep(tmp_path)), "--dir", str(folder), "--trials", "2"]) == 0
+
+    assert victim.read_text(encoding="utf-8") == "the user's own file\n"
+    assert (folder / "best_trials.csv").read_text(encoding="utf-8").startswith("trial,state")
+    assert (folder / "history.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((folder / "sweep-folder.json").read_text())["kind"] == "sweep folder"

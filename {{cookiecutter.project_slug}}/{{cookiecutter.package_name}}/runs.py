@@ -137,13 +137,19 @@ def mark_run_folder(run: RunFolder) -> None:
     the run writes its first files)."""
     if run.marker.is_file():
         return
+    write_marker(run.marker, "run folder", "train.py")
+
+
+def write_marker(path: Path, kind: str, command: str) -> None:
+    """The file that marks a folder as a `kind` ("run folder", "sweep folder") that
+    `command` of this project made and may write again."""
     marker = {
-        "kind": "run folder",
-        "made_by": f"{__package__} train.py",
+        "kind": kind,
+        "made_by": f"{__package__} {command}",
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "note": "train.py writes only into run folders that hold this file, or new ones",
+        "note": f"{command} writes only into {kind}s that hold this file, or new ones",
     }
-    atomic_write_text(run.marker, json.dumps(marker, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(marker, indent=2) + "\n")
 
 
 def run_dir_of(checkpoint: Path) -> Path:

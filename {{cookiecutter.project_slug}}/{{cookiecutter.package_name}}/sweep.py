@@ -2,7 +2,8 @@
 
     python sweep.py [SWEEP.yaml] [CONFIG.yaml ...] [key=value ...] --trials N [--dir FOLDER]
 
-The study lives in `<folder>/study.db` (SQLite; the folder defaults to `runs/sweeps/<name>`).
+The study lives in `<folder>/study.db` (SQLite; the folder defaults to `runs/sweeps/<name>`,
+and is owned as a run folder is: see take_sweep_folder).
 `--trials N` is the number of finished trials the study should reach, so the same command
 run again after a kill continues where the sweep stopped, and a larger N adds trials. Each
 trial trains in `<folder>/trial-NNNN/` exactly like `python train.py run.dir=...` would, and
@@ -32,10 +33,14 @@ from .cli import DEFAULT_CONFIG
 from .config import ConfigError, _load_yaml, load_config
 from .errors import exit_code_of
 from .features import feature_module
+from .files import atomic_path
+from .runs import write_marker
 from .stopping import GracefulStop
 from .sweep_space import RESERVED_KEYS, Sweep, as_override, check_space, load_sweep
 
 DEFAULT_SWEEP = DEFAULT_CONFIG.parent / "sweep.yaml"
+# The file that makes a folder a sweep folder of this project (see take_sweep_folder).
+SWEEP_MARKER = "sweep-folder.json"
 # Projects with DDP have sweep_torchrun.py: with --nproc-per-node N it trains each trial as a
 # torchrun job of N processes, and adds that option to the command line. Elsewhere it is
 # absent, and every trial trains in the sweep's own process.
@@ -166,6 +171,38 @@ def trial_runner(options: dict[str, str]) -> TrialRunner:
         return train_in_process
     processes = _whole_number(TORCHRUN.OPTION, options.get(TORCHRUN.OPTION, "1"))
     return TORCHRUN.TorchrunTrial(processes) if processes > 1 else train_in_process
+
+
+def take_sweep_folder(folder: Path) -> None:
+    """Make `folder` (--dir) this project's sweep folder, or raise ConfigError naming it.
+    Like a run folder: a sweep writes only into a folder that is new, empty, holds
+    SWEEP_MARKER, or is a sweep folder from before the marker (its study.db a regular
+    file), and never through a symbolic link in it (SQLite would write the study into the
+    link's target, a trial its run): this project makes none there."""
+    if folder.is_dir():
+        with os.scandir(folder) as entries:
+            links = sorted(entry.name for entry in entries if entry.is_symlink())
+        if links:
+            raise ConfigError(
+                f"{folder / links[0]} is a symbolic link, and a sweep never writes through "
+                "one; remove it, or give --dir another folder"
+            )
+        owned = any(_is_regular_file(folder / name) for name in (SWEEP_MARKER, "study.db"))
+        if not owned and any(folder.iterdir()):
+            raise ConfigError(
+                f"{folder} is not a sweep folder of this project (it has no {SWEEP_MARKER}) "
+                "and not empty: a sweep writes only into a new or empty folder or its own; "
+                "give --dir another folder (or leave it out)"
+            )
+    elif os.path.lexists(folder):
+        raise ConfigError(f"--dir {folder} is not a folder; give a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not _is_regular_file(folder / SWEEP_MARKER):
+        write_marker(folder / SWEEP_MARKER, "sweep folder", "sweep.py")
+
+
+def _is_regular_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def open_study(sweep: Sweep, folder: Path) -> optuna.Study:
@@ -323,7 +360,9 @@ def write_report(study: optuna.Study, folder: Path) -> list[Path]:
     """Print the best trials; write best_trials.csv and the plots. Returns the files."""
     header, rows = best_trials_table(study)
     table = folder / "best_trials.csv"
-    with table.open("w", newline="", encoding="utf-8") as file:
+    # Written whole and renamed into place (files.atomic_path): a link there is replaced,
+    # never written through.
+    with atomic_path(table) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         writer.writerows(rows)
@@ -364,7 +403,8 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
         figure = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
-        figure.savefig(folder / name, dpi=100)
+        with atomic_path(folder / name) as temporary:
+            figure.savefig(temporary, format="png", dpi=100)
         plt.close(figure)
         written.append(folder / name)
     return written
@@ -392,6 +432,7 @@ def sweep_command(argv: list[str]) -> int:
             sweep.seed = arguments.seed
         check_space(sweep, arguments.train_files, arguments.overrides)
         folder = arguments.folder or Path("runs") / "sweeps" / sweep.name
+        take_sweep_folder(folder)
         study, exit_code = run_sweep(sweep, arguments, folder, arguments.trials or sweep.trials)
     except KeyboardInterrupt:
         exit_code = 130
