@@ -290,6 +290,58 @@ def test_a_hostile_program_is_refused_before_torch_reads_it(exported, tmp_path, 
     assert "export" in message and not marker.exists()
 
 
+def removed(name: str):
+    return lambda records: records.pop(name)
+
+
+def replaced(name: str, data: bytes):
+    return lambda records: records.update({name: data})
+
+
+# Archives broken rather than hostile, and the words that say what is wrong.
+MALFORMED = {
+    "a corrupt sample inputs record": (
+        replaced(SAMPLE_INPUTS, b"}q\x00(X\x01\x00\x00\x00aq\x01s."),
+        "sample inputs",
+    ),
+    "an empty sample inputs record": (replaced(SAMPLE_INPUTS, b""), "sample inputs"),
+    "no sample inputs": (removed(SAMPLE_INPUTS), f"lacks {SAMPLE_INPUTS}"),
+    "no archive version": (removed("archive_version"), "lacks archive_version"),
+    "no archive format": (removed("archive_format"), "archive_format"),
+    "no weights config": (removed(WEIGHTS_CONFIG), f"lacks {WEIGHTS_CONFIG}"),
+    "no constants config": (removed(CONSTANTS_CONFIG), f"lacks {CONSTANTS_CONFIG}"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_program_is_refused_in_one_line_saying_what_is_wrong(exported, tmp_path, case):
+    _, program = exported
+    change, words = MALFORMED[case]
+    malformed = rewritten(program, tmp_path / "malformed.pt2", change)
+    with pytest.raises(CheckpointError) as refused:
+        load_program(malformed)
+    message = str(refused.value)
+    assert message.startswith(f"refused to load {malformed}: ") and "\n" not in message
+    assert words in message, message
+
+
+@pytest.mark.parametrize("failure", [IndexError, KeyError, TypeError, AttributeError])
+def test_any_failure_of_a_check_on_the_file_is_a_refusal(exported, monkeypatch, failure):
+    """The checks read values the file chose: one that fails in a way nobody foresaw
+    refuses the file in one line, it does not end the program with a traceback."""
+    _, program = exported
+    archive_checks = sys.modules[load_program.__module__.rsplit(".", 1)[0] + ".program_archive"]
+
+    def check_fails(_):
+        raise failure("unforeseen")
+
+    monkeypatch.setattr(archive_checks, "_check_program", check_fails)
+    with pytest.raises(CheckpointError) as refused:
+        load_program(program)
+    message = str(refused.value)
+    assert message.startswith(f"refused to load {program}: ") and failure.__name__ in message
+
+
 def test_a_program_rewritten_unchanged_still_loads(exported, tmp_path):
     """The checks refuse what is hostile, not archives that torch.export.save did not
     write byte for byte (here: written again by Python's zipfile)."""

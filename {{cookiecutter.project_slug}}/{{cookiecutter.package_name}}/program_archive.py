@@ -21,7 +21,6 @@ fit in the bytes the file holds. Anything else is refused before torch sees it.
 import io
 import json
 import math
-import pickle
 import re
 import zipfile
 
@@ -29,7 +28,7 @@ import torch
 from torch.export.pt2_archive import PT2ArchiveReader
 from torch.export.pt2_archive import constants as layout
 
-from .checkpoint import first_line
+from .checkpoint import CheckpointError, first_line, unpickle_safely
 from .program_graph import UnsafeGraph, check_program_json
 
 # torch.export.load returns the program of this name; save writes only this one.
@@ -57,18 +56,32 @@ class UnsafeProgram(Exception):
 
 def check_program_archive(data: bytes) -> None:
     """Raise UnsafeProgram unless the .pt2 archive `data` holds only what loads without
-    running code from the file and without allocating more than it holds."""
+    running code from the file and without allocating more than it holds.
+
+    Every check reads what the file says: a check that fails on a value it did not expect
+    (whatever it raises) is a refusal too. Running out of memory, Ctrl-C and exit pass
+    through to their own handling."""
     try:
         _check_records(_records(data))
+    except (UnsafeProgram, MemoryError):
+        raise
     except RecursionError:
         raise UnsafeProgram("it nests its JSON too deeply") from None
+    except Exception as error:
+        raise UnsafeProgram(
+            f"it is malformed ({type(error).__name__}: {first_line(error)[:200]})"
+        ) from None
 
 
 def _check_records(records: dict[str, bytes]) -> None:
     models = [name for name in records if name.startswith(layout.MODELS_DIR)]
     if models != [layout.MODELS_FILENAME_FORMAT.format(MODEL)]:
-        raise UnsafeProgram(f"it holds the programs {models}, not one named {MODEL!r}")
-    allowed = {*FIXED_RECORDS, *models, layout.SAMPLE_INPUTS_FILENAME_FORMAT.format(MODEL)}
+        raise UnsafeProgram(f"it holds the programs {models[:4]}, not one named {MODEL!r}")
+    sample_inputs = layout.SAMPLE_INPUTS_FILENAME_FORMAT.format(MODEL)
+    for required in (layout.ARCHIVE_FORMAT_PATH, layout.ARCHIVE_VERSION_PATH, sample_inputs):
+        if required not in records:
+            raise UnsafeProgram(f"it lacks {required}, which torch.export.save always writes")
+    allowed = {*FIXED_RECORDS, *models, sample_inputs}
     for config, directory, prefix in (
         (layout.WEIGHTS_CONFIG_FILENAME_FORMAT, layout.WEIGHTS_DIR, layout.WEIGHT_FILENAME_PREFIX),
         (
@@ -88,7 +101,7 @@ def _check_records(records: dict[str, bytes]) -> None:
             f"it holds {unexpected[0]}, which torch.export.save does not write for a program "
             "of tensor operations (native code, pickled objects or another format)"
         )
-    _check_sample_inputs(records[layout.SAMPLE_INPUTS_FILENAME_FORMAT.format(MODEL)])
+    _check_sample_inputs(records[sample_inputs])
     _check_program(_json(records, models[0]))
 
 
@@ -152,14 +165,15 @@ def _plain_int(entry, where: str) -> int:
 
 
 def _check_sample_inputs(data: bytes) -> None:
-    """torch reads the sample inputs with the safe unpickler, and where that refuses them,
-    with the full one: refuse them here instead."""
+    """torch reads the sample inputs with the safe unpickler, and where that fails on them
+    for any reason, with the full one: refuse them here instead."""
     try:
-        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        unpickle_safely(io.BytesIO(data), "sample inputs")
+    except CheckpointError:
         raise UnsafeProgram(
-            "its sample inputs hold objects other than tensors, which torch would unpickle "
-            "with the full unpickler"
+            "its sample inputs are not plain tensors that torch's safe unpickler reads (the "
+            "record is corrupt or holds other objects), and torch would read them with the "
+            "full unpickler, which runs code"
         ) from None
 
 
