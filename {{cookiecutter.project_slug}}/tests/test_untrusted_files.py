@@ -298,6 +298,18 @@ def replaced(name: str, data: bytes):
     return lambda records: records.update({name: data})
 
 
+def input_spec_node(edit):
+    """The spec of the program's inputs, its root node changed by `edit`."""
+
+    def change(program):
+        signature = program["graph_module"]["module_call_graph"][0]["signature"]
+        spec = json.loads(signature["in_spec"])
+        edit(spec[1])
+        signature["in_spec"] = json.dumps(spec)
+
+    return program_edit(change)
+
+
 # Archives broken rather than hostile, and the words that say what is wrong.
 MALFORMED = {
     "a corrupt sample inputs record": (
@@ -310,6 +322,18 @@ MALFORMED = {
     "no archive format": (removed("archive_format"), "archive_format"),
     "no weights config": (removed(WEIGHTS_CONFIG), f"lacks {WEIGHTS_CONFIG}"),
     "no constants config": (removed(CONSTANTS_CONFIG), f"lacks {CONSTANTS_CONFIG}"),
+    "a spec type that is a list": (
+        input_spec_node(lambda node: node.update(type=["builtins.tuple"])),
+        "type ['builtins.tuple']",
+    ),
+    "a spec type that is an object": (
+        input_spec_node(lambda node: node.update(type={"builtins.tuple": 1})),
+        "type {'builtins.tuple': 1}",
+    ),
+    "spec children that are an object": (
+        input_spec_node(lambda node: node.update(children_spec={})),
+        "children {}",
+    ),
 }
 
 

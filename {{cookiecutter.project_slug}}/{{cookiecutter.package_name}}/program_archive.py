@@ -20,7 +20,6 @@ fit in the bytes the file holds. Anything else is refused before torch sees it.
 
 import io
 import json
-import math
 import re
 import zipfile
 
@@ -29,7 +28,7 @@ from torch.export.pt2_archive import PT2ArchiveReader
 from torch.export.pt2_archive import constants as layout
 
 from .checkpoint import CheckpointError, first_line, unpickle_safely
-from .program_graph import UnsafeGraph, check_program_json
+from .program_graph import UnsafeGraph, check_program_json, product_exceeds
 
 # torch.export.load returns the program of this name; save writes only this one.
 MODEL = "model"
@@ -153,7 +152,7 @@ def _check_payload_size(meta, size: int, where: str) -> None:
     if not isinstance(meta, dict) or not isinstance(meta.get("sizes"), list):
         raise UnsafeProgram(f"{where} declares no tensor sizes")
     sizes = [_plain_int(entry, where) for entry in meta["sizes"]]
-    if any(side < 0 for side in sizes) or math.prod(sizes) > size:
+    if any(side < 0 for side in sizes) or product_exceeds(sizes, size):
         raise UnsafeProgram(f"{where} declares sizes {sizes}, more than its {size} bytes hold")
 
 
