@@ -190,3 +190,20 @@ def test_a_tensorboard_folder_that_is_a_link_is_set_aside_never_written_through(
     assert (folder / "tensorboard.corrupt-1").is_symlink()
     tensorboard = folder / "tensorboard"
     assert not tensorboard.is_symlink() and any(tensorboard.glob("events.out.tfevents.*"))
+
+
+def test_a_checkpoints_folder_that_is_a_link_is_refused_and_its_target_left_alone(
+    make_config, tmp_path, capsys
+):
+    folder = tmp_path / "run"
+    assert run(make_config("train.max_steps=1", run_dir=folder)) == 0
+    elsewhere = tmp_path / "elsewhere"
+    (folder / "checkpoints").rename(elsewhere)
+    (folder / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    before, before_elsewhere = snapshot(folder), snapshot(elsewhere)
+    capsys.readouterr()
+
+    assert run(make_config("train.max_steps=3", "run.resume=auto", run_dir=folder)) == 2
+
+    assert str(folder / "checkpoints") in one_error_line(capsys)
+    assert snapshot(folder) == before and snapshot(elsewhere) == before_elsewhere

@@ -23,7 +23,7 @@ Whose folder: a run writes only into a folder that does not exist yet, is empty 
 aside, when it is a regular file), or holds RUN_MARKER, which the run that made it wrote. A
 folder of someone's own files, or a run folder whose marker is gone and checkpoints pruned,
 is refused with one line and left as it was. Inside its folder a run never writes through a
-symbolic link it did not make: run.lock as a link is refused (run_lock.py), train.log,
+symbolic link it did not make: run.lock and checkpoints/ as links are refused, train.log,
 metrics.csv, lr.csv and tensorboard/ as links are moved aside with one warning, and the
 files it replaces whole are replaced by a rename, which replaces a link, not its target.
 A run folder from before the marker existed (config.yaml and checkpoints/step-*.pt) is a run
@@ -103,6 +103,13 @@ def check_run_folder(folder: Path) -> None:
     (see "Whose folder" above). Reads the folder's listing only: nothing is changed."""
     if not folder.is_dir():
         return  # missing: the run makes it (a path through a file fails as it is made)
+    if (folder / CHECKPOINTS).is_symlink():
+        raise ConfigError(
+            f"{folder / CHECKPOINTS} is a symbolic link, and a run never writes through one "
+            "(its checkpoints would be saved, and older ones deleted, in the folder it points "
+            "to); put that folder in place of the link, or start a new run from a checkpoint "
+            "in it with run.resume=CHECKPOINT run.fork=true"
+        )
     if is_run_folder(folder) or not _names_besides_lock_file(folder):
         return
     raise ConfigError(
