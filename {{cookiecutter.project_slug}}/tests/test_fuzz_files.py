@@ -78,6 +78,78 @@ def test_a_mutated_program_json_loads_or_is_refused(exported, data):  # noqa: F8
         loads_or_refuses(load_program, output)
 
 
+# A step into a string that holds JSON text itself (pytree specs and their contexts).
+JSON_TEXT = "<json text>"
+
+
+def json_text_paths(tree, prefix=(), inside=False):
+    """Every path into the JSON held as text inside a JSON tree, through any depth of such
+    text: a path element JSON_TEXT decodes the string it stands on."""
+    if inside:
+        yield prefix
+    if isinstance(tree, str):
+        try:
+            inner = json.loads(tree)
+        except ValueError:
+            return
+        if isinstance(inner, (dict, list)):
+            yield from json_text_paths(inner, (*prefix, JSON_TEXT), inside=True)
+    elif isinstance(tree, (dict, list)):
+        for key, value in tree.items() if isinstance(tree, dict) else enumerate(tree):
+            yield from json_text_paths(value, (*prefix, key), inside)
+
+
+def replaced_deep(tree, path: tuple, value):
+    if not path:
+        return value
+    if path[0] == JSON_TEXT:
+        return json.dumps(replaced_deep(json.loads(tree), path[1:], value))
+    tree[path[0]] = replaced_deep(tree[path[0]], path[1:], value)
+    return tree
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_mutated_spec_inside_the_program_loads_or_is_refused(exported, data):  # noqa: F811
+    """The pytree specs are JSON text inside the program's JSON: any value in them, at any
+    depth, replaced by a value of any JSON type."""
+    _, program = exported
+    with zipfile.ZipFile(program) as archive:
+        root = archive.namelist()[0].split("/")[0]
+        document = json.loads(archive.read(f"{root}/models/model.json"))
+    where = data.draw(st.sampled_from(list(json_text_paths(document))))
+    mutated = json.dumps(replaced_deep(document, where, data.draw(JSON_VALUES))).encode()
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "mutated.pt2"
+        rewritten(program, output, lambda records: records.update({"models/model.json": mutated}))
+        loads_or_refuses(load_program, output)
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_program_with_a_record_removed_or_cut_loads_or_is_refused(exported, data):  # noqa: F811
+    _, program = exported
+    with zipfile.ZipFile(program) as archive:
+        names = sorted(name.split("/", 1)[1] for name in archive.namelist())
+    name = data.draw(st.sampled_from(names))
+    change = data.draw(st.sampled_from(["remove", "empty", "cut", "malformed pickle"]))
+
+    def damage(records):
+        if change == "remove":
+            del records[name]
+        elif change == "empty":
+            records[name] = b""
+        elif change == "cut":
+            records[name] = records[name][: data.draw(st.integers(0, len(records[name])))]
+        else:
+            records[name] = b"}q\x00(X\x01\x00\x00\x00aq\x01s."
+
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "damaged.pt2"
+        rewritten(program, output, damage)
+        loads_or_refuses(load_program, output)
+
+
 def strings_of(tree) -> set[str]:
     if isinstance(tree, str):
         return {tree}
