@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_untrusted_files import exported, rewritten  # noqa: F401  (exported: a fixture)
 
-from shape_classifier.checkpoint import CheckpointError, load_weights
-from shape_classifier.export_program import export_program, onnx_missing
-from shape_classifier.exported import OnnxModel, load_program, read_info
+from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, load_weights
+from {{ cookiecutter.package_name }}.export_program import export_program, onnx_missing
+from {{ cookiecutter.package_name }}.exported import OnnxModel, load_program, read_info
 
 FUZZ = settings(
     derandomize=True,
