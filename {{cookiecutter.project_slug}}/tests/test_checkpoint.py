@@ -27,7 +27,6 @@ from {{ cookiecutter.package_name }}.checkpoint import (
     load_model_state,
     load_weights,
     strip_prefixes,
-    training_state,
 )
 from {{ cookiecutter.package_name }}.config import (
     ModelConfig,
@@ -51,6 +50,7 @@ from {{ cookiecutter.package_name }}.optim import (
     build_optimizer,
     build_scheduler,
 )
+from {{ cookiecutter.package_name }}.saver import training_state
 from {{ cookiecutter.package_name }}.seeding import rng_state, set_rng_state
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,6 @@ checkpoint whole.
 import logging
 import os
 import pickle
-import platform
 import shutil
 import zipfile
 from pathlib import Path
@@ -27,7 +26,6 @@ from .files import (
     sidecar_of,
     write_sidecar,
 )
-from .seeding import rng_state
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
@@ -419,51 +417,3 @@ class CheckpointManager:
             if old.resolve() not in pointed:
                 old.unlink(missing_ok=True)
                 self._remove_parts_without_pt(old.stem)
-
-
-def check_finite_weights(model: nn.Module, step: int) -> None:
-    """Refuse to save NaN or infinite weights or buffers (e.g. batch-norm statistics):
-    a checkpoint that cannot train is worse than the older one it would replace."""
-    from .engine import NonFiniteLossError
-
-    state = unwrap(model).state_dict()
-    bad = [
-        name
-        for name, tensor in state.items()
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
-    if bad:
-        raise NonFiniteLossError(
-            f"the model's {', '.join(bad[:5])} became NaN or infinite by optimizer step {step}"
-        )
-
-
-def training_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    progress: dict,
-    config: dict,
-    classes: list[str],
-    normalization: dict | None = None,
-) -> dict:
-    """Everything a checkpoint holds, as plain types.
-
-    `normalization` holds the mean and std the inputs were normalised with: evaluate.py and
-    predict.py need them when the config left them to be computed from the data.
-    """
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "progress": progress,
-        "rng": rng_state(),
-        "config": config,
-        "classes": list(classes),
-        "normalization": normalization or {},
-        # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
-        "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
-    }

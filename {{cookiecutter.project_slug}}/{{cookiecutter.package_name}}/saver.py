@@ -1,16 +1,20 @@
-"""Saving a training run: its checkpoints, and the lr.csv rows that go with each."""
+"""Saving a training run: what a checkpoint holds, its checkpoints, and the lr.csv rows that
+go with each."""
 
+import platform
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .checkpoint import CheckpointManager, check_finite_weights, training_state
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointManager, unwrap
 from .config import Config, to_dict
 from .data import DataBundle
 from .engine import Trainer, TrainState
 from .hooks import Hooks
 from .log import CSVLog
 from .processes import SingleProcess
+from .seeding import rng_state
 from .trackers import tracker_states
 
 
@@ -77,3 +81,51 @@ class Saver:
         self.lr_trace.clear()
         team.barrier()  # nobody reads a checkpoint before rank 0 has finished writing it
         self.saved_step = state.global_step
+
+
+def check_finite_weights(model: nn.Module, step: int) -> None:
+    """Refuse to save NaN or infinite weights or buffers (e.g. batch-norm statistics):
+    a checkpoint that cannot train is worse than the older one it would replace."""
+    from .engine import NonFiniteLossError
+
+    state = unwrap(model).state_dict()
+    bad = [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise NonFiniteLossError(
+            f"the model's {', '.join(bad[:5])} became NaN or infinite by optimizer step {step}"
+        )
+
+
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    progress: dict,
+    config: dict,
+    classes: list[str],
+    normalization: dict | None = None,
+) -> dict:
+    """Everything a checkpoint holds, as plain types.
+
+    `normalization` holds the mean and std the inputs were normalised with: evaluate.py and
+    predict.py need them when the config left them to be computed from the data.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "progress": progress,
+        "rng": rng_state(),
+        "config": config,
+        "classes": list(classes),
+        "normalization": normalization or {},
+        # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+        "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
+    }
