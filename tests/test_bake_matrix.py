@@ -59,7 +59,12 @@ COPIED_AS_IS = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="u
 ]
 # What a neutral answer may change besides adding or removing the files it owns: docs and,
 # for sweeps, the Optuna dependency.
-NEUTRAL_CHANGES = {"ci": {"README.md"}, "use_sweeps": {"README.md", "pyproject.toml"}}
+# Files besides the feature's own that an answer may change: docs (the threat model has a row
+# for a sweep's study) and, for sweeps, the Optuna dependency.
+NEUTRAL_CHANGES = {
+    "ci": {"README.md"},
+    "use_sweeps": {"README.md", "docs/security.md", "pyproject.toml"},
+}
 
 
 def owned_files(combination: dict, package: str) -> tuple[set[str], set[str]]:
