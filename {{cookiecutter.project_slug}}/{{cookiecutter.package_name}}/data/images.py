@@ -43,11 +43,14 @@ EXIF_ERRORS = (*DECODE_ERRORS, TypeError, KeyError, IndexError, struct.error)
 
 @functools.cache
 def image_formats() -> tuple[str, ...]:
-    """The formats that PIL can open, less EXCLUDED_FORMATS."""
+    """The formats that PIL can open, less EXCLUDED_FORMATS, in the order PIL itself tries
+    them (Image.ID: PNG, JPEG and the other common ones first). Image.open tries the formats
+    it is given in their order, so in alphabetical order a PNG waited for about twenty other
+    formats to refuse it: 1.8x the time of decoding a 32x32 PNG."""
     from PIL import Image
 
     Image.init()  # registers every plugin PIL has
-    return tuple(sorted(set(Image.OPEN) - EXCLUDED_FORMATS))
+    return tuple(name for name in Image.ID if name in Image.OPEN and name not in EXCLUDED_FORMATS)
 
 
 @functools.cache
