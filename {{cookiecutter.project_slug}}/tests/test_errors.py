@@ -4,6 +4,7 @@ Ctrl-C. A bug keeps its traceback."""
 
 import errno
 import os
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -232,15 +233,33 @@ def test_a_sweep_folder_under_a_regular_file_is_one_line(tmp_path, run_python):
     assert str(blocker) in line and "--dir" in line
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to stand for a full disk")
-def test_a_full_disk_under_train_log_is_one_warning_and_training_goes_on(
+@pytest.mark.skipif(
+    not hasattr(signal, "SIGXFSZ"),
+    reason="no file-size limit (RLIMIT_FSIZE) to stand for a full disk",
+)
+def test_a_train_log_that_cannot_grow_is_one_warning_and_training_goes_on(
     make_config, tmp_path, capfd
 ):
+    """A write to train.log that fails, as on a full disk. train.log is a regular file of the
+    run (a link in its place would be set aside, never written through) already as large as
+    the process may write (RLIMIT_FSIZE), so every append to it fails (EFBIG) while the
+    small checkpoints and records are written."""
+    import resource
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     mark_run_folder(RunFolder(run_dir))  # a run folder of this project, whose log is full
-    (run_dir / "train.log").symlink_to("/dev/full")  # every write: ENOSPC
-    assert run(make_config("train.epochs=2", run_dir=run_dir)) == 0
+    limit = 64 << 20
+    with open(run_dir / "train.log", "wb") as log:
+        log.truncate(limit)  # sparse: takes no disk
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death by SIGXFSZ
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        assert run(make_config("train.epochs=2", run_dir=run_dir)) == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
     errors = capfd.readouterr().err
     assert "Logging error" not in errors and "Traceback" not in errors, errors[-2000:]
     warnings = [line for line in errors.splitlines() if "cannot write" in line]
