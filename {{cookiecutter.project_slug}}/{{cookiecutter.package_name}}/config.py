@@ -74,6 +74,12 @@ class DataConfig:
         "null = image_size * 1.14, 0 = no resize (crop the originals)",
         ge=0,
     )
+    interpolation: Optional[str] = setting(
+        None,
+        "resampling of the resize: bilinear, bicubic or nearest; null = the pretrained "
+        "weights' own (model.pretrained), else bilinear",
+        choices=("bilinear", "bicubic", "nearest"),
+    )
     random_crop: bool = setting(
         True, "training: random crop (false: centre crop, as for evaluation)"
     )
@@ -119,6 +125,12 @@ class ModelConfig:
         "initial weights from a local .pth/.pt or .safetensors file (never downloaded); "
         "a classifier of another class count is replaced",
     )
+    pretrained: bool = setting(
+        False,
+        "start from the published weights of model.name (torchvision's, or timm's for "
+        "timm:NAME), read from the local caches (TORCH_HOME, the Hugging Face cache); "
+        "python -m PACKAGE.fetch_weights NAME fetches them where there is a network",
+    )
     freeze: list[str] = setting(
         [],
         "parameters to freeze: name prefixes, e.g. [stem,stages.0], or up_to:PREFIX for "
@@ -134,6 +146,13 @@ class OptimConfig:
     )
     weight_decay: float = setting(
         0.05, "decoupled weight decay (never applied to biases and norm weights)", ge=0
+    )
+    backbone_lr_ratio: Optional[float] = setting(
+        None,
+        "learning rate of every parameter but the classifier, as a fraction of optim.lr; "
+        "null = automatic: 0.1 with model.pretrained, else 1",
+        gt=0,
+        le=1,
     )
     momentum: float = setting(0.9, "sgd only: momentum", ge=0, lt=1)
     nesterov: bool = setting(True, "sgd only: Nesterov momentum")
@@ -167,6 +186,12 @@ class TrainConfig:
     early_stop_patience: Optional[int] = setting(
         None,
         "stop after this many epochs without a better val acc (0 = never); null = automatic",
+        ge=0,
+    )
+    freeze_epochs: Optional[int] = setting(
+        None,
+        "epochs that train only the classifier, the rest frozen, before the whole network; "
+        "null = automatic: a tenth of train.epochs (at least 1) with model.pretrained, else 0",
         ge=0,
     )
     max_steps: int = setting(0, "stop after this many optimizer steps (0 = no limit)", ge=0)

@@ -56,7 +56,7 @@ def choice_words(choices: tuple[str, ...]) -> str:
 def rule_problem(key: str, value: Any, rules: Mapping[str, Any]) -> str:
     """What breaks a rule of the setting's schema field (choices, gt, ge, lt, le), or ""."""
     choices = rules.get("choices")
-    if choices and value not in choices:
+    if choices and value is not None and value not in choices:  # null: a nullable field's own
         close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"{key}={spelling(value)} is not allowed; choose {choice_words(choices)}{hint}"
