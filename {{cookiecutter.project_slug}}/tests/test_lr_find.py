@@ -221,6 +221,28 @@ def test_ctrl_c_during_the_sweep_writes_the_steps_so_far(small_overrides, tmp_pa
     assert "stopped by SIGINT after 7 steps of 20" in capsys.readouterr().out
 
 
+def test_a_loss_that_is_nan_at_once_still_gives_the_files_and_says_why_no_rate(
+    small_overrides, tmp_path, capsys
+):
+    folder = tmp_path / "found"
+    # Inputs scaled by 1e37 overflow the first layers: the very first loss is NaN.
+    huge = ("data.mean=[0.5,0.5,0.5]", "data.std=[1e-37,1e-37,1e-37]")
+    assert find_lr(small_overrides, *huge, f"run.dir={folder}") == 0
+
+    (row,) = read_rows(folder)
+    assert row["loss"] == "nan" and (folder / "lr_find.png").is_file()
+    out = capsys.readouterr().out
+    assert "no suggestion: the loss diverged at once" in out
+
+
+def test_under_torchrun_it_asks_for_one_process(small_overrides, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert find_lr(small_overrides, f"run.dir={tmp_path / 'found'}") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--find-lr runs in one process" in line and "train.grad_accum_steps=N" in line
+    assert not (tmp_path / "found").exists()
+
+
 @pytest.mark.parametrize(
     "given, expected",
     [

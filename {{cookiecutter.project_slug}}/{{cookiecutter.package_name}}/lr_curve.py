@@ -94,10 +94,11 @@ def suggest(lrs: list[float], losses: list[float], smoothed: list[float]) -> Sug
     (see the module docstring)."""
     finite = [step for step, value in enumerate(smoothed) if math.isfinite(value)]
     if len(finite) < MIN_STEPS:
+        steps = f"{len(finite)} step" + ("" if len(finite) == 1 else "s")
         return Suggestion(
             None,
-            f"only {len(finite)} of the sweep's steps had a finite loss (at least {MIN_STEPS} "
-            "are needed to find a minimum): the loss diverged at once",
+            f"the loss diverged at once: {steps} with a finite loss, fewer than the "
+            f"{MIN_STEPS} a minimum needs",
         )
     best = min(finite, key=lambda step: smoothed[step])
     # The loss at the start: the median of the first tenth of the steps, which one noisy
