@@ -104,6 +104,7 @@ def load_trained(path: Path, overrides: list[str]) -> TrainedModel:
     classes = checked_classes(checkpoint["classes"], path)
     check_data_settings(cfg, path)
     cfg.model.weights = None  # the checkpoint's own weights replace any initial ones
+    cfg.model.pretrained = False  # (published ones included: their file is not read)
     cfg.model.freeze = []
     if path.suffix in PROGRAMS:  # torch.export or ONNX: exported on the CPU, in eval mode
         in_channels = checked_channels(checkpoint.get("in_channels"), path)

@@ -1,4 +1,5 @@
-"""Models: the project's own small residual CNN, and torchvision classifiers by name."""
+"""Models: the project's own small residual CNN, torchvision classifiers by name and timm's
+(timm:NAME), from random init, published weights (pretrained.py) or a weights file."""
 
 import logging
 from pathlib import Path
@@ -7,6 +8,12 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ModelConfig
+from .pretrained import (
+    build_timm_model,
+    check_timm_name,
+    is_timm_name,
+    torchvision_published_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,23 +108,41 @@ def check_model_name(name: str) -> None:
     """Fail early, before any data is built, when `model.name` names no known model."""
     if name in OWN_MODELS:
         return
+    if is_timm_name(name):
+        check_timm_name(name)
+        return
     known = torchvision_model_names()
     if name not in known:
         raise ConfigError(
-            f"model.name={name!r} is not a known model; use one of {', '.join(OWN_MODELS)} "
-            f"or a torchvision classification model such as resnet18, mobilenet_v3_small, "
-            f"efficientnet_b0 ({len(known)} available)"
+            f"model.name={name!r} is not a known model; use one of {', '.join(OWN_MODELS)}, "
+            f"a torchvision classification model such as resnet18, mobilenet_v3_small, "
+            f"efficientnet_b0 ({len(known)} available), or timm:NAME for a timm model"
         )
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The model named by `cfg.name`, its classifier sized to `num_classes`, initial weights
-    from `cfg.weights` if given, freezing applied."""
+    from `cfg.pretrained` (the published weights, from the local caches) or `cfg.weights`
+    (a file) if given, freezing applied."""
     check_model_name(cfg.name)
+    if cfg.pretrained and cfg.weights:
+        raise ConfigError(
+            "model.pretrained=true and model.weights are both set; keep one: the published "
+            "weights of model.name, or the weights in that file"
+        )
     if cfg.name == "small_resnet":
+        if cfg.pretrained:
+            raise ConfigError(
+                "model.pretrained=true: small_resnet has no published weights; choose a "
+                "torchvision model (e.g. model.name=resnet18) or a timm one (timm:NAME)"
+            )
         model = SmallResNet(num_classes, in_channels, width=cfg.width, dropout=cfg.dropout)
+    elif is_timm_name(cfg.name):
+        model = build_timm_model(cfg.name, num_classes, in_channels, cfg.pretrained)
     else:
         model = build_torchvision_model(cfg.name, num_classes, in_channels)
+        if cfg.pretrained:
+            load_published_weights(model, cfg.name)
     if cfg.weights:
         load_initial_weights(model, Path(cfg.weights), cfg.name)
     freeze_parameters(model, cfg.freeze)
@@ -125,7 +150,10 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Modu
 
 
 def build_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """A torchvision classifier with random init (weights are never downloaded at run time)."""
+    """A torchvision classifier with random init (weights are never downloaded at run time).
+
+    The same architecture whether or not it then takes pretrained weights: a resumed run and
+    evaluate.py build it without reading the weights file, and must get the same model."""
     import torchvision
 
     options = {"aux_logits": False, "init_weights": True} if name in AUXILIARY_HEADS else {}
@@ -136,13 +164,9 @@ def build_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn
 
 
 def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
-    """Start from the weights in a local file, e.g. torchvision's ImageNet `.pth`.
-
-    The classifier is kept freshly initialised when the file's has another class count (the
-    usual fine-tuning case), and a 3-channel first convolution is summed over its input
-    channels for grayscale models. Every other tensor must match by name and shape.
-    """
-    from .checkpoint import CheckpointError, load_weights, state_dict_mismatches, strip_prefixes
+    """Start from the weights in a local file, e.g. torchvision's ImageNet `.pth`, fitted to
+    `model` as fit_weights says."""
+    from .checkpoint import CheckpointError, load_weights, strip_prefixes
 
     if not path.is_file():
         raise ConfigError(f"model.weights={str(path)!r}: the file does not exist")
@@ -152,12 +176,43 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
         weights = strip_prefixes(load_weights(path))
     except CheckpointError as error:
         raise ConfigError(f"model.weights: {error}") from None
+    weights, kept_head, problems = fit_weights(model, weights, name)
+    if problems:
+        raise ConfigError(
+            f"model.weights={str(path)!r} does not fit model.name={name} (weights of another "
+            "model?): " + " | ".join(problems)
+        )
+    model.load_state_dict(weights)
+    logger.info("initial weights from %s%s", path, _kept_head_note(kept_head))
+
+
+def load_published_weights(model: nn.Module, name: str) -> None:
+    """Start from torchvision's published weights of `name`, read from the local cache."""
+    weights, source = torchvision_published_weights(name)
+    weights, kept_head, problems = fit_weights(model, weights, name)
+    if problems:  # e.g. weights for another input size than the model built here
+        raise ConfigError(
+            f"model.pretrained=true: torchvision's weights of {name} ({source}) do not fit the "
+            f"{name} this project builds: " + " | ".join(problems) + "; choose another model"
+        )
+    model.load_state_dict(weights)
+    logger.info("initial weights: %s%s", source, _kept_head_note(kept_head))
+
+
+def fit_weights(model: nn.Module, weights: dict, name: str) -> tuple[dict, list[str], list[str]]:
+    """`weights` (a state dict of model `name`) fitted to `model`: (the fitted state dict,
+    the classifier keys kept from `model`, the mismatches that remain).
+
+    The classifier is kept freshly initialised when the weights' has another class count
+    (the usual fine-tuning case), and a 3-channel first convolution is summed over its input
+    channels for grayscale models. Every other tensor must match by name and shape."""
+    from .checkpoint import state_dict_mismatches
+
     expected = model.state_dict()
     auxiliary = AUXILIARY_HEADS.get(name, ())  # in the file, not in the model built without
     weights = {key: value for key, value in weights.items() if not key.startswith(auxiliary)}
-    head = set(_classifier_keys(model))
     kept_head = []
-    for key in head:
+    for key in _classifier_keys(model):
         if key in weights and weights[key].shape != expected[key].shape:
             weights[key] = expected[key]  # another class count: keep the new classifier
             kept_head.append(key)
@@ -166,20 +221,13 @@ def load_initial_weights(model: nn.Module, path: Path, name: str) -> None:
         if wanted is not None and wanted.dim() == 4 and tensor.dim() == 4:
             if tensor.shape[1] == 3 and wanted.shape[1] == 1 and tensor.shape[0] == wanted.shape[0]:
                 weights[key] = tensor.sum(dim=1, keepdim=True)  # RGB filters -> grayscale
-    problems = state_dict_mismatches(expected, weights, "file")
-    if problems:
-        raise ConfigError(
-            f"model.weights={str(path)!r} does not fit model.name={name} (weights of another "
-            "model?): " + " | ".join(problems)
-        )
-    model.load_state_dict(weights)
-    logger.info(
-        "initial weights from %s%s",
-        path,
-        f" (classifier {', '.join(sorted(kept_head))} kept new for this class count)"
-        if kept_head
-        else "",
-    )
+    return weights, sorted(kept_head), state_dict_mismatches(expected, weights, "file")
+
+
+def _kept_head_note(kept_head: list[str]) -> str:
+    if not kept_head:
+        return ""
+    return f" (classifier {', '.join(kept_head)} kept new for this class count)"
 
 
 def _classifier_keys(model: nn.Module) -> list[str]:

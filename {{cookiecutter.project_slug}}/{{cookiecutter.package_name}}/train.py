@@ -192,7 +192,9 @@ def build_training_model(
 ) -> nn.Module:
     """The model on `device`, laid out, compiled and wrapped as train.* asks."""
     # A resumed run takes its weights from the checkpoint: model.weights is not even read.
-    model_cfg = dataclasses.replace(cfg.model, weights=None) if resumed else cfg.model
+    model_cfg = (
+        dataclasses.replace(cfg.model, weights=None, pretrained=False) if resumed else cfg.model
+    )
     model = build_model(model_cfg, len(data.classes), data.in_channels)
     # On every rank, so that under torchrun all of them stop on the same one line.
     check_input_size(model, cfg.model.name, data.in_channels, cfg.data.image_size)
