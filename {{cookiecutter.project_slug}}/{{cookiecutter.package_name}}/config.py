@@ -142,7 +142,10 @@ class ModelConfig:
 class OptimConfig:
     name: str = setting("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: Optional[float] = setting(
-        None, "peak learning rate; null = automatic: 0.01 * sqrt(data.batch_size / 128)", gt=0
+        None,
+        "peak learning rate; null = automatic: 0.01 * sqrt(data.batch_size / 128), a tenth of "
+        "that with model.pretrained",
+        gt=0,
     )
     weight_decay: float = setting(
         0.05, "decoupled weight decay (never applied to biases and norm weights)", ge=0

@@ -14,10 +14,20 @@ sets always wins. The rules, in one place:
   batches an epoch, at least 16: few images still make enough optimizer steps;
 - optim.lr: 0.01 * sqrt(batch size / 128), the square-root rule for Adam-type optimizers,
   with the batch that runs: data.batch_size, or all of this process's share of the training
-  set where that is smaller (one batch an epoch, see data/loaders.py);
+  set where that is smaller (one batch an epoch, see data/loaders.py); with model.pretrained
+  a tenth of that, for AdamW and SGD alike (0.001 at batch 128, the usual AdamW fine-tuning
+  rate): pretrained weights are already near a good solution, and a from-scratch rate would
+  throw much of what they learnt away in the first steps;
 - train.epochs: 60 * sqrt(1000 / images), between 20 and 100: more passes over a small set,
   and at least 20 over a large one (bench/README.md, "The recipe benchmark": fewer lost
-  1-2 points on the larger collections);
+  1-2 points on the larger collections); with model.pretrained 20 * sqrt(1000 / images),
+  between 8 and 30: pretrained features need fewer passes, only to adapt, not to be learnt;
+- train.freeze_epochs (the head-only phase, see optim.py): with model.pretrained a tenth of
+  train.epochs, at least 1 (none in a run of one epoch): a new, random classifier first
+  learns from the pretrained features, before its large early errors reach the backbone;
+  from scratch 0, as there are no features worth keeping yet;
+- optim.backbone_lr_ratio: with model.pretrained 0.1, so the pretrained layers change
+  slowly while the new classifier learns at optim.lr; from scratch 1 (the same rate);
 - train.early_stop_patience: a quarter of the epochs, at least 5; never with fewer than
   MIN_VAL_IMAGES validation images, too few to tell an improvement from noise.
 """
@@ -30,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import DataBundle
 from .device import processes_on_this_machine
 from .log import counted, log_choice
@@ -45,10 +55,13 @@ AUTOMATIC = (
     "optim.lr",
     "train.epochs",
     "train.early_stop_patience",
+    "train.freeze_epochs",
+    "optim.backbone_lr_ratio",
 )
 MIN_VAL_IMAGES = 20
 MIN_PATIENCE = 5  # epochs without a better validation accuracy before stopping early
 BASE_BATCH, BASE_LR = 128, 0.01
+PRETRAINED_LR_FACTOR = 0.1  # of the from-scratch learning rate, with model.pretrained
 
 
 def with_setting(cfg: Config, key: str, value: Any) -> Config:
@@ -85,7 +98,8 @@ def choose_data_settings(cfg: Config, data: DataBundle, world_size: int) -> Conf
 
 
 def choose_training_settings(cfg: Config, train_images: int, val_images: int) -> Config:
-    """Batch size, learning rate, epochs and patience, from the size of the data.
+    """Batch size, learning rate, epochs and patience, from the size of the data, then the
+    fine-tuning phases (choose_fine_tuning).
 
     `train_images` is this process's share of the training set (all of it in one process).
     """
@@ -98,14 +112,56 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
     if cfg.optim.lr is None:
         batch, reason = running_batch(cfg.data.batch_size, train_images)
         lr = round(BASE_LR * math.sqrt(batch / BASE_BATCH), 6)
+        if cfg.model.pretrained:
+            lr = round(lr * PRETRAINED_LR_FACTOR, 7)
+            reason += "; model.pretrained: a tenth of the from-scratch rate"
         cfg = with_setting(cfg, "optim.lr", lr)
         log_choice("optim.lr", lr, reason)
     if cfg.train.epochs is None:
-        epochs = min(max(round(60 * math.sqrt(1000 / max(train_images, 1))), 20), 100)
+        epochs = automatic_epochs(train_images, cfg.model.pretrained)
         cfg = with_setting(cfg, "train.epochs", epochs)
         log_choice("train.epochs", epochs, counted(train_images, "training image"))
     if cfg.train.early_stop_patience is None:
         cfg = with_setting(cfg, "train.early_stop_patience", _patience(cfg, val_images))
+    return choose_fine_tuning(cfg)
+
+
+def automatic_epochs(train_images: int, pretrained: bool) -> int:
+    """train.epochs for this many training images (see the module docstring)."""
+    if pretrained:
+        return min(max(round(20 * math.sqrt(1000 / max(train_images, 1))), 8), 30)
+    return min(max(round(60 * math.sqrt(1000 / max(train_images, 1))), 20), 100)
+
+
+def choose_fine_tuning(cfg: Config) -> Config:
+    """train.freeze_epochs and optim.backbone_lr_ratio (see the module docstring), once
+    train.epochs is known; a head-only phase must leave the whole network an epoch."""
+    pretrained, epochs = cfg.model.pretrained, cfg.train.epochs
+    if cfg.train.freeze_epochs is None:
+        freeze = min(max(round(epochs / 10), 1), epochs - 1) if pretrained else 0
+        reason = "no model.pretrained: the whole network trains from the start"
+        if pretrained:
+            reason = (
+                f"model.pretrained: the new classifier trains alone for a tenth of "
+                f"{counted(epochs, 'epoch')}, at least 1, before the whole network"
+            )
+            if freeze == 0:
+                reason = "model.pretrained, but one epoch leaves no room for a head-only phase"
+        cfg = with_setting(cfg, "train.freeze_epochs", freeze)
+        log_choice("train.freeze_epochs", freeze, reason)
+    if cfg.train.freeze_epochs >= epochs:
+        raise ConfigError(
+            f"train.freeze_epochs={cfg.train.freeze_epochs} leaves no epoch of "
+            f"train.epochs={epochs} to train the whole network; set train.freeze_epochs "
+            "below train.epochs (0: the whole network from the start)"
+        )
+    if cfg.optim.backbone_lr_ratio is None:
+        ratio = 0.1 if pretrained else 1.0
+        reason = "no model.pretrained: every layer learns at optim.lr"
+        if pretrained:
+            reason = "model.pretrained: the pretrained layers at a tenth of optim.lr"
+        cfg = with_setting(cfg, "optim.backbone_lr_ratio", ratio)
+        log_choice("optim.backbone_lr_ratio", ratio, reason)
     return cfg
 
 

@@ -49,7 +49,7 @@ from .hooks import Hooks
 from .log import attach_log_file, counted, draws_progress_bar, progress_bar, setup_logging
 from .manifest import write_manifest
 from .model import build_model, check_input_size, check_model_name, model_summary
-from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler
+from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler, fine_tuning
 from .plots import plot_run
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
@@ -218,12 +218,13 @@ def build_trainer(
 ) -> Trainer:
     """The optimizer, the learning-rate schedule (from `schedule_start_epoch` on: see
     run.extend) and the numeric precision of `model`."""
-    optimizer = build_optimizer(cfg.optim, model)
+    tuning = fine_tuning(cfg.train.freeze_epochs, cfg.optim.backbone_lr_ratio, schedule_start_epoch)
+    optimizer = build_optimizer(cfg.optim, model, tuning)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
     # The schedule spans train.epochs (an extended run's: the extra ones); train.max_steps
     # only stops early, so a run stopped by it and resumed later follows the same curve.
     total_steps = steps_per_epoch * (cfg.train.epochs - schedule_start_epoch)
-    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
+    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps, tuning)
     numerics = precision(cfg.train, device)
     logger.info("mixed precision: %s", numerics.describe())
     per_step = cfg.sched.name in PER_STEP_SCHEDULERS
