@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
-from {{ cookiecutter.package_name }}.config import Config, ConfigError, ModelConfig, OptimConfig, SchedConfig, schema_fields
+from {{ cookiecutter.package_name }}.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    OptimConfig,
+    SchedConfig,
+    schema_fields,
+)
 from {{ cookiecutter.package_name }}.log import LOGGER_NAME
 from {{ cookiecutter.package_name }}.model import build_model
 from {{ cookiecutter.package_name }}.optim import (
@@ -146,9 +153,7 @@ def small_model(freeze=()) -> nn.Module:
 
 def test_four_groups_by_part_and_decay_each_with_its_base_lr():
     model = small_model(freeze=["stem"])
-    optimizer = build_optimizer(
-        OptimConfig(lr=0.02, weight_decay=0.05), model, FineTuning(2, 0.25)
-    )
+    optimizer = build_optimizer(OptimConfig(lr=0.02, weight_decay=0.05), model, FineTuning(2, 0.25))
     groups = optimizer.param_groups
     assert [(g["part"], g["weight_decay"], g["lr"]) for g in groups] == [
         (CLASSIFIER, 0.05, 0.02),
@@ -243,7 +248,9 @@ def test_cosine_runs_one_warmup_and_decay_in_each_phase():
         assert max(phase) == pytest.approx(0.1) and phase.index(max(phase)) == warmup
         decay = phase[warmup:]
         assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
-        assert phase[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (steps - warmup - 1) / (steps - warmup))))
+        assert phase[-1] == pytest.approx(
+            0.1 * 0.5 * (1 + math.cos(math.pi * (steps - warmup - 1) / (steps - warmup)))
+        )
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
