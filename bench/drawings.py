@@ -238,6 +238,42 @@ def draw_scattered_shape(rng, label, width, height):
     return image + rng.normal(0, 0.06, image.shape)
 
 
+def draw_photo_object(rng, label, width, height):
+    """A photo of a small object (one of SHAPE_NAMES, a tenth of the frame's height across
+    or less) on a mottled, unevenly lit background with clutter: the class is in details
+    that a 32-pixel copy of the photo has mostly lost."""
+    y, x = pixel_grid(width, height)
+    base = hue_colour(rng.uniform(0, 360), rng.uniform(0, 0.6), rng.uniform(0.3, 0.7))
+    background = blend(
+        np.broadcast_to(base, (height, width, 3)),
+        0.6 * smooth_noise(rng, width, height, 6),
+        random_colour(rng),
+    )
+    light = 0.75 + 0.5 * (x / width * rng.uniform(-1, 1) + y / height * rng.uniform(-1, 1)) / 2
+    radius = height * rng.uniform(0.04, 0.08)
+    margin = (width - height) / 2 + 2 * radius
+    centre = rng.uniform(margin, width - margin), rng.uniform(2 * radius, height - 2 * radius)
+    angle = rng.uniform(0, 2 * math.pi)
+    lines = [rng.uniform(0, 1, 4) * (width, width, height, height) for _ in range(6)]
+
+    def paint_clutter(draw, factor):
+        for x0, x1, y0, y1 in lines:
+            draw.line(
+                [(x0 * factor, y0 * factor), (x1 * factor, y1 * factor)],
+                fill=255,
+                width=max(1, round(factor * height / 120)),
+            )
+
+    image = blend(background, 0.8 * supersampled(width, height, paint_clutter), random_colour(rng))
+    mask = supersampled(
+        width,
+        height,
+        lambda draw, factor: paint_shape(draw, SHAPE_NAMES[label], centre, radius, angle, factor),
+    )
+    image = blend(image, mask, random_colour(rng)) * light[..., None]
+    return image + rng.normal(0, 0.04, image.shape)
+
+
 ICON_HUES = {"red": 0, "yellow": 60, "green": 120, "blue": 240}
 ICON_SHAPES = ("circle", "square", "triangle", "cross", "bar")
 

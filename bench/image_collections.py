@@ -45,6 +45,9 @@ class Collection:
     format: str  # "png" or "jpeg"
     has_val: bool  # train/ + val/ folders, or one folder of class folders
     draw: Callable  # draw(rng, label, width, height) -> float array in [0, 1]
+    # Every n-th image stored turned a quarter, with the EXIF orientation that turns it
+    # back, as phones store photos taken upright or sideways (0: none)
+    exif_turned_every: int = 0
 
     @property
     def images(self) -> int:
@@ -59,9 +62,10 @@ class Collection:
         )
         layout = "train/+val/" if self.has_val else "one folder"
         mode = "gray" if self.mode == "L" else "RGB"
+        turned = f", every {self.exif_turned_every}th EXIF-turned" if self.exif_turned_every else ""
         return (
             f"{len(self.classes)} classes{balance}, {self.images:,} images, {pixels}, {mode}, "
-            f"{self.format.upper()}, {layout}"
+            f"{self.format.upper()}{turned}, {layout}"
         )
 
 
@@ -107,6 +111,18 @@ COLLECTIONS = (
         (1000, 300, 100),
         size=(40, 40), mode="L", format="png", has_val=False, draw=drawings.draw_defect,
     ),
+    Collection(
+        "photos", "photos of small objects, some stored sideways (EXIF)",
+        drawings.SHAPE_NAMES, (120,) * 5,
+        size=(320, 240), mode="RGB", format="jpeg", has_val=True,
+        draw=drawings.draw_photo_object, exif_turned_every=4,
+    ),
+    Collection(
+        "photos-large", "phone-size photos of small objects, some sideways",
+        drawings.SHAPE_NAMES[:4], (100,) * 4,
+        size=(640, 480), mode="RGB", format="jpeg", has_val=False,
+        draw=drawings.draw_photo_object, exif_turned_every=3,
+    ),
 )  # fmt: skip
 MIN_PER_CLASS = 5  # at a small --scale: enough for one validation image and a few to train
 
@@ -137,6 +153,12 @@ def manifest(collection: Collection, scale: float) -> dict:
         "mode": collection.mode,
         "format": collection.format,
         "has_val": collection.has_val,
+        # Only where set, so that the collections made before it stay valid.
+        **(
+            {"exif_turned_every": collection.exif_turned_every}
+            if collection.exif_turned_every
+            else {}
+        ),
     }
 
 
@@ -170,18 +192,32 @@ def write_images(collection: Collection, folder: Path, counts: list[int]) -> Non
             rng = np.random.default_rng([seed, label, index])
             split = ("val" if index < held_out else "train") if collection.has_val else "."
             pixels = collection.draw(rng, label, width, height)
-            save(pixels, collection, folder / split / name / f"{index:05d}.{suffix}")
+            every = collection.exif_turned_every
+            turned = bool(every) and index % every == every - 1
+            save(pixels, collection, folder / split / name / f"{index:05d}.{suffix}", turned)
 
 
-def save(pixels: np.ndarray, collection: Collection, path: Path) -> None:
+# EXIF orientation 6: a viewer turns the stored pixels a quarter clockwise to show them.
+TURN_CLOCKWISE = 6
+
+
+def save(pixels: np.ndarray, collection: Collection, path: Path, turned: bool = False) -> None:
+    """Save as the collection's format; `turned`: the pixels stored a quarter turn
+    anticlockwise, with the EXIF orientation that shows them upright again."""
     pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0, 1)
     if collection.mode == "L" and pixels.ndim == 3:
         pixels = pixels.mean(axis=-1)
     image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+    options = {}
+    if turned:
+        image = image.transpose(Image.Transpose.ROTATE_90)
+        exif = Image.Exif()
+        exif[0x0112] = TURN_CLOCKWISE
+        options["exif"] = exif.tobytes()
     if collection.format == "jpeg":
-        image.save(path, quality=90)
+        image.save(path, quality=90, **options)
     else:
-        image.save(path, compress_level=1)
+        image.save(path, compress_level=1, **options)
 
 
 def main() -> int:

@@ -8,10 +8,12 @@ Bakes the default project, generates the collections of bench/image_collections.
 baked project, each in a fresh process:
 - the one-line default, `python train.py data.dataset=imagefolder data.root=<collection>
   run.dir=<folder>` and nothing else, alone on the machine, timed from start to exit;
-- a hand grid over train.epochs x optim.lr x data.batch_size (GRID; --epochs, --lr and
-  --batch-size replace its values) with data.cache=true and no early stopping (each cell
-  trains all its epochs, as a hand-tuned run would), two runs at a time with
-  train.threads=1 each;
+- a hand grid over train.epochs x optim.lr x data.batch_size x data.image_size (GRID;
+  --epochs, --lr, --batch-size and --image-size replace its values) with data.cache=true,
+  no flips and no early stopping (each cell trains all its epochs, as a hand-tuned run
+  would), two runs at a time with train.threads=1 each. Collections of photos (PHOTO_SIDE
+  px and more) add the sides PHOTO_SIZES to the grid, and keep it to PHOTO_LRS and
+  PHOTO_BATCHES so that the three sides cost about what the small collections' grid does;
 - the grid's best cell once more with data.flip=true: a hand-tuner's first check of the
   augmentation (flips help photos; they change the class of some images, e.g. a mirrored
   "2" is a "5", which is why the default leaves them off).
@@ -40,12 +42,29 @@ from pathlib import Path
 from image_collections import COLLECTIONS, DEFAULT_ROOT, Collection, by_name, ensure
 
 TEMPLATE = Path(__file__).resolve().parent.parent
-GRID = {"train.epochs": (10, 30), "optim.lr": (0.003, 0.01, 0.03), "data.batch_size": (32, 128)}
+GRID = {
+    "train.epochs": (10, 30),
+    "optim.lr": (0.003, 0.01, 0.03),
+    "data.batch_size": (32, 128),
+    "data.image_size": (32,),
+}
+PHOTO_SIDE, PHOTO_SIZES = 64, (32, 64, 96)
+PHOTO_LRS, PHOTO_BATCHES = (0.003, 0.01), (32,)
 # Fewer epochs on a large collection: a hand-tuner's first guess there, and what keeps the
 # whole benchmark within ~40 minutes on two cores.
 LARGE_IMAGES, LARGE_EPOCHS = 5000, (5, 15)
-QUICK_GRID = {"train.epochs": (1,), "optim.lr": (0.01,), "data.batch_size": (32,)}
-GRID_FIXED = ["data.cache=true", "train.threads=1", "train.early_stop_patience=0"]
+QUICK_GRID = {
+    "train.epochs": (1,),
+    "optim.lr": (0.01,),
+    "data.batch_size": (32,),
+    "data.image_size": (32,),
+}
+GRID_FIXED = [
+    "data.cache=true",
+    "data.flip=false",
+    "train.threads=1",
+    "train.early_stop_patience=0",
+]
 FLIP_CHECK = "data.flip=true"
 PARALLEL_RUNS = 2  # grid runs at a time, one thread each
 TIMED_LIMIT_S, TIMED_UP_TO_IMAGES = 60.0, 2000
@@ -186,7 +205,9 @@ def earlier_grid(rows: list, name: str, axes: dict) -> list[Run] | None:
     measured by running the defaults alone against an earlier grid.
     """
     for row in rows:
-        same_axes = {key: tuple(values) for key, values in row["axes"].items()} == axes
+        # A result from before the grid had sides: its runs had the side 32 and no flips.
+        recorded = {"data.image_size": (32,), **row["axes"]}
+        same_axes = {key: tuple(values) for key, values in recorded.items()} == axes
         if row["collection"] == name and same_axes:
             return [Run(**run) for run in row["grid"]]
     return None
@@ -291,6 +312,13 @@ def main() -> int:
         axes = {key: tuple(chosen[key] or values) for key, values in GRID.items()}
         if not chosen["train.epochs"] and collection.images > LARGE_IMAGES:
             axes["train.epochs"] = LARGE_EPOCHS
+        if min(collection.size) >= PHOTO_SIDE:
+            photo = {
+                "data.image_size": tuple(s for s in PHOTO_SIZES if s <= min(collection.size)),
+                "optim.lr": PHOTO_LRS,
+                "data.batch_size": PHOTO_BATCHES,
+            }
+            axes.update({key: values for key, values in photo.items() if not chosen[key]})
         return axes
 
     collections = chosen_collections(args.only, args.quick)

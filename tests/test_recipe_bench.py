@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tests.conftest import SMOKE_TIMEOUT_S
 
@@ -37,7 +37,8 @@ def test_collections_cover_what_the_issue_asks(collections):
     assert min(spec.images for spec in specs) == 100
     assert max(spec.images for spec in specs) == 20_000
     assert min(min(spec.size) for spec in specs) == 8
-    assert max(max(spec.size) for spec in specs) == 256
+    assert max(max(spec.size) for spec in specs) >= 256
+    assert any(spec.exif_turned_every and spec.format == "jpeg" for spec in specs)
     assert {spec.mode for spec in specs} == {"L", "RGB"}
     assert {spec.format for spec in specs} == {"png", "jpeg"}
     assert {spec.has_val for spec in specs} == {True, False}
@@ -62,7 +63,9 @@ def test_generated_collections_have_their_layout_modes_sizes_and_formats(collect
                 assert len(list((folder / "val" / class_name).iterdir())) >= 1
             for path in files[:3]:
                 with Image.open(path) as image:
-                    assert (image.mode, image.size) == (spec.mode, spec.size)
+                    # Stored sideways or not, every image shows upright at its size.
+                    upright = ImageOps.exif_transpose(image)
+                    assert (upright.mode, upright.size) == (spec.mode, spec.size)
                     assert image.format == spec.format.upper()
     assert not list(tmp_path.glob("*.partial"))
 
@@ -118,6 +121,19 @@ def test_an_earlier_grid_is_taken_only_for_the_same_collection_and_values(monkey
     recipe = importlib.import_module("recipe")
     axes = {"train.epochs": (10, 30), "optim.lr": (0.01,), "data.batch_size": (32,)}
     run = {"name": "tiny-grid0", "overrides": ["train.epochs=10"], "seconds": 3.5}
+    # A row from before the grid had sides stands for the side 32.
+    assert recipe.earlier_grid(
+        [
+            {
+                "collection": "tiny",
+                "axes": axes,
+                "grid": [{**run, "best_val_acc": 0.9, "val_images": 20, "error": None}],
+            }
+        ],
+        "tiny",
+        {**axes, "data.image_size": (32,)},
+    )
+    axes = {**axes, "data.image_size": (32,)}
     rows = [{"collection": "tiny", "axes": {key: list(v) for key, v in axes.items()}}]
     rows[0]["grid"] = [{**run, "best_val_acc": 0.9, "val_images": 20, "error": None}]
     (earlier,) = recipe.earlier_grid(rows, "tiny", axes)

@@ -30,6 +30,7 @@ torch.set_num_threads(1)
 SMALL_OVERRIDES = (
     "data.train_size=256",
     "data.val_size=64",
+    "data.image_size=32",
     "data.batch_size=32",
     "data.num_workers=0",
     "data.cache=false",

@@ -231,7 +231,7 @@ YAML_MISTAKES = {
     "data:\n  flip: true\ndata:\n  flip: false\n": (":3:1: ", "duplicate key 'data'"),
     "optim: 0.001\n": (":1:1: ", "optim is a section, not a setting"),
     "optim:\n  lr:\n    peak: 0.1\n": (":2:3: ", "optim.lr is a setting, not a section"),
-    "data:\n  flip: 2\n": (":2:3: ", "data.flip must be true or false, got 2"),
+    "data:\n  random_crop: 2\n": (":2:3: ", "data.random_crop must be true or false, got 2"),
     "optim.lr: 0.1\n": (":1:1: ", "write optim.lr nested in a YAML file"),
     "- optim\n": (":1:1: ", "holds a list, not settings"),
 }
@@ -270,8 +270,8 @@ WRONG_VALUES = {
     "optim.lr.peak=0.1": "optim.lr is a setting, not a section",
     "optim.lr=.inf": "optim.lr must be a number or null, got inf",
     "train.epochs=1.5": "train.epochs must be an integer or null, got 1.5",
-    "data.flip=maybe": "data.flip must be true or false, got 'maybe'",
-    "data.flip=2": "data.flip must be true or false, got 2",
+    "data.random_crop=maybe": "data.random_crop must be true or false, got 'maybe'",
+    "data.flip=2": "data.flip must be true or false or null, got 2",
     "optim.betas=0.9": "optim.betas must be a list of numbers, got 0.9",
     "optim.betas=[a,b]": "optim.betas must be a list of numbers, got ['a', 'b']",
     "model.freeze=[[stem]]": "model.freeze must be a list of names, got [['stem']]",
@@ -313,7 +313,7 @@ def test_help_spells_types_and_defaults_in_yaml(run_train):
     assert result.returncode == 0, result.stderr
     for line in (
         "  optim.lr [number or null] = null",
-        "  data.flip [true/false] = false",
+        "  data.flip [true/false or null] = null",
         "  optim.betas [list of numbers] = [0.9, 0.999]",
         "  optim.name [adamw or sgd] = 'adamw'",
         "  train.epochs [integer or null] = null",

@@ -165,9 +165,9 @@ def test_choices_are_logged_written_resolved_and_taken_back_on_resume(
     assert resolved["data"]["cache"] is True  # 120 tiny images fit any memory
 
     # Resumed where memory is scarcer: the run goes on cached, as it began, and its config
-    # is the same; a new run would now choose to stream (the decoded images, ~130 kB, take
-    # more than a quarter of 300 kB).
-    monkeypatch.setattr(cache, "available_memory", lambda device: 300_000)
+    # is the same; a new run would now choose to stream (the decoded images, ~490 kB at the
+    # automatic 32 px, take more than a quarter of 1 MB).
+    monkeypatch.setattr(cache, "available_memory", lambda device: 1_000_000)
     assert main(make_config(*settings, "run.resume=auto", "train.max_steps=6")) == 0
     assert not build_datasets(make_config(*settings).data, seed=0).cached
     again = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))

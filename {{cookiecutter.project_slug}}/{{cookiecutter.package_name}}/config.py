@@ -67,7 +67,12 @@ class DataConfig:
         "image channels: 1 (grayscale) or 3 (RGB), images converted on load; null = the "
         "data's own (imagefolder: 1 if every image is grayscale)",
     )
-    image_size: int = setting(32, "side of the square images fed to the model", ge=8)
+    image_size: Optional[int] = setting(
+        None,
+        "side of the square images fed to the model; null = automatic: from the training "
+        "images' sizes and what this machine trains in reasonable time (32 for small images)",
+        ge=8,
+    )
     resize: Optional[int] = setting(
         None,
         "images' shorter side is resized to this before cropping to data.image_size; "
@@ -83,10 +88,11 @@ class DataConfig:
     random_crop: bool = setting(
         True, "training: random crop (false: centre crop, as for evaluation)"
     )
-    flip: bool = setting(
-        False,
-        "training: random horizontal flips (off by default: a mirrored digit or letter is "
-        "another class; turn on for photos)",
+    flip: Optional[bool] = setting(
+        None,
+        "training: random horizontal flips; null = automatic: on for colour photographs "
+        "(JPEG-like files of at least 64 px), off otherwise (a mirrored digit or letter may "
+        "be another class)",
     )
     mean: Optional[list[float]] = setting(
         None,

@@ -60,6 +60,8 @@ def check_data_settings(cfg: Config, path: Path) -> None:
     """The data settings of a file's config (with the user's overrides) ask for no more
     memory or processes than the bounds above, before any data is built from them."""
     data = cfg.data
+    if data.image_size is None:  # a run records the side it chose: a file without one is not
+        raise CheckpointError(f"{path} declares no data.image_size; it was not written by a run")
     for key, side in (("data.image_size", data.image_size), ("data.resize", data.resize)):
         if side is not None and side > MAX_IMAGE_SIZE:
             _too_large(path, key, side, f"beyond {MAX_IMAGE_SIZE} px")

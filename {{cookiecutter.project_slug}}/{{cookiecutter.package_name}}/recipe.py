@@ -48,6 +48,8 @@ from .log import counted, log_choice
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
 
 AUTOMATIC = (
+    "data.image_size",
+    "data.flip",
     "train.threads",
     "data.num_workers",
     "data.cache",

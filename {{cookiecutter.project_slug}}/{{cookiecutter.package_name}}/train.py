@@ -46,6 +46,7 @@ from .engine import (
 from .errors import FAILURE, INTERRUPTED, Failure, describe, report
 from .files import atomic_write_text
 from .hooks import Hooks
+from .input_size import apply_chosen, size_chooser
 from .log import attach_log_file, counted, draws_progress_bar, progress_bar, setup_logging
 from .manifest import write_manifest
 from .model import build_model, check_input_size, check_model_name, model_summary
@@ -100,7 +101,9 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         device = prepare_device(cfg.train, team)
         seed_everything(cfg.seed)
 
-        data = build_data(cfg, run, resume, team)  # a resumed run: its checkpoint's statistics
+        # A resumed run: its checkpoint's statistics and sides; a fresh one may choose them.
+        data = build_data(cfg, run, resume, team, size_chooser(cfg, device))
+        cfg = apply_chosen(cfg, data)
         data_fingerprint = check_data(run, cfg, data, resume, device)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)

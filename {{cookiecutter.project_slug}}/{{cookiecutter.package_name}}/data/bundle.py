@@ -1,6 +1,6 @@
 """What building the data gives the rest of training (DataBundle), and the error it raises."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch.utils.data import Dataset
 
@@ -36,6 +36,8 @@ class DataBundle:
     std: tuple[float, ...] = SHAPES_STD
     stats_source: str = "built-in"  # built-in, config, computed or cached
     cached: bool = False  # decoded once into memory (data.cache)
+    # data.* settings left null and chosen while the data was built (survey.py)
+    chosen: dict = field(default_factory=dict)
 
     def normalization(self) -> dict:
         """The statistics the images were normalised with, as saved in checkpoints."""

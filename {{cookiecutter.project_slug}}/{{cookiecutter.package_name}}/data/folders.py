@@ -26,6 +26,7 @@ from .listing import (
     report_listing,
     unlistable_error,
 )
+from .survey import ImageSurvey
 
 # The project's logger (the package's, not this module's).
 logger = logging.getLogger(__name__.split(".")[0])
@@ -49,6 +50,7 @@ class ImageFiles(Dataset):
         self.skip_bad = skip_bad
         self.targets = [label for _, label in samples]
         self.transform = None  # set by build_datasets
+        self.survey: ImageSurvey | None = None  # set by image_folder for the training set
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -81,7 +83,7 @@ def image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], in
     val_files = _scan_val_folder(cfg, root / "val", classes, listings) if has_val else {}
     report_listing(list(listings.values()))
     _check_folders_apart(listings)
-    modes = _check_all_images([*train_files.values(), *val_files.values()], cfg)
+    survey = _check_all_images([*train_files.values(), *val_files.values()], cfg)
     _check_no_empty_class(train_folder, train_files)
     if has_val:
         _check_no_empty_class(root / "val", val_files)
@@ -94,7 +96,7 @@ def image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], in
                 f"{shown(root / 'val')}/<class>/ folders or set data.val_fraction=0.2"
             )
         train_samples, val_samples = _split(train_files, classes, cfg, train_folder)
-    channels = cfg.channels or (1 if modes and modes <= set(GRAYSCALE_MODES) else 3)
+    channels = survey.channels
     logger.info(
         "imagefolder %s: %d classes, %d train / %d val images (%s), %d channel%s, "
         "checked in %.1f s",
@@ -108,6 +110,7 @@ def image_folder(cfg: DataConfig) -> tuple[ImageFiles, ImageFiles, list[str], in
         time.perf_counter() - started,
     )
     train = ImageFiles(train_samples, classes, cfg.skip_bad)
+    train.survey = survey
     return train, ImageFiles(val_samples, classes, cfg.skip_bad), classes, channels
 
 
@@ -155,26 +158,14 @@ def _scan_val_folder(
     return val_files
 
 
-def _check_all_images(file_lists: list[list[Path]], cfg: DataConfig) -> set:
+def _check_all_images(file_lists: list[list[Path]], cfg: DataConfig) -> ImageSurvey:
     """Check every image (_check_images), leaving the unreadable ones out of their lists in
-    place, and warn once about images much smaller than the crop. Returns the PIL modes seen."""
-    modes, tiny = set(), []
+    place. Returns their survey (sizes, formats; its channels from the PIL modes seen)."""
+    survey, modes = ImageSurvey(channels=3, source="the images"), set()
     for files in file_lists:
-        files[:] = _check_images(files, cfg, modes, tiny)
-    if tiny:
-        path, (width, height) = tiny[0]
-        logger.warning(
-            "%d %s smaller than half of data.image_size=%d (e.g. %s, %dx%d) and %s scaled up "
-            "a lot; a smaller data.image_size may suit them better",
-            len(tiny),
-            "images are" if len(tiny) > 1 else "image is",
-            cfg.image_size,
-            shown(path),
-            width,
-            height,
-            "are" if len(tiny) > 1 else "is",
-        )
-    return modes
+        files[:] = _check_images(files, cfg, modes, survey)
+    survey.channels = cfg.channels or (1 if modes and modes <= set(GRAYSCALE_MODES) else 3)
+    return survey
 
 
 def _scan_class_folders(
@@ -281,9 +272,11 @@ def _check_no_empty_class(folder: Path, files: dict[str, list[Path]]) -> None:
             )
 
 
-def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) -> list[Path]:
-    """The readable images among `paths`; their PIL modes are added to `modes`, and
-    (path, size) of those less than half as large as the crop to `tiny`.
+def _check_images(
+    paths: list[Path], cfg: DataConfig, modes: set, survey: ImageSurvey
+) -> list[Path]:
+    """The readable images among `paths`; their PIL modes are added to `modes`, their sizes
+    and formats to `survey`.
 
     Only the header is decoded and the file's checksums verified (cheap); the size is the
     one a viewer shows (EXIF orientation applied). An image that fails is an error naming
@@ -292,20 +285,13 @@ def _check_images(paths: list[Path], cfg: DataConfig, modes: set, tiny: list) ->
     good = []
     for path in paths:
         try:
-            size, mode = read_header(path)
+            size, mode, image_format = read_header(path)
         except UnreadableImage as error:
             if not cfg.skip_bad:
                 raise
             logger.warning(error.skip_warning)
             continue
-        if not cfg.resize and cfg.resize is not None and min(size) < cfg.image_size:
-            raise DataError(
-                f"{shown(path)} is {size[0]}x{size[1]} pixels, smaller than the crop of "
-                f"data.image_size={cfg.image_size} with data.resize=0; use data.resize=null "
-                "to scale images first, or a smaller data.image_size"
-            )
-        if 2 * min(size) < cfg.image_size:
-            tiny.append((path, size))
+        survey.add(path, size, image_format)
         modes.add(mode)
         good.append(path)
     return good

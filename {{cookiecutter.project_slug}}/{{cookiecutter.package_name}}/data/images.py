@@ -143,19 +143,19 @@ def shown_size(image) -> tuple[int, int]:
     return (height, width) if orientation in QUARTER_TURNS else (width, height)
 
 
-def read_header(path: Path) -> tuple[tuple[int, int], str]:
-    """(size as shown, PIL mode) of the image at `path` from its header, its checksums
+def read_header(path: Path) -> tuple[tuple[int, int], str, str | None]:
+    """(size as shown, PIL mode, PIL format) of the image at `path` from its header, its checksums
     verified where the format has them (cheap: the pixels are not decoded), or
     UnreadableImage."""
     from PIL import Image
 
     try:
         with quiet_pil(), Image.open(path, formats=image_formats()) as image:
-            size, mode = shown_size(image), image.mode
+            size, mode, image_format = shown_size(image), image.mode, image.format
             image.verify()
     except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
         raise _unreadable(path, error) from None
-    return size, mode
+    return size, mode, image_format
 
 
 def reads_as_image(path: Path) -> bool:

@@ -1,0 +1,159 @@
+"""The automatic data.image_size of a training run: from the images and this machine's speed.
+
+data/survey.py proposes the largest side the images hold (their median shorter side; a
+pretrained model's own side where its weights are used). Larger inputs see more, but cost
+time in proportion to their pixels, so the side is lowered until the whole run's model
+compute, estimated from timed training steps of the chosen model at that side on this
+device, fits a budget: TIME_BUDGET_S for up to BUDGET_IMAGES training images, and as much
+again for every further BUDGET_IMAGES (a larger collection is worth a longer run). Small
+images never get here: a median side of SMALLEST_SIDE or less is used as it is, untimed.
+
+The timing runs on a copy of the model with random weights, inside torch.random.fork_rng:
+the run's own initialisation and augmentation draw exactly the numbers they would with the
+side given as a setting.
+"""
+
+import dataclasses
+import math
+import time
+
+import torch
+from torch import nn
+
+from .config import Config
+from .data.bundle import DataBundle
+from .data.survey import SIDES, SMALLEST_SIDE, ImageSurvey, SizeChooser, size_from_data
+from .device import precision
+from .log import counted
+from .model import build_model
+from .recipe import with_setting
+
+TIME_BUDGET_S = 60.0
+BUDGET_IMAGES = 2000
+TIMING_BATCH = 16  # images per timed step: enough to keep a CPU's threads or a GPU busy
+TIMED_STEPS = 2  # after one warm-up step; the fastest counts (the others met noise)
+PROBE_SIDE = 64  # timed first: cheap on any device
+
+
+def size_chooser(cfg: Config, device: torch.device, ceiling: int | None = None) -> SizeChooser:
+    """The chooser build_datasets calls with the survey of the training images; `ceiling`
+    is a pretrained model's own side (its weights' input size), which then sets the top."""
+
+    def choose(survey: ImageSurvey, classes: int, train_images: int) -> tuple[int, str]:
+        top, reason = size_from_data(survey, ceiling)
+        if top <= SMALLEST_SIDE:
+            return top, reason
+        epochs = planned_epochs(cfg, train_images)
+        budget = TIME_BUDGET_S * max(1.0, train_images / BUDGET_IMAGES)
+        timer = StepTimer(cfg, device, survey.channels, classes)
+        side, seconds = fitting_side(timer, top, train_images * epochs, budget)
+        work = f"{counted(epochs, 'epoch')} of {counted(train_images, 'image')}"
+        if side == top:
+            return side, f"{reason}; ~{_minutes(seconds)} for {work} on {device.type}"
+        return side, (
+            f"{reason}, lowered to fit {_minutes(budget)} of model compute for {work} on "
+            f"{device.type}: ~{_minutes(seconds)} at {side} px, timed"
+        )
+
+    return choose
+
+
+def planned_epochs(cfg: Config, train_images: int) -> int:
+    """train.epochs, or what the recipe will choose for this many images (recipe.py)."""
+    from .recipe import automatic_epochs
+
+    return cfg.train.epochs or automatic_epochs(train_images, cfg.model.pretrained)
+
+
+def fitting_side(
+    timer: "StepTimer", top: int, image_steps: int, budget: float
+) -> tuple[int, float]:
+    """(the largest side of SIDES up to `top` whose estimated time for `image_steps` fits
+    `budget` (SMALLEST_SIDE when none does), that estimate).
+
+    A cheap side is timed first (PROBE_SIDE), then the side its time says would fit, were
+    time proportional to the pixels (about so: a little less for small inputs), and so on
+    between the largest side found to fit and the smallest found not to: two or three
+    timings, and never a long one at a side far beyond the budget."""
+    candidates = [side for side in SIDES if side <= top]
+    fits, fails = None, None  # the largest side timed within the budget, the smallest beyond
+    side = min(candidates[-1], PROBE_SIDE)
+    while True:
+        seconds = timer.estimate(side, image_steps)
+        if seconds <= budget:
+            fits = side
+        else:
+            fails = side
+        untried = [
+            s for s in candidates if (fits is None or s > fits) and (fails is None or s < fails)
+        ]
+        if not untried:
+            break
+        limit = side * math.sqrt(budget / seconds)
+        side = max([s for s in untried if s <= limit] or [untried[0]])
+    chosen = fits or SMALLEST_SIDE
+    return chosen, timer.estimate(chosen, image_steps)
+
+
+class StepTimer:
+    """Seconds per training image at a given side: the run's model (random weights), its
+    memory layout and precision, forward, backward and an SGD step, on its device."""
+
+    def __init__(self, cfg: Config, device: torch.device, channels: int, classes: int) -> None:
+        self.cfg, self.device, self.channels, self.classes = cfg, device, channels, classes
+        self.per_image: dict[int, float] = {}
+
+    def estimate(self, side: int, image_steps: int) -> float:
+        if side not in self.per_image:
+            with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+                self.per_image[side] = self._time(side)
+        return self.per_image[side] * image_steps
+
+    def _time(self, side: int) -> float:
+        model_cfg = dataclasses.replace(self.cfg.model, weights=None, pretrained=False, freeze=[])
+        model = build_model(model_cfg, self.classes, self.channels).to(self.device)
+        layout = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+        numerics = precision(self.cfg.train, self.device)
+        images = torch.randn(TIMING_BATCH, self.channels, side, side, device=self.device)
+        images = images.contiguous(memory_format=layout)
+        labels = torch.arange(TIMING_BATCH, device=self.device) % self.classes
+        fastest = math.inf
+        for attempt in range(TIMED_STEPS + 1):
+            _sync(self.device)
+            start = time.perf_counter()
+            _train_step(model, optimizer, numerics, images, labels)
+            _sync(self.device)
+            if attempt:  # the first step warms caches and allocators up
+                fastest = min(fastest, time.perf_counter() - start)
+        return fastest / TIMING_BATCH
+
+
+def _train_step(model: nn.Module, optimizer, numerics, images, labels) -> None:
+    with numerics.autocast():
+        loss = nn.functional.cross_entropy(model(images), labels)
+    numerics.scaler.scale(loss).backward()
+    numerics.scaler.step(optimizer)
+    numerics.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cuda_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def apply_chosen(cfg: Config, data: DataBundle) -> Config:
+    """`cfg` with the data settings chosen while the data was built (see data/survey.py)."""
+    for name, value in data.chosen.items():
+        cfg = with_setting(cfg, f"data.{name}", value)
+    return cfg
