@@ -122,7 +122,10 @@ def choose_training_settings(cfg: Config, train_images: int, val_images: int) ->
     if cfg.train.epochs is None:
         epochs = automatic_epochs(train_images, cfg.model.pretrained)
         cfg = with_setting(cfg, "train.epochs", epochs)
-        log_choice("train.epochs", epochs, counted(train_images, "training image"))
+        reason = counted(train_images, "training image")
+        if cfg.model.pretrained:
+            reason += "; model.pretrained: fewer passes, 8 to 30"
+        log_choice("train.epochs", epochs, reason)
     if cfg.train.early_stop_patience is None:
         cfg = with_setting(cfg, "train.early_stop_patience", _patience(cfg, val_images))
     return choose_fine_tuning(cfg)
