@@ -340,6 +340,22 @@ def test_resume_in_the_middle_of_each_phase_is_exact(make_config, tmp_path, asse
     assert_same_run(straight, split)
 
 
+def test_an_extended_run_trains_the_whole_network_in_its_extra_epochs(make_config, tmp_path):
+    """run.extend starts a schedule of its own after the run's epochs: the head-only phase is
+    behind it, so the backbone learns from the first extra step, at its ratio."""
+    assert main(make_config(*PHASES, "train.epochs=2")) == 0
+    extend = ("run.resume=auto", "run.extend=true", "run.save_every_steps=1", "run.keep_last=100")
+    assert main(make_config(*PHASES, *extend)) == 0
+    saved = step_checkpoints(tmp_path / "run")
+    first_extra = 2 * STEPS_PER_EPOCH + 1
+    for step in range(first_extra, EPOCHS * STEPS_PER_EPOCH):
+        (classifier_lr,) = group_lrs(saved[step])[CLASSIFIER]
+        assert classifier_lr > 0 and group_lrs(saved[step])[BACKBONE] == {classifier_lr * 0.1}
+    before, after = saved[first_extra - 1]["model"], saved[first_extra]["model"]
+    for name in parameter_names(before):
+        assert not torch.equal(before[name], after[name]), name
+
+
 def old_optimizer(model: nn.Module, cfg) -> tuple[torch.optim.Optimizer, object]:
     """The optimizer and cosine schedule as they were built before fine-tuning existed:
     two groups (with and without weight decay), warmup then cosine for every parameter."""
