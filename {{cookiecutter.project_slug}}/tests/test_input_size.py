@@ -20,6 +20,7 @@ from {{ cookiecutter.package_name }}.data.survey import (
 )
 from {{ cookiecutter.package_name }}.input_size import StepTimer, fitting_side
 from {{ cookiecutter.package_name }}.log import LOGGER_NAME
+from {{ cookiecutter.package_name }}.pretrained import Preprocessing
 from {{ cookiecutter.package_name }}.train import main
 
 AUTO_INPUT = ("data.image_size=null", "data.flip=null", "data.dataset=imagefolder")
@@ -163,3 +164,28 @@ def test_timing_the_model_draws_no_random_number_of_the_run(make_config, tmp_pat
     assert get_setting(auto, "data.image_size") is None  # chosen, not given
     for key, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][key]), key
+
+
+IMAGENET = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, 256, "bicubic")
+
+
+def test_pretrained_weights_prepare_the_images_where_the_settings_are_null(make_config, tmp_path):
+    write_photos(tmp_path / "photos", {"a": 4, "b": 4}, size=(130, 100))
+    root = f"data.root={tmp_path / 'photos'}"
+    data = build_datasets(make_config(*AUTO_INPUT, root).data, seed=0, weights=IMAGENET)
+    assert data.chosen["image_size"] == 224  # the weights' side, not the images' 96
+    assert data.chosen["mean"] == [0.485, 0.456, 0.406]
+    assert data.chosen["std"] == [0.229, 0.224, 0.225]
+    assert data.chosen["interpolation"] == "bicubic"
+    assert data.mean == (0.485, 0.456, 0.406) and data.train[0][0].shape == (3, 224, 224)
+    resize = data.val.transform.transforms[1]
+    assert (resize.size, resize.interpolation.value) == (256, "bicubic")
+    # A setting given wins; grayscale images get the RGB averages.
+    given = ("data.mean=[0.5]", "data.std=[0.25]", "data.interpolation=bilinear", "data.channels=1")
+    data = build_datasets(make_config(*AUTO_INPUT, root, *given).data, seed=0, weights=IMAGENET)
+    assert "mean" not in data.chosen and "interpolation" not in data.chosen
+    assert data.mean == (0.5,)
+    gray = make_config(*AUTO_INPUT, root, "data.channels=1").data
+    data = build_datasets(gray, seed=0, weights=IMAGENET)
+    assert data.chosen["mean"] == [pytest.approx(0.449)]
+    assert data.chosen["std"] == [pytest.approx(0.226)]

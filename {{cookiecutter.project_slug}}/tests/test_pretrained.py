@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torchvision
+import yaml
 
 import {{ cookiecutter.package_name }} as package
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
@@ -147,6 +148,13 @@ def test_a_pretrained_run_resumes_and_evaluates_without_the_weights_file(
     )
     assert main(make_config(*settings, "train.max_steps=1")) == 0
     first = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    # The data were prepared as the weights' own images were, and that is recorded.
+    own = weights_preprocessing(TORCHVISION_MODEL)
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert recorded["data"]["mean"] == pytest.approx(list(own.mean))
+    assert recorded["data"]["std"] == pytest.approx(list(own.std))
+    assert recorded["data"]["interpolation"] == own.interpolation
+    assert first["normalization"]["mean"] == pytest.approx(list(own.mean))
     torchvision_file.unlink()  # the checkpoint holds the weights now
     assert main(make_config(*settings, "train.max_steps=2", "run.resume=auto")) == 0
     resumed = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")

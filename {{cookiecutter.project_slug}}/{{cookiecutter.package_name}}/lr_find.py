@@ -36,7 +36,6 @@ from .engine import NonFiniteLossError, Trainer, TrainState, train_one_epoch
 from .errors import INTERRUPTED, describe, print_lines, report
 from .files import staged_files
 from .hooks import Hooks
-from .input_size import apply_chosen, size_chooser
 from .log import counted, draws_progress_bar, progress_bar, setup_logging
 from .lr_curve import (
     END_LR,
@@ -52,12 +51,18 @@ from .lr_curve import (
 from .model import check_model_name
 from .processes import SingleProcess
 from .recipe import choose_data_settings, choose_machine_settings
-from .resume import build_data
 from .resume_rules import check_how_to_go_on
 from .runs import RUN_MARKER, RunFolder, is_run_folder, new_run_dir, write_marker
 from .seeding import seed_everything
 from .stopping import GracefulStop, exit_code_unless_stopped
-from .train import Loaders, build_loaders, build_trainer, build_training_model, prepare_device
+from .train import (
+    Loaders,
+    build_loaders,
+    build_run_data,
+    build_trainer,
+    build_training_model,
+    prepare_device,
+)
 from .yaml_files import spelling
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -172,8 +177,7 @@ def build_like_training(cfg: Config, folder: Path) -> tuple[Config, Trainer, Loa
     cfg = choose_machine_settings(cfg)
     device = prepare_device(cfg.train, team)
     seed_everything(cfg.seed)
-    data = build_data(cfg, RunFolder(folder), None, team, size_chooser(cfg, device))
-    cfg = apply_chosen(cfg, data)
+    cfg, data = build_run_data(cfg, RunFolder(folder), None, team, device)
     cfg = choose_data_settings(cfg, data, team.world_size)
     loaders = build_loaders(data, cfg, team, device)
     model = build_training_model(cfg, data, device, team, resumed=False)

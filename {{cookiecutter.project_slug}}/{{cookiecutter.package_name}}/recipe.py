@@ -60,6 +60,10 @@ AUTOMATIC = (
     "train.freeze_epochs",
     "optim.backbone_lr_ratio",
 )
+# Null means the data's own or a default (computed statistics, bilinear), unless a run
+# with pretrained weights took the weights' own values (data/survey.py): either way, a
+# resumed run keeps what it recorded when they are left null.
+FROM_THE_WEIGHTS = ("data.mean", "data.std", "data.interpolation")
 MIN_VAL_IMAGES = 20
 MIN_PATIENCE = 5  # epochs without a better validation accuracy before stopping early
 BASE_BATCH, BASE_LR = 128, 0.01

@@ -197,7 +197,7 @@ def _config_difference(run: RunFolder, checkpoint: Path, differences: dict, used
 
 
 def build_data(
-    cfg: Config, run: RunFolder, resume: tuple | None, team, choose_size=None
+    cfg: Config, run: RunFolder, resume: tuple | None, team, choose_size=None, weights=None
 ) -> DataBundle:
     """build_datasets for this run. A fresh run computes its statistics itself (a
     normalization.json already in the folder is not read: it may be another run's); a resumed
@@ -205,7 +205,9 @@ def build_data(
     them, writing it again where it differs. `choose_size`: see data/survey.py (a resumed
     run has its side from its checkpoint)."""
     if resume is None:
-        return build_datasets(cfg.data, cfg.seed, agree=team.agree, choose_size=choose_size)
+        return build_datasets(
+            cfg.data, cfg.seed, agree=team.agree, choose_size=choose_size, weights=weights
+        )
     path, checkpoint = resume
     record = run.path / STATS_FILE
     try:

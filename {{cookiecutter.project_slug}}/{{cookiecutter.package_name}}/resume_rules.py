@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from .config import Config, ConfigError, load_saved_config, to_dict
 from .engine import TrainState
 from .log import counted
-from .recipe import AUTOMATIC
+from .recipe import AUTOMATIC, FROM_THE_WEIGHTS
 from .runs import run_dir_of
 from .yaml_files import flatten
 
@@ -143,7 +143,7 @@ def _apply_given(saved: dict, cfg: Config, given: set[str] | None) -> Config:
     merged = flatten(saved)  # a new dict: `saved` stays as it is
     for key, value in flatten(to_dict(cfg)).items():
         if key in HOW_TO_GO_ON or given is None or key in given:
-            if not (value is None and key in AUTOMATIC):
+            if not (value is None and key in (*AUTOMATIC, *FROM_THE_WEIGHTS)):
                 merged[key] = value
     return load_saved_config(_unflatten(merged), [])
 

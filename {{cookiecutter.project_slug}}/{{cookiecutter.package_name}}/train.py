@@ -52,6 +52,7 @@ from .manifest import write_manifest
 from .model import build_model, check_input_size, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler, fine_tuning
 from .plots import plot_run
+from .pretrained import weights_preprocessing
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
@@ -101,9 +102,7 @@ def main(cfg: Config, hooks: Hooks | None = None, given: set[str] | None = None)
         device = prepare_device(cfg.train, team)
         seed_everything(cfg.seed)
 
-        # A resumed run: its checkpoint's statistics and sides; a fresh one may choose them.
-        data = build_data(cfg, run, resume, team, size_chooser(cfg, device))
-        cfg = apply_chosen(cfg, data)
+        cfg, data = build_run_data(cfg, run, resume, team, device)
         data_fingerprint = check_data(run, cfg, data, resume, device)
         cfg = choose_data_settings(cfg, data, team.world_size)
         loaders = build_loaders(data, cfg, team, device)
@@ -160,6 +159,22 @@ def prepare_device(cfg: TrainConfig, team: SingleProcess) -> torch.device:
         team.world_size,
     )
     return device
+
+
+def build_run_data(
+    cfg: Config, run: RunFolder, resume: tuple | None, team: SingleProcess, device: torch.device
+) -> tuple[Config, DataBundle]:
+    """The data of this run, and `cfg` with the input settings that a fresh run left null
+    chosen as the data was built: the side and flips from the images, and with pretrained
+    weights their own normalisation and resampling (see data/survey.py, input_size.py). A
+    resumed run has all of them, and its statistics, from its checkpoint."""
+    weights = None
+    if resume is None and cfg.model.pretrained:
+        weights = weights_preprocessing(cfg.model.name)
+    ceiling = weights.crop_size if weights is not None else None
+    chooser = size_chooser(cfg, device, ceiling)
+    data = build_data(cfg, run, resume, team, chooser, weights)
+    return apply_chosen(cfg, data), data
 
 
 def build_loaders(

@@ -19,7 +19,7 @@ from .folders import ImageFiles
 from .images import UnreadableImage, open_image
 from .skip_bad import report_left_out
 from .stats import normalization_stats
-from .transforms import ConvertMode, CropSquare, centre_window, resize_side
+from .transforms import ConvertMode, CropSquare, centre_window, interpolation_of, resize_side
 
 # The project's logger (the package's, not this module's).
 logger = logging.getLogger(__name__.split(".")[0])
@@ -147,7 +147,7 @@ def decode_images(
 
     steps = [ConvertMode("L" if channels == 1 else "RGB")]
     if resize_side(cfg):
-        steps.append(transforms.Resize(resize_side(cfg), antialias=True))
+        steps.append(transforms.Resize(resize_side(cfg), interpolation_of(cfg), antialias=True))
     steps += [CropSquare(side, cfg.image_size), transforms.PILToTensor()]
     decoding = _Decoding(dataset, transforms.Compose(steps))
     loader = DataLoader(decoding, batch_size=64, num_workers=cfg.num_workers, collate_fn=list)

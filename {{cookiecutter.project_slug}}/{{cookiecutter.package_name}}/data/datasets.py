@@ -26,6 +26,7 @@ def build_datasets(
     stats_file: Path | None = None,
     agree: Callable[[Any], Any] = lambda choice: choice,
     choose_size: SizeChooser | None = None,
+    weights=None,
 ) -> DataBundle:
     """The training and validation sets named by `cfg.dataset`.
 
@@ -34,10 +35,12 @@ def build_datasets(
     them there with `save_stats` once the run folder exists). `agree` makes an automatic
     choice the same on every process (rank 0's, under DDP: free memory differs by process).
     data.image_size and data.flip left null are chosen from the images (survey.py; the
-    size by `choose_size` where given) and returned in the bundle's `chosen`.
+    size by `choose_size` where given), and with `weights` (the pretrained weights' own
+    preprocessing, see pretrained.py) data.mean/std and data.interpolation; they are
+    returned in the bundle's `chosen`.
     """
     if cfg.dataset == "shapes":
-        return _shapes(cfg, seed, agree, choose_size)
+        return _shapes(cfg, seed, agree, weights)
     if cfg.dataset == "imagefolder":
         train, val, classes, channels = image_folder(cfg)
         survey = train.survey
@@ -50,7 +53,9 @@ def build_datasets(
             f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
             f"{', '.join(DATASET_CHOICES)}"
         )
-    chosen = agree(resolve_input_settings(cfg, survey, len(classes), len(train), choose_size))
+    chosen = agree(
+        resolve_input_settings(cfg, survey, len(classes), len(train), choose_size, weights)
+    )
     cfg = dataclasses.replace(cfg, **chosen)
     _check_resize(cfg)
     check_sizes(cfg, survey)
@@ -77,14 +82,16 @@ def _files_bundle(cfg: DataConfig, train, val, classes, channels, stats_file) ->
     return DataBundle(train, val, classes, channels, mean, std, source)
 
 
-def _shapes(cfg: DataConfig, seed: int, agree, choose_size: SizeChooser | None) -> DataBundle:
+def _shapes(cfg: DataConfig, seed: int, agree, weights) -> DataBundle:
     """The built-in shapes, drawn at data.image_size (null: the side they were designed at,
     SHAPES_SIDE; any larger side only costs time)."""
     survey = ImageSurvey(3, source="the built-in shapes")
     survey.add(None, (SHAPES_SIDE, SHAPES_SIDE), "PNG")
     sizes_only = dataclasses.replace(cfg, flip=False)  # the shapes are never flipped
     chosen = agree(
-        resolve_input_settings(sizes_only, survey, len(SHAPE_CLASSES), cfg.train_size, None)
+        resolve_input_settings(
+            sizes_only, survey, len(SHAPE_CLASSES), cfg.train_size, None, weights
+        )
     )
     if cfg.flip is None:
         chosen["flip"] = False

@@ -91,15 +91,17 @@ def resolve_input_settings(
     classes: int,
     train_images: int,
     choose_size: SizeChooser | None,
+    weights=None,
 ) -> dict:
-    """The values of data.image_size and data.flip where they are null, logged with their
-    reasons; {} when both are set."""
+    """The values of the input settings left null, each logged with its reason: {} when
+    all are set. `weights`: the pretrained weights' own preprocessing (pretrained.py's
+    Preprocessing), whose statistics and resampling then serve where none are given."""
     chosen = {}
     if cfg.image_size is None:
         if choose_size is not None:
             side, reason = choose_size(survey, classes, train_images)
         else:
-            side, reason = size_from_data(survey)
+            side, reason = size_from_data(survey, weights.crop_size if weights else None)
         if cfg.resize == 0:  # no resize: the crop must fit in every image as it is
             smallest = min(survey.smallest[1])
             side = max([s for s in SIDES if s <= smallest] or [smallest])
@@ -110,6 +112,29 @@ def resolve_input_settings(
         flip, reason = choose_flip(survey)
         log_choice("data.flip", str(flip).lower(), reason)
         chosen["flip"] = flip
+    if weights is not None:
+        chosen.update(weights_settings(cfg, weights, survey.channels))
+    return chosen
+
+
+def weights_settings(cfg: DataConfig, weights, channels: int) -> dict:
+    """data.mean/std and data.interpolation, where null, as the pretrained weights' images
+    were prepared: the features they learnt expect inputs normalised and resampled so. For
+    grayscale images (the first convolution's filters summed over RGB), one mean and std:
+    the averages of the three."""
+    chosen = {}
+    reason = "the pretrained weights' own"
+    if cfg.mean is None:
+        mean, std = list(weights.mean), list(weights.std)
+        if channels == 1:
+            mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+            reason += ", averaged over RGB for grayscale images"
+        chosen["mean"], chosen["std"] = mean, std
+        log_choice("data.mean", [round(value, 4) for value in mean], reason)
+        log_choice("data.std", [round(value, 4) for value in std], reason)
+    if cfg.interpolation is None:
+        chosen["interpolation"] = weights.interpolation
+        log_choice("data.interpolation", weights.interpolation, "the pretrained weights' own")
     return chosen
 
 

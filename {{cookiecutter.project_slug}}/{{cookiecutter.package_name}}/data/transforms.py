@@ -34,7 +34,7 @@ def image_transform(
     steps = [ConvertMode("L" if channels == 1 else "RGB")]
     resize = resize_side(cfg)
     if resize:
-        steps.append(transforms.Resize(resize, antialias=True))
+        steps.append(transforms.Resize(resize, interpolation_of(cfg), antialias=True))
     if train and cfg.random_crop:
         steps.append(transforms.RandomCrop(cfg.image_size))
     else:
@@ -45,6 +45,13 @@ def image_transform(
     if mean is not None:
         steps.append(transforms.Normalize(mean, std))
     return transforms.Compose(steps)
+
+
+def interpolation_of(cfg: DataConfig):
+    """torchvision's InterpolationMode of data.interpolation (null: bilinear)."""
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(cfg.interpolation or "bilinear")
 
 
 def resize_side(cfg: DataConfig) -> int:
