@@ -106,7 +106,9 @@ def split_parameter_groups(
     classifier = [p for p in trainable if id(p) in in_classifier]
     backbone = [p for p in trainable if id(p) not in in_classifier]
     if tuning.head_epochs and not classifier:
-        reason = "model.freeze froze it" if in_classifier else "the model has none that it knows"
+        reason = "model.freeze froze it"
+        if not in_classifier:
+            reason = "the model has none (no Linear or Conv2d layer, no get_classifier())"
         raise ConfigError(
             f"train.freeze_epochs={tuning.head_epochs} trains the classifier alone first, "
             f"but {reason}; set train.freeze_epochs=0"
