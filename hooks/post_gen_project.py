@@ -26,12 +26,16 @@ FEATURE_FILES: list[tuple[dict[str, bool | str], list[str]]] = [
             "tests/test_distributed.py",
             "tests/test_preemption.py",
             "scripts/slurm.sbatch",
+            "docs/multiple-processes.md",
         ],
     ),
     ({"use_safetensors": True}, ["{package}/safetensors_io.py", "tests/test_safetensors.py"]),
-    ({"tracker": "tensorboard"}, ["{package}/tensorboard_log.py", "tests/test_tensorboard.py"]),
-    ({"tracker": "mlflow"}, ["{package}/mlflow_log.py", "tests/test_mlflow.py"]),
-    ({"tracker": "wandb"}, ["{package}/wandb_log.py", "tests/test_wandb.py"]),
+    (
+        {"tracker": "tensorboard"},
+        ["{package}/tensorboard_log.py", "tests/test_tensorboard.py", "docs/tensorboard.md"],
+    ),
+    ({"tracker": "mlflow"}, ["{package}/mlflow_log.py", "tests/test_mlflow.py", "docs/mlflow.md"]),
+    ({"tracker": "wandb"}, ["{package}/wandb_log.py", "tests/test_wandb.py", "docs/wandb.md"]),
     (
         {"use_sweeps": True},
         [
@@ -40,6 +44,7 @@ FEATURE_FILES: list[tuple[dict[str, bool | str], list[str]]] = [
             "{package}/sweep_space.py",
             "configs/sweep.yaml",
             "tests/test_sweep.py",
+            "docs/sweeps.md",
         ],
     ),
     (

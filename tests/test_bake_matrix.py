@@ -57,13 +57,18 @@ PROJECT_TEMPLATE = TEMPLATE / "{{cookiecutter.project_slug}}"
 COPIED_AS_IS = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))[
     "_copy_without_render"
 ]
-# What a neutral answer may change besides adding or removing the files it owns: docs and,
-# for sweeps, the Optuna dependency.
-# Files besides the feature's own that an answer may change: docs (the threat model has a row
-# for a sweep's study) and, for sweeps, the Optuna dependency.
+# Files besides the feature's own that an answer may change: docs (the README's links and
+# tests section, the project layout, the entry points that give one-line errors, the threat
+# model's row for a sweep's study) and, for sweeps, the Optuna dependency.
 NEUTRAL_CHANGES = {
-    "ci": {"README.md"},
-    "use_sweeps": {"README.md", "docs/security.md", "pyproject.toml"},
+    "ci": {"README.md", "docs/layout.md"},
+    "use_sweeps": {
+        "README.md",
+        "docs/errors.md",
+        "docs/layout.md",
+        "docs/security.md",
+        "pyproject.toml",
+    },
 }
 
 

@@ -69,9 +69,9 @@ def test_every_setting_in_default_yaml_has_a_comment():
     assert not uncommented, "settings without a comment:\n" + "\n".join(uncommented)
 
 
-def settings_table(readme: str) -> dict:
-    """{key: default} from the README's table of the main settings."""
-    lines = readme.splitlines()
+def settings_table(page: str) -> dict:
+    """{key: default} from the table of the main settings in docs/configuration.md."""
+    lines = page.splitlines()
     rows = {}
     for line in lines[lines.index("| key | default | meaning |") + 2 :]:
         if not line.startswith("|"):
@@ -82,13 +82,13 @@ def settings_table(readme: str) -> dict:
     return rows
 
 
-def test_readme_gives_the_defaults_of_default_yaml():
+def test_the_configuration_page_gives_the_defaults_of_default_yaml():
     in_yaml = leaf_keys(read_yaml(DEFAULT_CONFIG.read_text(encoding="utf-8")))
-    readme = (DEFAULT_CONFIG.parents[1] / "README.md").read_text(encoding="utf-8")
-    table = settings_table(readme)
-    assert len(table) > 10, "the README's table of the main settings was not found"
+    page = DEFAULT_CONFIG.parents[1] / "docs" / "configuration.md"
+    table = settings_table(page.read_text(encoding="utf-8"))
+    assert len(table) > 10, "the table of the main settings in docs/configuration.md was not found"
     wrong = {
-        key: f"README {value!r}, default.yaml {in_yaml.get(key, 'has no such key')!r}"
+        key: f"docs {value!r}, default.yaml {in_yaml.get(key, 'has no such key')!r}"
         for key, value in table.items()
         if key not in in_yaml or in_yaml[key] != value
     }

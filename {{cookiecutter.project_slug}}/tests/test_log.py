@@ -46,10 +46,12 @@ def test_metrics_csv_writes_a_header_and_one_row_per_epoch(tmp_path):
     assert float(rows[2]["val_loss"]) == 2.5
 
 
-def test_the_readme_names_the_columns_of_metrics_csv():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    listed = re.search(r"^metrics\.csv +one row per epoch: ([\w,]+)", readme, re.MULTILINE)
-    assert listed is not None, "the README's run-folder listing has no metrics.csv line"
+def test_the_run_folder_page_names_the_columns_of_metrics_csv():
+    page = Path(__file__).resolve().parents[1] / "docs" / "run-folder.md"
+    listed = re.search(
+        r"^metrics\.csv +one row per epoch: ([\w,]+)", page.read_text(encoding="utf-8"), re.M
+    )
+    assert listed is not None, "docs/run-folder.md's listing has no metrics.csv line"
     assert tuple(listed[1].split(",")) == METRIC_COLUMNS
 
 
