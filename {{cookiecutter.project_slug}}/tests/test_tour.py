@@ -50,7 +50,8 @@ def tour_blocks() -> list[Block]:
 
 def apply_edit(source: str, diff: str, where: str) -> str:
     """`source` with each hunk of `diff` made: its context (` `) and removed (`-`) lines,
-    found exactly once, replaced by its context and added (`+`) lines. Hunks start at `@@`."""
+    found exactly once as whole lines, replaced by its context and added (`+`) lines. Hunks
+    start at `@@`."""
     hunks = re.split(r"^@@.*\n", diff, flags=re.MULTILINE)
     for number, hunk in enumerate((hunk for hunk in hunks if hunk.strip()), start=1):
         old, new = [], []
@@ -61,10 +62,12 @@ def apply_edit(source: str, diff: str, where: str) -> str:
                 old.append(content)
             if mark != "-":
                 new.append(content)
-        old_text, new_text = "\n".join(old) + "\n", "\n".join(new) + "\n"
-        found = source.count(old_text)
-        assert found == 1, f"{where}, hunk {number}: its lines occur {found} times:\n{old_text}"
-        source = source.replace(old_text, new_text)
+        assert old, f"{where}, hunk {number}: no line to find the place by"
+        # Between line breaks, so that only whole lines match.
+        old_text, new_text = "\n" + "\n".join(old) + "\n", "\n" + "\n".join(new) + "\n"
+        found = ("\n" + source).count(old_text)
+        assert found == 1, f"{where}, hunk {number}: its lines occur {found} times:{old_text}"
+        source = ("\n" + source).replace(old_text, new_text)[1:]
     return source
 
 
@@ -79,8 +82,8 @@ def write_csv_dataset(root: Path) -> None:
     """root/train.csv and root/val.csv in the tour's format, listing images under root/photos."""
     paths = write_images(root / "photos", CSV_IMAGES)
     rows = [(path.relative_to(root).as_posix(), path.parent.name) for path in paths]
-    held_out = {path for index, path in enumerate(rows) if index % 4 == 0}
-    for name, part in (("train", [r for r in rows if r not in held_out]), ("val", held_out)):
+    val = rows[::4]
+    for name, part in (("train", [row for row in rows if row not in val]), ("val", val)):
         with (root / f"{name}.csv").open("w", newline="", encoding="utf-8") as file:
             csv.writer(file).writerows([("file", "label"), *sorted(part)])
 
@@ -117,6 +120,8 @@ def tour_run(tmp_path_factory) -> TourRun:
     (which trains as train.py does)."""
     blocks = tour_blocks()
     assert sorted({block.example for block in blocks}) == sorted(EXAMPLES)
+    commands = [block.example for block in blocks if block.language == "bash"]
+    assert sorted(commands) == sorted(EXAMPLES), "docs/tour.md: one command per example"
     project = tmp_path_factory.mktemp("tour") / "project"
     copy_project(project)
     apply_examples(project, blocks)
