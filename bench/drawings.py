@@ -239,22 +239,25 @@ def draw_scattered_shape(rng, label, width, height):
 
 
 def draw_photo_object(rng, label, width, height):
-    """A photo of a small object (one of SHAPE_NAMES, a tenth of the frame's height across
-    or less) on a mottled, unevenly lit background with clutter: the class is in details
-    that a 32-pixel copy of the photo has mostly lost."""
+    """A photo of an object (one of SHAPE_NAMES, about a third to a half of the frame's
+    height across), lighter or darker than its mottled, unevenly lit background, with
+    clutter: a 32-pixel copy of the photo still shows it, blurred; larger copies show its
+    outline sharper."""
     y, x = pixel_grid(width, height)
-    base = hue_colour(rng.uniform(0, 360), rng.uniform(0, 0.6), rng.uniform(0.3, 0.7))
+    shade = rng.uniform(0.25, 0.75)
+    step = rng.choice([-1, 1]) * rng.uniform(0.25, 0.45)
+    base = hue_colour(rng.uniform(0, 360), rng.uniform(0, 0.6), shade)
     background = blend(
         np.broadcast_to(base, (height, width, 3)),
-        0.6 * smooth_noise(rng, width, height, 6),
+        0.4 * smooth_noise(rng, width, height, 6),
         random_colour(rng),
     )
-    light = 0.75 + 0.5 * (x / width * rng.uniform(-1, 1) + y / height * rng.uniform(-1, 1)) / 2
-    radius = height * rng.uniform(0.04, 0.08)
-    margin = (width - height) / 2 + 2 * radius
-    centre = rng.uniform(margin, width - margin), rng.uniform(2 * radius, height - 2 * radius)
+    light = 0.8 + 0.4 * (x / width * rng.uniform(-1, 1) + y / height * rng.uniform(-1, 1)) / 2
+    radius = height * rng.uniform(0.15, 0.25)
+    margin = (width - height) / 2 + 1.4 * radius
+    centre = rng.uniform(margin, width - margin), rng.uniform(1.4 * radius, height - 1.4 * radius)
     angle = rng.uniform(0, 2 * math.pi)
-    lines = [rng.uniform(0, 1, 4) * (width, width, height, height) for _ in range(6)]
+    lines = [rng.uniform(0, 1, 4) * (width, width, height, height) for _ in range(3)]
 
     def paint_clutter(draw, factor):
         for x0, x1, y0, y1 in lines:
@@ -264,13 +267,14 @@ def draw_photo_object(rng, label, width, height):
                 width=max(1, round(factor * height / 120)),
             )
 
-    image = blend(background, 0.8 * supersampled(width, height, paint_clutter), random_colour(rng))
+    image = blend(background, 0.6 * supersampled(width, height, paint_clutter), random_colour(rng))
     mask = supersampled(
         width,
         height,
         lambda draw, factor: paint_shape(draw, SHAPE_NAMES[label], centre, radius, angle, factor),
     )
-    image = blend(image, mask, random_colour(rng)) * light[..., None]
+    colour = hue_colour(rng.uniform(0, 360), rng.uniform(0, 0.8), np.clip(shade + step, 0.05, 1))
+    image = blend(image, mask, colour) * light[..., None]
     return image + rng.normal(0, 0.04, image.shape)
 
 

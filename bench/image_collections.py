@@ -62,7 +62,7 @@ class Collection:
         )
         layout = "train/+val/" if self.has_val else "one folder"
         mode = "gray" if self.mode == "L" else "RGB"
-        turned = f", every {self.exif_turned_every}th EXIF-turned" if self.exif_turned_every else ""
+        turned = f", 1 in {self.exif_turned_every} EXIF-turned" if self.exif_turned_every else ""
         return (
             f"{len(self.classes)} classes{balance}, {self.images:,} images, {pixels}, {mode}, "
             f"{self.format.upper()}{turned}, {layout}"
@@ -113,13 +113,13 @@ COLLECTIONS = (
     ),
     Collection(
         "photos", "photos of small objects, some stored sideways (EXIF)",
-        drawings.SHAPE_NAMES, (120,) * 5,
+        drawings.SHAPE_NAMES, (240,) * 5,
         size=(320, 240), mode="RGB", format="jpeg", has_val=True,
         draw=drawings.draw_photo_object, exif_turned_every=4,
     ),
     Collection(
         "photos-large", "phone-size photos of small objects, some sideways",
-        drawings.SHAPE_NAMES[:4], (100,) * 4,
+        drawings.SHAPE_NAMES[:4], (150,) * 4,
         size=(640, 480), mode="RGB", format="jpeg", has_val=False,
         draw=drawings.draw_photo_object, exif_turned_every=3,
     ),

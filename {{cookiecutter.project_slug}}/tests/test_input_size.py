@@ -9,6 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
+import {{ cookiecutter.package_name }}.input_size as input_size
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import get_setting
 from {{ cookiecutter.package_name }}.data import build_datasets
@@ -118,14 +119,16 @@ def test_a_given_side_is_kept_and_small_images_are_named_against_it(
     assert data.chosen["image_size"] == 30  # no resize: no larger than the smallest image
 
 
+@pytest.mark.slow
 def test_the_timed_choice_is_recorded_and_a_resume_takes_it_without_timing(
     make_config, tmp_path, monkeypatch, capsys
 ):
     write_photos(tmp_path / "photos", {"a": 8, "b": 8}, size=(140, 120))
     settings = (*AUTO_INPUT, f"data.root={tmp_path / 'photos'}", "train.epochs=2")
     # Timing a real model is noisy: here each side costs by its pixels, and for the 10 to 14
-    # training images of 2 epochs, 64 px fits the 60 s budget and 80 px does not.
-    monkeypatch.setattr(StepTimer, "_time", lambda self, side: 5e-4 * side**2)
+    # training images of 2 epochs, 64 px fits the budget and 80 px does not.
+    rate = input_size.TIME_BUDGET_S / 120_000
+    monkeypatch.setattr(StepTimer, "_time", lambda self, side: rate * side**2)
     assert main(make_config(*settings, "train.max_steps=1")) == 0
     assert "auto: data.image_size=64 (median shorter side 120 px" in capsys.readouterr().out
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
@@ -147,10 +150,9 @@ def get_setting_of(saved: dict, key: str):
     return saved[section][name]
 
 
+@pytest.mark.slow
 def test_timing_the_model_draws_no_random_number_of_the_run(make_config, tmp_path, monkeypatch):
     """A run that timed its way to a side trains bit-identically to one given that side."""
-    import {{ cookiecutter.package_name }}.input_size as input_size
-
     write_photos(tmp_path / "photos", {"a": 8, "b": 8}, size=(70, 64))
     settings = (*AUTO_INPUT, f"data.root={tmp_path / 'photos'}", "train.max_steps=2")
     monkeypatch.setattr(input_size, "TIME_BUDGET_S", 1e9)  # 64 px fits whatever the speed

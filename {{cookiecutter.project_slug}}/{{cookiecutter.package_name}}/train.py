@@ -52,7 +52,7 @@ from .manifest import write_manifest
 from .model import build_model, check_input_size, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler, fine_tuning
 from .plots import plot_run
-from .pretrained import weights_preprocessing
+from .pretrained import published_weights_file, weights_preprocessing
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
@@ -170,6 +170,7 @@ def build_run_data(
     resumed run has all of them, and its statistics, from its checkpoint."""
     weights = None
     if resume is None and cfg.model.pretrained:
+        published_weights_file(cfg.model.name).required()  # missing: one line, before any data
         weights = weights_preprocessing(cfg.model.name)
     ceiling = weights.crop_size if weights is not None else None
     chooser = size_chooser(cfg, device, ceiling)
