@@ -1,7 +1,8 @@
 """The recipe benchmark: the one-line default against a small hand grid, on generated images.
 
     python bench/recipe.py [--only NAME ...] [--quick] [--json PATH] [--collections DIR]
-        [--epochs N ...] [--lr LR ...] [--batch-size B ...] [--grid-from EARLIER.json]
+        [--epochs N ...] [--lr LR ...] [--batch-size B ...] [--image-size S ...]
+        [--grid-from EARLIER.json] [--extra KEY=VALUE ...]
 
 Bakes the default project, generates the collections of bench/image_collections.py (cached in
 --collections, default bench/results/collections/), then, for each collection, runs from the
@@ -21,8 +22,10 @@ A run's accuracy is the best validation accuracy in its metrics.csv (the one bes
 The goal of each collection: the default within 1 point of the grid's best (within one
 validation image where there are fewer than 100), and for collections of up to 2,000 images,
 the default under 60 s. Prints a Markdown table, writes the raw results with --json, exits 1
-when a goal is missed. --quick checks the script itself: the 2 smallest collections, one grid
-cell and its flip check, every run 1 epoch.
+when a goal is missed. --extra adds settings to every run: with `model.name=resnet18
+model.pretrained=true` it measures the fine-tuning recipe against a grid of the same
+pretrained model (where the weights are in the local cache). --quick checks the script
+itself: the 2 smallest collections, one grid cell and its flip check, every run 1 epoch.
 """
 
 import argparse
@@ -159,18 +162,24 @@ class Outcome:
 
 
 def measure(
-    project: Path, runs: Path, folders: dict, axes_of, quick: bool, earlier: list | None = None
+    project: Path,
+    runs: Path,
+    folders: dict,
+    axes_of,
+    quick: bool,
+    earlier: list | None = None,
+    extra: tuple[str, ...] = (),
 ) -> list[Outcome]:
     """Every default alone (their times are the measure), then every grid run two at a
     time, then each collection's flip check. `folders`: Collection -> its folder;
     `axes_of(collection)`: the grid's values for it; `earlier`: the rows of an earlier
     --json, whose grid runs (with their flip check) stand in for new ones where a row has
-    the same collection and grid values."""
+    the same collection and grid values; `extra`: settings added to every run (--extra)."""
     epochs = ["train.epochs=1"] if quick else []  # --quick: the default for 1 epoch too
     outcomes = []
     for collection, folder in folders.items():
         name, axes = collection.name, axes_of(collection)
-        data = ["data.dataset=imagefolder", f"data.root={folder}"]
+        data = ["data.dataset=imagefolder", f"data.root={folder}", *extra]
         default = train(project, runs, Run(f"{name}-default", [*data, *epochs]), one_thread=False)
         print(f"{name}: default {describe_run(default)}", file=sys.stderr, flush=True)
         cells = earlier_grid(earlier or [], name, axes) or [
@@ -295,6 +304,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--grid-from", type=Path, help="take the grid runs from this earlier --json result"
     )
+    parser.add_argument(
+        "--extra",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings added to every run, e.g. model.name=resnet18 model.pretrained=true "
+        "(the pretrained weights must be in the local cache: python -m <package>.fetch_weights)",
+    )
     for key, values in GRID.items():
         option = "--" + key.split(".")[1].replace("_", "-")
         kind = type(values[0])
@@ -328,7 +345,7 @@ def main() -> int:
         runs = Path(temporary) / "runs"
         runs.mkdir()
         earlier = json.loads(args.grid_from.read_text()) if args.grid_from else None
-        outcomes = measure(project, runs, folders, axes_of, args.quick, earlier)
+        outcomes = measure(project, runs, folders, axes_of, args.quick, earlier, tuple(args.extra))
     print(markdown_table(outcomes))
     if args.json:
         rows = [{**asdict(outcome), "problems": outcome.problems()} for outcome in outcomes]
