@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from {{ cookiecutter.package_name }}.config import schema_fields
+from {{ cookiecutter.package_name }}.data.survey import PHOTO_SIDE, SIDES
+from {{ cookiecutter.package_name }}.input_size import BUDGET_IMAGES, TIME_BUDGET_S
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 README = PROJECT_ROOT / "README.md"
@@ -163,6 +165,25 @@ def test_each_page_opens_with_its_command_and_is_linked_from_the_readme(page):
     assert opening == ["```bash"], f"{page_id(page)}: no command block before its first words"
     readme_links = LINK.findall(README.read_text(encoding="utf-8"))
     assert page_id(page) in readme_links, f"the README does not link {page_id(page)}"
+
+
+def test_the_recipe_and_its_excerpts_give_the_input_size_rule_the_code_follows():
+    recipe = (DOCS / "recipe.md").read_text(encoding="utf-8")
+    assert ", ".join(map(str, SIDES)) in recipe, "docs/recipe.md lists other sides than SIDES"
+    budget = f"fits {TIME_BUDGET_S:g} s for up to {BUDGET_IMAGES:,} training images"
+    assert budget in recipe, f"docs/recipe.md does not say the budget: {budget!r}"
+    assert f"at least {PHOTO_SIDE} px" in recipe, "docs/recipe.md gives another photo size"
+    # The auto: lines quoted from a run must be what a run logs now.
+    quoted = {
+        page_id(page): float(seconds)
+        for page in PAGES
+        for seconds in re.findall(
+            r"lowered to fit (\d+) s of model compute", page.read_text(encoding="utf-8")
+        )
+    }
+    assert quoted, "no page quotes an auto: line of data.image_size"
+    stale = {page: seconds for page, seconds in quoted.items() if seconds != TIME_BUDGET_S}
+    assert not stale, f"auto: lines with another budget than {TIME_BUDGET_S:g} s: {stale}"
 
 
 def test_the_layout_page_names_every_module_of_the_package():
