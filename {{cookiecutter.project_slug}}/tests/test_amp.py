@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from {{ cookiecutter.package_name }} import train
@@ -45,6 +46,7 @@ def test_training_without_amp_also_runs(make_config, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_without_a_grad_scaler_resumes_in_fp16(make_config, tmp_path, monkeypatch):
     # A run begun on a CPU (no scaler) and continued, with the same settings, on a GPU (fp16
     # and its scaler): fp16 on the CPU stands in for the GPU here, and the first run gets

@@ -654,6 +654,7 @@ def load_export_script():
     return module
 
 
+@pytest.mark.slow
 def test_export_writes_weights_equal_to_the_checkpoint(small_config, tmp_path, run_python):
     model, state = trained_state(small_config)
     checkpoint = CheckpointManager(tmp_path / "run" / "checkpoints", is_main=True).save(
@@ -670,6 +671,7 @@ def test_export_writes_weights_equal_to_the_checkpoint(small_config, tmp_path, r
     fresh.load_state_dict(load_weights(output))
 
 
+@pytest.mark.slow
 def test_export_takes_a_run_folder_as_evaluate_and_predict_do(small_config, tmp_path, run_python):
     model, state = trained_state(small_config)
     CheckpointManager(tmp_path / "run" / "checkpoints", is_main=True).save(state, model)
@@ -686,6 +688,7 @@ def test_export_takes_a_run_folder_as_evaluate_and_predict_do(small_config, tmp_
     assert not (tmp_path / "none.pt").exists()
 
 
+@pytest.mark.slow
 def test_export_defaults_to_every_format_in_the_run_folder_checked(make_config, tmp_path, capsys):
     from {{ cookiecutter.package_name }}.train import main
 

@@ -19,6 +19,10 @@ from hypothesis import strategies as st
 from {{ cookiecutter.package_name }} import cli
 from {{ cookiecutter.package_name }}.config import Config, get_setting, schema_fields
 
+# Left out of the quick subset (pytest -m "not slow"): every test here is a property test:
+# hypothesis draws hundreds of configs.
+pytestmark = pytest.mark.slow
+
 KEYS = [key for key, _ in schema_fields()]
 SECTIONS = sorted({key.split(".")[0] for key in KEYS if "." in key})
 LEAF_NAMES = sorted({key.rsplit(".", 1)[-1] for key in KEYS})

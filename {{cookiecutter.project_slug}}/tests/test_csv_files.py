@@ -146,6 +146,7 @@ def test_a_bad_file_skips_its_plots_with_one_warning(tmp_path, project_log):
     assert not (tmp_path / "loss.png").exists() and (tmp_path / "lr.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_resume_goes_on_from_corrupt_records(make_config, tmp_path):
     """A real resume, after the run's metrics.csv lost its samples_per_s column (another
     version's) and got a non-UTF-8 line and a cut-short last row, and its lr.csv got a column

@@ -32,6 +32,7 @@ from {{ cookiecutter.package_name }}.model import build_model
 from {{ cookiecutter.package_name }}.train import build_trainer, main
 
 pytestmark = [
+    pytest.mark.slow,  # left out of the quick subset: pytest -m "not slow"
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]

@@ -764,6 +764,7 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_failed_download_is_one_line_with_the_fix(tmp_path, run_python):
     """train.py with data.download=true and no network: one line, not torchvision's
     traceback (urlopen is replaced, so the test never reaches the network)."""

@@ -27,6 +27,10 @@ from PIL import Image
 from {{ cookiecutter.package_name }}.config import ConfigError, DataConfig
 from {{ cookiecutter.package_name }}.data import build_datasets, build_loader, is_hidden
 
+# Left out of the quick subset (pytest -m "not slow"): every test here is a property test:
+# hypothesis draws hundreds of image trees.
+pytestmark = pytest.mark.slow
+
 
 def examples(count: int) -> settings:
     # No deadline and no health checks: a loaded CI machine must not turn slowness into a

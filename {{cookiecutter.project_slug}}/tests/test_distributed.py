@@ -205,6 +205,7 @@ def _output(result: subprocess.CompletedProcess) -> str:
     return result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes(two_process_runs, read_metrics):
     root, results, _ = two_process_runs
     result = results["straight"]
@@ -226,6 +227,7 @@ def test_torchrun_with_two_processes(two_process_runs, read_metrics):
     assert not torch.equal(first["torch"], second["torch"])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(two_process_runs, read_metrics):
     root, results, _ = two_process_runs
     for name in ("one", "straight"):
@@ -249,6 +251,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
         assert abs(float(row_one["val_loss"]) - float(row_two["val_loss"])) <= VAL_LOSS_TOLERANCE
 
 
+@pytest.mark.slow
 def test_killed_rank_is_restarted_by_torchrun_and_the_job_ends_as_if_uninterrupted(
     two_process_runs, assert_same_run
 ):
@@ -271,6 +274,7 @@ def test_killed_rank_is_restarted_by_torchrun_and_the_job_ends_as_if_uninterrupt
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc to find the ranks of a job")
 def test_a_stalled_rank_fails_the_job_within_the_timeout(two_process_runs):
     _, results, stall = two_process_runs
@@ -284,6 +288,7 @@ def test_a_stalled_rank_fails_the_job_within_the_timeout(two_process_runs):
     assert stall["exit_s"] < STALL_TIMEOUT_S + STALL_MARGIN_S + TORCHRUN_KILL_GRACE_S, stall
 
 
+@pytest.mark.slow
 def test_rank_0_holds_the_run_folder_and_a_second_writer_is_refused(two_process_runs):
     _, results, stall = two_process_runs
     assert stall["pid"], _output(results["stalled"])
@@ -520,6 +525,7 @@ def test_a_missing_backend_is_a_clear_error(monkeypatch, unavailable, device, ex
     assert not torch.distributed.is_initialized()
 
 
+@pytest.mark.slow
 def test_ddp_from_plain_python_exits_2_with_one_line(run_python, small_overrides, tmp_path):
     result = run_python(
         "train.py", *small_overrides, f"run.dir={tmp_path / 'run'}", env={"WORLD_SIZE": "2"}

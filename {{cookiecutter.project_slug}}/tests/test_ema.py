@@ -53,6 +53,7 @@ def test_the_average_round_trips_through_its_state():
         assert torch.equal(again.model.state_dict()[name], tensor), name
 
 
+@pytest.mark.slow
 def test_training_validates_the_average_and_best_pt_goes_by_it(make_config, tmp_path):
     assert main(make_config("train.epochs=3", "train.ema_decay=0.9")) == 0
     rows = read_csv(tmp_path / "run" / "metrics.csv")
@@ -78,6 +79,7 @@ def test_without_the_average_its_columns_stay_empty(make_config, tmp_path):
     assert "ema" not in load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_run_with_the_average_resumes_exactly(make_config, tmp_path):
     settings = ("train.epochs=2", "train.ema_decay=0.95", "run.save_every_steps=3")
     straight, split = tmp_path / "straight", tmp_path / "split"

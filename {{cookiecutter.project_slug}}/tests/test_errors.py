@@ -85,6 +85,7 @@ def test_a_full_disk_while_drawing_the_plots_costs_one_warning(
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_plots_drawn_before(make_config, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     assert run(make_config()) == 0
@@ -208,6 +209,7 @@ def test_a_bug_keeps_its_traceback(bug):
         exit_code_of(fail, fix="")
 
 
+@pytest.mark.slow
 def test_evaluate_shows_its_figures_when_the_run_folder_cannot_be_written(
     make_config, tmp_path, run_python
 ):
@@ -233,6 +235,7 @@ def test_a_sweep_folder_under_a_regular_file_is_one_line(tmp_path, run_python):
     assert str(blocker) in line and "--dir" in line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not hasattr(signal, "SIGXFSZ"),
     reason="no file-size limit (RLIMIT_FSIZE) to stand for a full disk",

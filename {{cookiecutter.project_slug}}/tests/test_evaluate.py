@@ -44,6 +44,7 @@ def trained_run(tmp_path_factory):
     return images, run_dir
 
 
+@pytest.mark.slow
 def test_training_on_an_image_folder_learns_above_chance(trained_run, read_metrics):
     images, run_dir = trained_run
     rows = read_metrics(run_dir)
@@ -58,6 +59,7 @@ def test_training_on_an_image_folder_learns_above_chance(trained_run, read_metri
     assert "MFLOPs per sample, input 3x16x16" in log
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_validation_accuracy_of_training(
     trained_run, run_python, read_metrics
 ):
@@ -82,6 +84,7 @@ def test_evaluate_reproduces_the_validation_accuracy_of_training(
     assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_evaluate_on_the_validation_images(trained_run, run_python):
     images, run_dir = trained_run
     checkpoint = run_dir / "checkpoints" / "last.pt"
@@ -107,6 +110,7 @@ def test_predict_agrees_with_evaluate_on_the_validation_images(trained_run, run_
     assert right / len(val) == pytest.approx(evaluated["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_top5_accuracy_with_more_than_five_classes(small_config, tmp_path, read_metrics):
     assert main(small_config) == 0  # the built-in shapes: 10 classes
     trained = load_trained(tmp_path / "run" / "checkpoints" / "last.pt", [])
@@ -116,6 +120,7 @@ def test_top5_accuracy_with_more_than_five_classes(small_config, tmp_path, read_
     assert result.top_k is not None and result.accuracy <= result.top_k <= 1
 
 
+@pytest.mark.slow
 def test_training_on_cached_images_learns_and_evaluate_agrees(
     trained_run, tmp_path, run_python, read_metrics
 ):
@@ -148,6 +153,7 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_cache_too_large_for_the_memory_exits_2_before_the_run_folder(
     trained_run, tmp_path, run_python
 ):
@@ -168,6 +174,7 @@ def test_a_run_folder_means_its_best_checkpoint(trained_run):
     assert resolve_checkpoint(run_dir) == run_dir / "checkpoints" / "best.pt"
 
 
+@pytest.mark.slow
 def test_evaluate_names_the_missing_safetensors_weights_of_a_checkpoint(
     trained_run, run_python, tmp_path
 ):
@@ -184,6 +191,7 @@ def test_evaluate_names_the_missing_safetensors_weights_of_a_checkpoint(
     assert "which is missing" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_stops_training_with_one_line_naming_it(trained_run, run_python, tmp_path):
     images, _ = trained_run
     settings = [*SMALL_OVERRIDES, *IMAGE_SETTINGS, f"data.root={images}"]
@@ -195,6 +203,7 @@ def test_a_corrupt_image_stops_training_with_one_line_naming_it(trained_run, run
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_an_image_that_fails_to_decode_in_a_worker_is_named_or_skipped(
     tmp_path, make_config, capsys
 ):
@@ -218,6 +227,7 @@ def test_an_image_that_fails_to_decode_in_a_worker_is_named_or_skipped(
     assert run(make_config(*settings, "data.skip_bad=true", run_dir=tmp_path / "skip")) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, arguments, code, words",
     [

@@ -46,6 +46,7 @@ def test_experiments_stack_in_order_and_overrides_win(run_python):
     assert (reverse.sched.warmup_epochs, reverse.run.name) == (2, "resnet18-imagefolder")
 
 
+@pytest.mark.slow
 def test_resnet18_imagefolder_experiment_trains(tmp_path, read_metrics):
     for split in ("train", "val"):
         write_images(tmp_path / "images" / split, {"cat": 3, "dog": 3}, size=32)

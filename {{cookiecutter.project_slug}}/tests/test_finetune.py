@@ -91,6 +91,7 @@ def group_lrs(checkpoint: dict) -> dict[str, set[float]]:
     return lrs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("optimizer", "settings"),
     # SGD at a rate that moves every weight within the few steps of the run.
@@ -325,6 +326,7 @@ def test_a_head_phase_as_long_as_the_run_is_one_line_naming_both_keys():
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_each_phase_is_exact(make_config, tmp_path, assert_same_run):
     """Stopped by train.max_steps inside the head-only phase (step 2), resumed and stopped
     again inside the whole network's (step 7), resumed to the end: the same weights,
@@ -340,6 +342,7 @@ def test_resume_in_the_middle_of_each_phase_is_exact(make_config, tmp_path, asse
     assert_same_run(straight, split)
 
 
+@pytest.mark.slow
 def test_an_extended_run_trains_the_whole_network_in_its_extra_epochs(make_config, tmp_path):
     """run.extend starts a schedule of its own after the run's epochs: the head-only phase is
     behind it, so the backbone learns from the first extra step, at its ratio."""

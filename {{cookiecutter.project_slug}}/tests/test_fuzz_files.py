@@ -19,6 +19,10 @@ from {{ cookiecutter.package_name }}.checkpoint import CheckpointError, load_wei
 from {{ cookiecutter.package_name }}.export_program import export_program, onnx_missing
 from {{ cookiecutter.package_name }}.exported import OnnxModel, load_program, read_info
 
+# Left out of the quick subset (pytest -m "not slow"): every test here fuzzes exported programs and
+# checkpoints with hypothesis.
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(
     derandomize=True,
     max_examples=30,

@@ -42,6 +42,10 @@ from {{ cookiecutter.package_name }}.config import Config, ConfigError, load_con
 from {{ cookiecutter.package_name }}.data import build_datasets, build_loader
 from {{ cookiecutter.package_name }}.resume_rules import settings_given
 
+# Left out of the quick subset (pytest -m "not slow"): every test here fuzzes configs, image trees
+# and run folders, many in processes.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The address space a child process may take: torch's libraries need a few GiB of it,
 # reading a record file far less; an endless read fails well before the machine is full.

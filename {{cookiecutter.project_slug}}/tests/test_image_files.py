@@ -232,6 +232,7 @@ def make_name_of_bytes(folder: Path, name: bytes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_file_name_that_is_not_utf8_trains_and_predicts(tmp_path, make_config, run_python):
     from {{ cookiecutter.package_name }}.train import run
 
@@ -305,6 +306,7 @@ def test_an_image_that_breaks_after_the_check_is_one_line_not_a_substitute(tmp_p
     assert "decoded when the run started" in str(error.value)
 
 
+@pytest.mark.slow
 def test_skip_bad_on_images_without_a_bad_file_trains_exactly_as_without_it(tmp_path, make_config):
     """The decode pass of data.skip_bad consumes no random numbers: the same seed gives the
     same weights whether the setting is on or off, where no file is bad."""

@@ -180,6 +180,7 @@ def test_the_live_bar_draws_the_running_figures_on_the_terminal(capsys, monkeypa
     assert "epoch 1/1" in drawn[-1] and "6/6" in drawn[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_place", ["link", "dangling link", "folder"])
 def test_a_train_log_that_is_not_a_regular_file_is_set_aside_never_appended_through(
     make_config, tmp_path, capsys, in_place

@@ -166,6 +166,7 @@ def read_rows(folder: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_the_sweep_writes_its_own_folder_and_changes_no_other_run(
     make_config, small_overrides, tmp_path, monkeypatch, capsys
 ):
@@ -268,6 +269,7 @@ def test_what_it_may_not_start_from_or_write_is_one_line_exit_2(
     assert fingerprint(tmp_path) == before and not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_train_py_find_lr_anywhere_among_the_arguments(run_python, small_overrides, tmp_path):
     folder = tmp_path / "sweep"
     args = [*small_overrides[:3], "--find-lr", *small_overrides[3:], *TINY, f"run.dir={folder}"]

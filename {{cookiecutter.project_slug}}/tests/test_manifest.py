@@ -314,6 +314,7 @@ def test_a_missing_or_damaged_manifest_reads_as_none(tmp_path, project_log):
     assert "could not read" in project_log.text
 
 
+@pytest.mark.slow
 def test_wired_train_writes_the_manifest_and_refuses_changed_data_on_resume(
     image_folder, make_config
 ):

@@ -17,6 +17,10 @@ from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.hooks import Hooks
 from {{ cookiecutter.package_name }}.train import main
 
+# Left out of the quick subset (pytest -m "not slow"): every test here trains, kills and resumes
+# runs in processes against a store.
+pytestmark = pytest.mark.slow
+
 DRIVER = PROJECT_ROOT / "tests" / "kill_driver.py"
 # Three epochs of 8 steps; every step file kept, so a test can resume from an older one.
 EPOCHS = ("train.epochs=3", "run.keep_last=10")

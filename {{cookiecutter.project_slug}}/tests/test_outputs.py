@@ -25,6 +25,7 @@ def train(*args: str, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_run_without_a_terminal_prints_plain_periodic_lines(tmp_path):
     result = train(*TWO_EPOCHS, f"run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
@@ -38,6 +39,7 @@ def test_run_without_a_terminal_prints_plain_periodic_lines(tmp_path):
     assert "resolved config:" in log and "python " in log and "world size" in log
 
 
+@pytest.mark.slow
 def test_plots_are_valid_pngs_with_their_curves(tmp_path):
     run_dir = tmp_path / "run"
     assert train(*TWO_EPOCHS, f"run.dir={run_dir}").returncode == 0
@@ -133,6 +135,7 @@ def test_plot_run_draws_from_a_run_folder_with_or_without_its_config(tmp_path, c
     assert plot_run(tmp_path) == [tmp_path / "loss.png", tmp_path / "accuracy.png"]
 
 
+@pytest.mark.slow
 def test_two_runs_never_share_a_folder_and_latest_points_at_the_newest(tmp_path):
     first = train(*SMALL_OVERRIDES, "train.max_steps=1", cwd=tmp_path)
     second = train(*SMALL_OVERRIDES, "train.max_steps=1", cwd=tmp_path)
@@ -145,6 +148,7 @@ def test_two_runs_never_share_a_folder_and_latest_points_at_the_newest(tmp_path)
     assert latest.is_symlink() and latest.resolve() == folders[-1].resolve()
 
 
+@pytest.mark.slow
 def test_run_name_names_the_default_folder(tmp_path):
     result = train(*SMALL_OVERRIDES, "train.max_steps=1", "run.name=baseline", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -58,6 +58,7 @@ ONNX_CASE = pytest.param(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [*EXPORT_SUFFIXES, ONNX_CASE])
 def test_predict_and_evaluate_take_what_export_writes(trained, run_python, tmp_path, suffix):
     _, run_dir, new_images = trained
@@ -82,6 +83,7 @@ def test_predict_and_evaluate_take_what_export_writes(trained, run_python, tmp_p
     assert accuracy and accuracy[0] in evaluated.stdout
 
 
+@pytest.mark.slow
 def test_an_exported_safetensors_file_works_alone(trained, run_python, tmp_path):
     """Its header holds the class names, normalisation and config: no .json needed."""
     if ".safetensors" not in EXPORT_SUFFIXES:
@@ -94,6 +96,7 @@ def test_an_exported_safetensors_file_works_alone(trained, run_python, tmp_path)
     assert len(predictions_of(run_python("predict.py", str(output), str(new_images)))) == 4
 
 
+@pytest.mark.slow
 def test_bare_weights_are_named_as_such(trained, run_python, tmp_path):
     _, run_dir, new_images = trained
     weights = tmp_path / "weights.pt"
@@ -103,6 +106,7 @@ def test_bare_weights_are_named_as_such(trained, run_python, tmp_path):
     assert f"error: {weights} holds model weights only, not a training checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_legacy_pth_weights_start_a_run(trained, make_config, tmp_path):
     """torch's format before 1.6 (not a zip archive), as older .pth files are."""
     images, run_dir, _ = trained
@@ -133,6 +137,7 @@ def test_a_weights_file_that_is_something_else_is_named(tmp_path, content, words
     assert str(error.value).startswith(f"{path} ") and words in str(error.value)
 
 
+@pytest.mark.slow
 def test_predict_keeps_earlier_predictions(trained, run_python, tmp_path):
     _, run_dir, new_images = trained
     for path in run_dir.glob("predictions*.csv"):  # from the tests above
@@ -151,6 +156,7 @@ def test_predict_keeps_earlier_predictions(trained, run_python, tmp_path):
         assert len(list(csv.DictReader(file))) == 4
 
 
+@pytest.mark.slow
 def test_predict_replaces_no_file_but_its_own_predictions(trained, run_python, tmp_path):
     _, run_dir, new_images = trained
     users = tmp_path / "table.csv"
@@ -188,6 +194,7 @@ def run_copy(trained, tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_export_replaces_no_checkpoint_and_no_file_it_did_not_write(run_copy, run_python):
     checkpoints = run_copy / "checkpoints"
     checkpoint = checkpoints / "last.pt"
@@ -210,6 +217,7 @@ def test_export_replaces_no_checkpoint_and_no_file_it_did_not_write(run_copy, ru
     assert json.loads(info_path(ours).read_text(encoding="utf-8"))["checkpoint"]
 
 
+@pytest.mark.slow
 def test_export_replaces_no_file_put_in_place_of_its_output(run_copy, run_python):
     """A user's file in place of an earlier export, its card left beside it, is not the
     export's to replace; nor is an export whose card (from an export.py before cards kept
@@ -240,6 +248,7 @@ def without_onnx(tmp_path: Path, subprocess_env: dict) -> dict:
     return {"PYTHONPATH": os.pathsep.join(paths)}
 
 
+@pytest.mark.slow
 def test_an_export_folder_keeps_files_it_did_not_write(
     run_copy, run_python, subprocess_env, tmp_path
 ):
@@ -287,6 +296,7 @@ def test_an_export_folder_keeps_files_it_did_not_write(
     assert files_below(folder) == before
 
 
+@pytest.mark.slow
 def test_export_writes_nothing_into_checkpoints_through_a_link(run_copy, run_python, tmp_path):
     checkpoints = run_copy / "checkpoints"
     before = files_below(checkpoints)
@@ -312,6 +322,7 @@ def test_export_writes_nothing_into_checkpoints_through_a_link(run_copy, run_pyt
     assert (tmp_path / "mine.pt").read_bytes() == b"the user's own file"
 
 
+@pytest.mark.slow
 def test_predict_keeps_a_link_where_its_default_output_would_go(trained, run_copy, run_python):
     default = run_copy / "predictions.csv"
     default.symlink_to(run_copy / "missing.csv")  # a link that leads nowhere, still the user's
@@ -321,6 +332,7 @@ def test_predict_keeps_a_link_where_its_default_output_would_go(trained, run_cop
     assert default.is_symlink() and not (run_copy / "missing.csv").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_on_other_data_writes_beside_the_first_evaluation(trained, run_copy, run_python):
     other = run_copy.parent / "other"
     write_images(other, CLASSES, first=700)
@@ -343,6 +355,7 @@ def test_evaluate_on_other_data_writes_beside_the_first_evaluation(trained, run_
     assert len(list((run_copy / "eval").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_writes_no_folder_of_other_files(run_copy, run_python):
     folder = run_copy / "eval" / "best"
     folder.mkdir(parents=True)
@@ -352,6 +365,7 @@ def test_evaluate_writes_no_folder_of_other_files(run_copy, run_python):
     assert files_below(folder) == {"metrics.json": b'{"mine": 1}'}
 
 
+@pytest.mark.slow
 def test_evaluate_replaces_only_the_files_it_wrote_as_it_wrote_them(run_copy, run_python):
     assert run_python("evaluate.py", str(run_copy)).returncode == 0
     folder = run_copy / "eval" / "best"
@@ -422,6 +436,7 @@ def signal_in_the_window(
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_export_leaves_no_file(run_copy, subprocess_env, tmp_path, signum):
     argv = ["export.py", str(run_copy)]
@@ -434,6 +449,7 @@ def test_a_signal_during_export_leaves_no_file(run_copy, subprocess_env, tmp_pat
     assert not (run_copy / "export").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_evaluate_keeps_the_earlier_evaluation_whole(
     run_copy, run_python, subprocess_env, tmp_path
 ):
@@ -450,6 +466,7 @@ def test_ctrl_c_during_evaluate_keeps_the_earlier_evaluation_whole(
     assert {path.name for path in folder.iterdir()} == set(before)  # no staging folder left
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_python, tmp_path):
     """`python predict.py ... | head -1` and `python evaluate.py ... | head -1`: the reader
     of stdout goes away; the files are written whole all the same, without a traceback."""
@@ -479,6 +496,7 @@ def test_a_reader_that_stops_early_costs_no_file_and_no_traceback(trained, run_p
     assert weights.is_file()
 
 
+@pytest.mark.slow
 def test_predict_skips_an_unreadable_file_without_training_advice(trained, run_python):
     _, run_dir, new_images = trained
     broken = new_images / "a" / "broken.png"
@@ -493,6 +511,7 @@ def test_predict_skips_an_unreadable_file_without_training_advice(trained, run_p
     assert "skip_bad" not in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_names_every_class_that_differs(trained, run_python, tmp_path):
     _, run_dir, _ = trained
     other = {**{name: 4 for name in list(CLASSES)[:11]}, "newcomer": 4}
@@ -503,6 +522,7 @@ def test_evaluate_names_every_class_that_differs(trained, run_python, tmp_path):
     assert "missing from the data: class11" in line and "not in the checkpoint: newcomer" in line
 
 
+@pytest.mark.slow
 def test_a_program_that_drifts_from_the_model_is_refused(trained, tmp_path, monkeypatch):
     """A torch.export program whose logits differ from the model's (simulated by shifting
     the logits of the program read back) fails the export and leaves no file."""
@@ -524,6 +544,7 @@ def test_a_program_that_drifts_from_the_model_is_refused(trained, tmp_path, monk
     assert not output.exists() and not (tmp_path / "model.pt2.json").exists()
 
 
+@pytest.mark.slow
 def test_onnx_without_its_packages_names_the_install_command(trained, run_python, tmp_path):
     _, run_dir, _ = trained
     script = (

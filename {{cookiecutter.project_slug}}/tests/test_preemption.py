@@ -17,6 +17,10 @@ import pytest
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 
+# Left out of the quick subset (pytest -m "not slow"): every test here runs torchrun jobs that
+# SLURM's notice stops and requeues.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = PROJECT_ROOT / "scripts" / "slurm.sbatch"
 DRIVER = PROJECT_ROOT / "tests" / "kill_driver.py"

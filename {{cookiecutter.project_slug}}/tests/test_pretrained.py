@@ -134,6 +134,7 @@ def test_models_without_published_weights_and_two_sources_are_refused(torch_home
         build_model(both, 5, 3)
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_resumes_and_evaluates_without_the_weights_file(
     torchvision_file, make_config, tmp_path
 ):
@@ -229,6 +230,7 @@ def timm_file(hf_cache):
     return path
 
 
+@pytest.mark.slow
 def test_timm_weights_load_as_timm_loads_them(timm_file):
     import timm
 

@@ -144,6 +144,7 @@ def test_log_lines_of_the_choices_read_right_for_one_and_for_few(
     assert counted(0, "epoch") == "0 epochs"
 
 
+@pytest.mark.slow
 def test_choices_are_logged_written_resolved_and_taken_back_on_resume(
     make_config, tmp_path, capsys, monkeypatch
 ):
@@ -208,6 +209,7 @@ EARLY = (
 )
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_keeps_the_best_and_a_finished_run_stays_finished(
     make_config, tmp_path
 ):
@@ -228,6 +230,7 @@ def test_early_stopping_stops_keeps_the_best_and_a_finished_run_stays_finished(
     assert len(run_rows(tmp_path, "run")) == len(rows)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_in_the_middle_of_its_patience_resumes_exactly(make_config, tmp_path):
     straight = tmp_path / "straight"
     assert main(make_config(*EARLY, run_dir=straight)) == 0

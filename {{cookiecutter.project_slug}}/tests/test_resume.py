@@ -25,6 +25,10 @@ from {{ cookiecutter.package_name }}.checkpoint import CheckpointManager, load_c
 from {{ cookiecutter.package_name }}.stopping import GracefulStop, active_stop
 from {{ cookiecutter.package_name }}.train import main, run
 
+# Left out of the quick subset (pytest -m "not slow"): every test here kills, stops and resumes
+# whole training runs.
+pytestmark = pytest.mark.slow
+
 DRIVER = Path(__file__).resolve().parent / "kill_driver.py"
 PROJECT_ROOT = DRIVER.parent.parent
 

@@ -76,6 +76,7 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_the_printed_continue_command_continues_exactly(train_cli, subprocess_env, tmp_path):
     """Ctrl-C on a 2-epoch run, then the printed command pasted as it is: the run ends after
     its own 2 epochs, exactly as a run never stopped (not after the default's)."""
@@ -109,6 +110,7 @@ def test_the_printed_continue_command_continues_exactly(train_cli, subprocess_en
     assert_same_weights(run_dir, straight)
 
 
+@pytest.mark.slow
 def test_a_change_that_alters_training_is_refused_by_name_and_nothing_changes(train_cli, tmp_path):
     run_dir = tmp_path / "run"
     assert train_cli(*SMALL_OVERRIDES, "train.max_steps=3", f"run.dir={run_dir}")[0] == 0
@@ -126,6 +128,7 @@ def test_a_change_that_alters_training_is_refused_by_name_and_nothing_changes(tr
     assert last_progress(run_dir)["global_step"] == 5
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumed_says_so_and_changes_nothing(train_cli, tmp_path):
     run_dir = tmp_path / "run"
     assert train_cli(*SMALL_OVERRIDES, f"run.dir={run_dir}")[0] == 0
@@ -148,6 +151,7 @@ def test_a_finished_run_resumed_says_so_and_changes_nothing(train_cli, tmp_path)
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_extends_on_a_schedule_of_its_own_and_resumes_exactly(train_cli, tmp_path):
     """A finished cosine run given more epochs: refused with the way forward, then with
     run.extend=true the extra epochs train at a learning rate well above 0 (not at the end
@@ -181,6 +185,7 @@ def test_a_finished_run_extends_on_a_schedule_of_its_own_and_resumes_exactly(tra
     assert last_progress(runs["split"]) == last_progress(runs["straight"])
 
 
+@pytest.mark.slow
 def test_extend_needs_a_finished_run_and_more_epochs(train_cli, tmp_path):
     run_dir = tmp_path / "run"
     assert train_cli(*SMALL_OVERRIDES, "train.max_steps=2", f"run.dir={run_dir}")[0] == 0
@@ -193,6 +198,7 @@ def test_extend_needs_a_finished_run_and_more_epochs(train_cli, tmp_path):
     assert code == 2 and "run.resume" in error_lines(output)[0], output[-2000:]
 
 
+@pytest.mark.slow
 def test_fork_starts_a_new_run_from_the_weights_and_records_its_parent(
     train_cli, tmp_path, monkeypatch
 ):
@@ -213,6 +219,7 @@ def test_fork_starts_a_new_run_from_the_weights_and_records_its_parent(
     assert checkpoint["config"]["run"]["resume"] is None
 
 
+@pytest.mark.slow
 def test_nan_advice_leads_to_a_finished_run(train_cli, tmp_path, monkeypatch):
     """The loss turns NaN; the error's own command, pasted, trains to the end."""
     monkeypatch.chdir(tmp_path)
@@ -232,6 +239,7 @@ def test_nan_advice_leads_to_a_finished_run(train_cli, tmp_path, monkeypatch):
     assert "done in" in output
 
 
+@pytest.mark.slow
 def test_resume_takes_a_run_folder_and_auto_finds_the_newest_run(train_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("older", "newer"):
@@ -259,6 +267,7 @@ def write_class_folders(root: Path, classes: list[str]) -> None:
                 Image.new("RGB", (12, 12), (shade, 255 - shade, 0)).save(folder / f"{number}.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["renamed", "reordered"])
 def test_resume_refuses_data_whose_classes_changed_naming_them(train_cli, tmp_path, change):
     data, run_dir = tmp_path / "data", tmp_path / "run"
@@ -298,6 +307,7 @@ def start_training(run_dir: Path, env: dict, *settings: str) -> subprocess.Popen
     )
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves_no_lock(
     subprocess_env, train_cli, tmp_path
 ):
@@ -366,6 +376,7 @@ def warnings_naming(output: str, name: str) -> list[str]:
     return [line for line in output.splitlines() if "WARNING" in line and name in line]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "record",
     [
@@ -391,6 +402,7 @@ def test_a_resumed_run_normalises_with_its_checkpoint_not_the_folder_record(
     assert json.loads((run_dir / "normalization.json").read_text()) == saved  # the record
 
 
+@pytest.mark.slow
 def test_an_unchanged_record_costs_no_warning_and_a_missing_one_is_written_again(
     train_cli, tmp_path
 ):
@@ -403,6 +415,7 @@ def test_an_unchanged_record_costs_no_warning_and_a_missing_one_is_written_again
     assert json.loads((run_dir / "normalization.json").read_text()) == checkpoint_stats(run_dir)
 
 
+@pytest.mark.slow
 def test_a_fresh_run_computes_its_statistics_and_never_reads_a_record_left_behind(
     train_cli, tmp_path
 ):
@@ -424,6 +437,7 @@ def with_edit(saved: dict, edit: dict) -> dict:
     return {**saved, **{key: {**saved.get(key, {}), **value} for key, value in edit.items()}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("edit", "named", "command"),
     [
@@ -458,6 +472,7 @@ def test_an_edited_config_yaml_says_the_checkpoint_settings_are_used_and_how_to_
     assert last_progress(run_dir)["global_step"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content", [b"optim: [unclosed\n", b"\xff\xfe\x00", b"- a list\n", b"a: 1\na: 2\n"]
 )

@@ -88,6 +88,7 @@ def test_a_marked_run_folder_without_checkpoints_takes_a_fresh_run(make_config, 
     assert (folder / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume", ["folder", "auto"])
 def test_a_run_folder_from_before_the_marker_is_resumed_and_marked(make_config, tmp_path, resume):
     folder = tmp_path / "run"

@@ -93,6 +93,7 @@ def test_compile_falls_back_with_a_warning_where_it_cannot_compile(monkeypatch, 
     assert "train.compile" in project_log.text and "training without it" in project_log.text
 
 
+@pytest.mark.slow
 def test_compiled_model_saves_the_plain_weights(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
     model = SmallResNet(num_classes=3, width=4)

@@ -22,6 +22,10 @@ from {{ cookiecutter.package_name }}.cli import DEFAULT_CONFIG
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.train import main
 
+# Left out of the quick subset (pytest -m "not slow"): every test here runs the entry points as
+# processes with a pipe nobody reads.
+pytestmark = pytest.mark.slow
+
 # Python itself starts with sys.stdout None when descriptor 1 is closed; this closes it once
 # Python has made sys.stdout, then runs the script (as a parent that closes it later would).
 CLOSE_THEN_RUN = (

@@ -53,6 +53,7 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(states=states)
 
 
+@pytest.mark.slow
 def test_sweep_writes_the_study_and_continues_it(
     tmp_path, small_overrides, subprocess_env, run_python, read_metrics
 ):
@@ -113,6 +114,7 @@ def test_sweep_writes_the_study_and_continues_it(
         assert (folder / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_with_exit_130(tmp_path, small_overrides, subprocess_env):
     folder = tmp_path / "sweep"
     sweep = subprocess.Popen(
@@ -151,6 +153,7 @@ def run_a_trial_that_is_pruned(tmp_path: Path, argv: list[str]) -> Path:
     return Path(trial.user_attrs["run_dir"])
 
 
+@pytest.mark.slow
 def test_pruned_trial_ends_cleanly_and_keeps_its_run_folder(
     tmp_path, small_overrides, read_metrics
 ):
@@ -242,6 +245,7 @@ def test_a_folder_that_is_not_a_sweep_folder_is_refused_and_left_as_it_was(tmp_p
     assert victim.read_text(encoding="utf-8") == "the user's own file\n"
 
 
+@pytest.mark.slow
 def test_a_sweep_folder_from_before_the_marker_is_taken_on_and_its_report_replaced_whole(
     tmp_path, capsys
 ):

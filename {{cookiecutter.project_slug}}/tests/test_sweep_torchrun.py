@@ -6,6 +6,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from conftest import PROJECT_ROOT
 from test_sweep import (
     TINY,
@@ -20,6 +21,7 @@ from {{ cookiecutter.package_name }}.sweep import main, parse_arguments, train_i
 from {{ cookiecutter.package_name }}.sweep_torchrun import TorchrunTrial
 
 
+@pytest.mark.slow
 def test_trial_as_a_torchrun_job_is_pruned_by_sigterm(tmp_path, small_overrides, read_metrics):
     # Many short epochs: the pruning after the first one comes long before the last.
     longer = ("data.train_size=128", "data.val_size=32", "train.epochs=50")
@@ -31,6 +33,7 @@ def test_trial_as_a_torchrun_job_is_pruned_by_sigterm(tmp_path, small_overrides,
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_sent_to_the_sweep_alone_stops_its_torchrun_trial(
     tmp_path, small_overrides, subprocess_env
 ):

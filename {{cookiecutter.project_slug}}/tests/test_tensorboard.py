@@ -3,8 +3,13 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import PROJECT_ROOT, SMALL_OVERRIDES, _subprocess_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# Left out of the quick subset (pytest -m "not slow"): every test here trains a run in a process and
+# reads its event files.
+pytestmark = pytest.mark.slow
 
 
 def test_event_files_hold_the_metrics_samples_and_graph(tmp_path):

@@ -147,6 +147,7 @@ def test_max_steps_stops_inside_an_epoch(make_config, tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()  # no epoch was finished
 
 
+@pytest.mark.slow
 def test_after_epoch_hook_sees_each_row_and_can_stop_the_run(make_config, tmp_path, read_metrics):
     seen = []
 
@@ -167,6 +168,7 @@ def test_after_epoch_hook_sees_each_row_and_can_stop_the_run(make_config, tmp_pa
     assert (tmp_path / "run" / "loss.png").is_file()
 
 
+@pytest.mark.slow
 def test_step_and_save_hooks_see_every_step_and_every_save(make_config, tmp_path):
     calls = []
     hooks = Hooks(
@@ -193,6 +195,7 @@ def test_step_and_save_hooks_see_every_step_and_every_save(make_config, tmp_path
     assert (tmp_path / "run" / "checkpoints" / "step-00000004.pt").is_file()
 
 
+@pytest.mark.slow
 def test_save_every_steps_and_keep_last(make_config, tmp_path):
     # 8 steps: saves at steps 3 and 6 inside the epoch, and at its end (step 8).
     assert main(make_config("run.save_every_steps=3", "run.keep_last=2")) == 0
@@ -208,6 +211,7 @@ def test_save_every_steps_and_keep_last(make_config, tmp_path):
         assert (progress["epoch"], progress["global_step"]) == (1, 8), name
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_takes_one_step_per_group(make_config, tmp_path):
     assert main(make_config("train.grad_accum_steps=3")) == 0
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -226,6 +230,7 @@ SCHEDULE_SETTINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", SCHEDULE_SETTINGS)
 def test_resume_after_max_steps_matches_an_uninterrupted_run(
     make_config, tmp_path, read_metrics, schedule
@@ -259,6 +264,7 @@ def test_resume_after_max_steps_matches_an_uninterrupted_run(
     assert without_timings(read_metrics(split)) == straight_rows
 
 
+@pytest.mark.slow
 def test_fresh_run_refuses_a_folder_with_checkpoints(make_config, tmp_path, capsys):
     assert main(make_config("train.max_steps=2")) == 0
     folder = tmp_path / "run"

@@ -278,6 +278,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", HOSTILE)
 def test_a_hostile_program_is_refused_before_torch_reads_it(exported, tmp_path, case):
     _, program = exported
@@ -385,6 +386,7 @@ def test_a_compressed_archive_is_refused(exported, tmp_path):
         load_program(compressed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["predict.py", "evaluate.py"])
 def test_predict_and_evaluate_end_in_one_line_on_a_hostile_program(
     exported, run_python, tmp_path, script
@@ -506,6 +508,7 @@ def limited_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
 
+@pytest.mark.slow
 def test_a_card_that_never_ends_is_refused_unread(weights_file, tmp_path):
     """A card that is a pipe nobody writes (opening it waits forever), /dev/zero (reading it
     never ends) or a sparse 16 GiB file: each refused in one line, in a child bounded in
@@ -594,6 +597,7 @@ def onnx_program(exported, folder: Path) -> Path:
     return output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
 @pytest.mark.parametrize("case", PROGRAM_CARDS)
 def test_a_program_that_does_not_fit_its_card_is_refused(exported, tmp_path, case, suffix):
@@ -618,6 +622,7 @@ def shapes_weights(tmp_path_factory) -> Path:
     return export_weights(root / "run" / "checkpoints" / "last.pt", root / "model.pt")
 
 
+@pytest.mark.slow
 def test_evaluation_builds_no_training_set(shapes_weights, tmp_path):
     """A card may declare any data.train_size: evaluating needs only the validation images,
     which are the same whatever it says (here 10**12 images, which would not fit)."""

@@ -15,6 +15,10 @@ from conftest import PROJECT_ROOT, SMALL_OVERRIDES, TIMING_COLUMNS, _read_metric
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.wandb_log import transaction_records
 
+# Left out of the quick subset (pytest -m "not slow"): every test here trains, kills and resumes
+# runs in processes, then syncs them.
+pytestmark = pytest.mark.slow
+
 DRIVER = PROJECT_ROOT / "tests" / "kill_driver.py"
 # Three epochs of 8 steps; every step file kept, so a test can resume from an older one.
 EPOCHS = ("train.epochs=3", "run.keep_last=10")
