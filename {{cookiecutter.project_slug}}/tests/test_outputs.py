@@ -149,6 +149,19 @@ def test_two_runs_never_share_a_folder_and_latest_points_at_the_newest(tmp_path)
 
 
 @pytest.mark.slow
+def test_resuming_through_runs_latest_keeps_the_link_pointing_at_the_run(tmp_path):
+    first = train(*SMALL_OVERRIDES, "train.max_steps=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    latest = tmp_path / "runs" / "latest"
+    folder = latest.resolve()
+    again = train(*SMALL_OVERRIDES, "train.max_steps=2", "run.resume=runs/latest", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert latest.is_symlink() and latest.resolve() == folder  # not a link to itself
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(["latest", folder.name])
+    assert "stopped at step 2" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
 def test_run_name_names_the_default_folder(tmp_path):
     result = train(*SMALL_OVERRIDES, "train.max_steps=1", "run.name=baseline", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -211,12 +211,16 @@ def new_run_dir(name: str) -> Path:
 
 
 def point_latest_at(run_dir: Path) -> None:
-    """`runs/latest` -> this run's folder (a relative symlink, switched atomically)."""
+    """`runs/latest` -> this run's folder (a relative symlink, switched atomically).
+
+    A run named through a link (run.resume=runs/latest) is pointed at as the folder the
+    link leads to: pointed at by its own name, runs/latest would lead to itself."""
     latest = run_dir.parent / "latest"
     if os.path.lexists(latest) and not latest.is_symlink():
         logger.warning("%s is not the link this project makes: left as it is", latest)
         return
+    target = os.path.relpath(run_dir.resolve(), latest.parent.resolve())
     try:
-        atomic_symlink(latest, run_dir.name, target_is_directory=True)
+        atomic_symlink(latest, target, target_is_directory=True)
     except OSError as error:  # e.g. a filesystem without symlinks: the pointer is a comfort
         logger.warning("could not point %s at this run: %s", latest, error)
