@@ -418,3 +418,28 @@ def test_a_run_from_scratch_trains_bit_identically_to_before(make_config, optimi
     for (name, new), old in zip(new_model.state_dict().items(), old_weights, strict=True):
         assert torch.equal(new, old), name
     assert trainer.optimizer.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+
+
+def test_gradient_clipping_measures_only_what_the_step_moves():
+    """In the head-only phase the backbone's gradients (lr 0) do not shrink the classifier's
+    step: the norm that train.grad_clip bounds is that of the groups that move."""
+    from {{ cookiecutter.package_name }}.config import TrainConfig
+    from {{ cookiecutter.package_name }}.device import float32_precision
+    from {{ cookiecutter.package_name }}.engine import Trainer, optimizer_step
+
+    backbone, head = nn.Linear(4, 4), nn.Linear(4, 2)
+    groups = [{"params": list(head.parameters()), "lr": 1.0}]
+    groups.append({"params": list(backbone.parameters()), "lr": 0.0})
+    optimizer = torch.optim.SGD(groups, lr=1.0)
+    model = nn.Sequential(backbone, head)
+    cpu = torch.device("cpu")
+    trainer = Trainer(model, optimizer, None, False, float32_precision(cpu), TrainConfig(), cpu)
+    trainer.cfg.grad_clip = 1.0
+    for parameter in head.parameters():
+        parameter.grad = torch.full_like(parameter, 0.1)  # norm 0.3: under the bound
+    for parameter in backbone.parameters():
+        parameter.grad = torch.full_like(parameter, 100.0)  # would dominate the norm
+    before = [parameter.detach().clone() for parameter in head.parameters()]
+    optimizer_step(trainer)
+    for old, new in zip(before, head.parameters(), strict=True):
+        assert torch.allclose(new, old - 0.1)  # the head's full step, not clipped away

@@ -54,8 +54,25 @@ def test_the_side_is_the_largest_of_the_ladder_the_median_image_holds(sides, exp
     assert side == expected and f"median shorter side {sorted(sides)[1]} px" in reason
 
 
-def test_a_pretrained_models_own_side_sets_the_top():
-    assert size_from_data(survey_of(64, 64, 64), ceiling=224)[0] == 224
+def test_a_pretrained_models_own_side_caps_the_choice_and_is_itself_a_candidate():
+    assert size_from_data(survey_of(300, 300, 300), ceiling=224)[0] == 224
+    assert size_from_data(survey_of(64, 64, 64), ceiling=224)[0] == 64  # not scaled up
+    assert size_from_data(survey_of(400, 400, 400), ceiling=299)[0] == 299  # inception_v3
+
+
+def test_the_timed_choice_takes_only_sides_the_model_runs_on(make_config, tmp_path):
+    """vit_b_16 takes 224 px only: chosen without timing, never a traceback."""
+    cfg = make_config("model.name=vit_b_16", "data.image_size=null")
+    choose = input_size.size_chooser(cfg, torch.device("cpu"))
+    side, reason = choose(survey_of(300, 300, 300), 3, 100)
+    assert side == 224 and "the only side model.name=vit_b_16 takes" in reason
+
+
+def test_a_side_is_no_larger_than_data_resize(make_config, tmp_path):
+    write_photos(tmp_path / "photos", {"a": 4, "b": 4}, size=(400, 300))
+    root = f"data.root={tmp_path / 'photos'}"
+    data = build_datasets(make_config(*AUTO_INPUT, root, "data.resize=100").data, seed=0)
+    assert data.chosen["image_size"] == 96 and data.train[0][0].shape == (3, 96, 96)
 
 
 class PixelTimer:
@@ -73,7 +90,7 @@ class PixelTimer:
 @pytest.mark.parametrize("budget", [1.0, 10.0, 60.0, 1e9, 1e-9])
 def test_the_chosen_side_is_the_largest_that_fits_the_budget_in_few_timings(budget):
     timer = PixelTimer(1e-8)
-    side, seconds = fitting_side(timer, top=512, image_steps=10_000, budget=budget)
+    side, seconds = fitting_side(timer, list(SIDES), image_steps=10_000, budget=budget)
     fitting = [s for s in SIDES if 1e-8 * s * s * 10_000 <= budget]
     assert side == (fitting[-1] if fitting else SIDES[0])
     assert seconds == timer.estimate(side, 10_000)
@@ -175,13 +192,13 @@ def test_pretrained_weights_prepare_the_images_where_the_settings_are_null(make_
     write_photos(tmp_path / "photos", {"a": 4, "b": 4}, size=(130, 100))
     root = f"data.root={tmp_path / 'photos'}"
     data = build_datasets(make_config(*AUTO_INPUT, root).data, seed=0, weights=IMAGENET)
-    assert data.chosen["image_size"] == 224  # the weights' side, not the images' 96
+    assert data.chosen["image_size"] == 96  # the images' side, below the weights' 224
     assert data.chosen["mean"] == [0.485, 0.456, 0.406]
     assert data.chosen["std"] == [0.229, 0.224, 0.225]
     assert data.chosen["interpolation"] == "bicubic"
-    assert data.mean == (0.485, 0.456, 0.406) and data.train[0][0].shape == (3, 224, 224)
+    assert data.mean == (0.485, 0.456, 0.406) and data.train[0][0].shape == (3, 96, 96)
     resize = data.val.transform.transforms[1]
-    assert (resize.size, resize.interpolation.value) == (256, "bicubic")
+    assert (resize.size, resize.interpolation.value) == (110, "bicubic")
     # A setting given wins; grayscale images get the RGB averages.
     given = ("data.mean=[0.5]", "data.std=[0.25]", "data.interpolation=bilinear", "data.channels=1")
     data = build_datasets(make_config(*AUTO_INPUT, root, *given).data, seed=0, weights=IMAGENET)
@@ -191,3 +208,10 @@ def test_pretrained_weights_prepare_the_images_where_the_settings_are_null(make_
     data = build_datasets(gray, seed=0, weights=IMAGENET)
     assert data.chosen["mean"] == [pytest.approx(0.449)]
     assert data.chosen["std"] == [pytest.approx(0.226)]
+
+
+def test_the_built_in_shapes_keep_their_side_with_pretrained_weights(make_config):
+    cfg = make_config("data.image_size=null", "data.flip=null")
+    data = build_datasets(cfg.data, seed=0, weights=IMAGENET)
+    assert data.chosen["image_size"] == 32 and data.chosen["flip"] is False
+    assert data.train[0][0].shape == (3, 32, 32)  # not 224: 12,000 images of it take GBs

@@ -164,6 +164,12 @@ def test_a_pretrained_run_resumes_and_evaluates_without_the_weights_file(
     assert log.count("initial weights: MobileNet_V3_Small_Weights.IMAGENET1K_V1") == 1
     trained = load_trained(tmp_path / "run" / "checkpoints" / "last.pt", ["train.device=cpu"])
     assert trained.cfg.model.pretrained is False  # nothing to read: the checkpoint holds it
+    # A fork starts from the run's weights, not the published ones (gone, too).
+    fork = (f"run.resume={tmp_path / 'run'}", "run.fork=true", "train.max_steps=1")
+    assert main(make_config(*settings, *fork, run_dir=tmp_path / "fork")) == 0
+    forked = yaml.safe_load((tmp_path / "fork" / "config.yaml").read_text(encoding="utf-8"))
+    assert forked["model"]["pretrained"] is False
+    assert forked["model"]["weights"].endswith(".pt")
 
 
 def test_training_without_the_weights_exits_2_with_the_line(torch_home, make_config, capsys):

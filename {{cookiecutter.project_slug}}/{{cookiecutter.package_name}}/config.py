@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config_checks import key_problem, rule_problem, tree_problem
+from .config_checks import image_settings_problem, key_problem, rule_problem, tree_problem
 from .yaml_files import YamlError, parse_value, read_mapping, spelling
 
 
@@ -340,7 +340,9 @@ def validate(cfg: Config) -> None:
             f"optim.betas={cfg.optim.betas} is not allowed; give two numbers in [0, 1), "
             "e.g. optim.betas=[0.9,0.999]"
         )
-    _validate_images(cfg.data)
+    problem = image_settings_problem(cfg.data)
+    if problem:
+        raise ConfigError(problem)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(
             f"train.device={cfg.train.device!r} is not allowed; choose one of: "
@@ -350,39 +352,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"run.name={cfg.run.name!r} is not allowed; use letters, digits, '_', '-' and '.'"
         )
-
-
-def _validate_images(data: DataConfig) -> None:
-    """The image settings that depend on each other."""
-    if data.channels is not None and data.channels not in (1, 3):
-        raise ConfigError(
-            f"data.channels={data.channels} is not allowed; choose 1 (grayscale), 3 (RGB) "
-            "or null (the data's own)"
-        )
-    if data.resize and data.resize < data.image_size:
-        raise ConfigError(
-            f"data.resize={data.resize} is smaller than data.image_size={data.image_size}, "
-            f"so the crop would not fit; use data.resize>={data.image_size} or data.resize=null"
-        )
-    if (data.mean is None) != (data.std is None):
-        raise ConfigError(
-            "data.mean and data.std go together: give both (one number per channel) or "
-            "leave both null to compute them from the training set"
-        )
-    if data.mean is None:
-        return
-    if len(data.mean) != len(data.std) or len(data.mean) not in (1, 3):
-        raise ConfigError(
-            f"data.mean={data.mean} and data.std={data.std} need one number per channel "
-            "each: 3 for RGB, 1 for grayscale"
-        )
-    if data.channels is not None and len(data.mean) != data.channels:
-        raise ConfigError(
-            f"data.mean={data.mean} has {len(data.mean)} numbers but data.channels="
-            f"{data.channels}; give one number per channel"
-        )
-    if not all(value > 0 for value in data.std):
-        raise ConfigError(f"data.std={data.std} is not allowed; every value must be > 0")
 
 
 def get_setting(cfg: Config, key: str) -> Any:

@@ -221,3 +221,39 @@ def _annotation(item: dataclasses.Field) -> tuple[str, bool]:
 
 def _sections(fields: Fields) -> set[str]:
     return {key.rsplit(".", 1)[0] for key in fields if "." in key}
+
+
+def image_settings_problem(data: Any) -> str:
+    """What is wrong with the data section's image settings that depend on each other (`data`:
+    a DataConfig), or ""."""
+    if data.channels is not None and data.channels not in (1, 3):
+        return (
+            f"data.channels={data.channels} is not allowed; choose 1 (grayscale), 3 (RGB) "
+            "or null (the data's own)"
+        )
+    # A null data.image_size is chosen later, no larger than data.resize (data/survey.py).
+    if data.resize and data.image_size is not None and data.resize < data.image_size:
+        return (
+            f"data.resize={data.resize} is smaller than data.image_size={data.image_size}, "
+            f"so the crop would not fit; use data.resize>={data.image_size} or data.resize=null"
+        )
+    if (data.mean is None) != (data.std is None):
+        return (
+            "data.mean and data.std go together: give both (one number per channel) or "
+            "leave both null to compute them from the training set"
+        )
+    if data.mean is None:
+        return ""
+    if len(data.mean) != len(data.std) or len(data.mean) not in (1, 3):
+        return (
+            f"data.mean={data.mean} and data.std={data.std} need one number per channel "
+            "each: 3 for RGB, 1 for grayscale"
+        )
+    if data.channels is not None and len(data.mean) != data.channels:
+        return (
+            f"data.mean={data.mean} has {len(data.mean)} numbers but data.channels="
+            f"{data.channels}; give one number per channel"
+        )
+    if not all(value > 0 for value in data.std):
+        return f"data.std={data.std} is not allowed; every value must be > 0"
+    return ""

@@ -216,7 +216,10 @@ def optimizer_step(trainer: Trainer) -> None:
     scaler, optimizer = trainer.precision.scaler, trainer.optimizer
     if trainer.cfg.grad_clip > 0:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.grad_clip)
+        # The norm of what this step moves: in fine-tuning's head-only phase the backbone's
+        # groups have an lr of 0, and their gradients would only shrink the classifier's.
+        moving = [p for group in optimizer.param_groups if group["lr"] > 0 for p in group["params"]]
+        nn.utils.clip_grad_norm_(moving, trainer.cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

@@ -36,6 +36,7 @@ from .engine import NonFiniteLossError, Trainer, TrainState, train_one_epoch
 from .errors import INTERRUPTED, describe, print_lines, report
 from .files import staged_files
 from .hooks import Hooks
+from .input_size import build_run_data
 from .log import counted, draws_progress_bar, progress_bar, setup_logging
 from .lr_curve import (
     END_LR,
@@ -58,7 +59,6 @@ from .stopping import GracefulStop, exit_code_unless_stopped
 from .train import (
     Loaders,
     build_loaders,
-    build_run_data,
     build_trainer,
     build_training_model,
     prepare_device,

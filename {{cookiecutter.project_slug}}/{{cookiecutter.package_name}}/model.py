@@ -304,7 +304,7 @@ def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: 
     PROBE_SIDES that it takes, larger sides tried first (a model short of pixels is the usual
     case), then smaller ones. A model that takes none of them has a bug: its error stays."""
     try:
-        _run_blank(model, in_channels, image_size)
+        run_blank(model, in_channels, image_size)
         return
     except (RuntimeError, AssertionError, ValueError) as error:
         refusal = error
@@ -312,7 +312,7 @@ def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: 
     smaller = [side for side in reversed(PROBE_SIDES) if side < image_size]
     for side in larger + smaller:
         try:
-            _run_blank(model, in_channels, side)
+            run_blank(model, in_channels, side)
         except (RuntimeError, AssertionError, ValueError):
             continue
         problem = str(refusal).strip().splitlines()[0] if str(refusal).strip() else "refused"
@@ -324,7 +324,7 @@ def check_input_size(model: nn.Module, name: str, in_channels: int, image_size: 
     raise refusal
 
 
-def _run_blank(model: nn.Module, in_channels: int, side: int) -> None:
+def run_blank(model: nn.Module, in_channels: int, side: int) -> None:
     """One forward pass of a zero image, in eval mode without gradients (batch-norm
     statistics and the training mode stay as they were)."""
     was_training = model.training
@@ -345,7 +345,7 @@ def flops_per_sample(model: nn.Module, in_channels: int, image_size: int) -> int
 
     counter = FlopCounterMode(display=False)
     with counter:
-        _run_blank(model, in_channels, image_size)
+        run_blank(model, in_channels, image_size)
     return counter.get_total_flops()
 
 

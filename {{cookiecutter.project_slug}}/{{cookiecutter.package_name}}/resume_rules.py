@@ -110,9 +110,16 @@ def plan_continuation(
     start = state.schedule_start_epoch
     if cfg.run.fork:
         parent = checkpoint_path.resolve()
-        # A fresh run, whose model.weights names the checkpoint it starts from.
+        # A fresh run, whose model.weights names the checkpoint it starts from (its
+        # weights, pretrained or not: the published ones are not read again).
         forked = _with(
-            merged, {"model.weights": str(parent), "run.fork": False, "run.resume": None}
+            merged,
+            {
+                "model.weights": str(parent),
+                "model.pretrained": False,
+                "run.fork": False,
+                "run.resume": None,
+            },
         )
         logger.info(
             "run.fork: a new run from the weights of %s (step %d)", parent, state.global_step

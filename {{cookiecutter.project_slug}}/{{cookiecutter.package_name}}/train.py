@@ -46,17 +46,16 @@ from .engine import (
 from .errors import FAILURE, INTERRUPTED, Failure, describe, report
 from .files import atomic_write_text
 from .hooks import Hooks
-from .input_size import apply_chosen, size_chooser
+from .input_size import build_run_data
 from .log import attach_log_file, counted, draws_progress_bar, progress_bar, setup_logging
 from .manifest import write_manifest
 from .model import build_model, check_input_size, check_model_name, model_summary
 from .optim import PER_STEP_SCHEDULERS, build_optimizer, build_scheduler, fine_tuning
 from .plots import plot_run
-from .pretrained import published_weights_file, weights_preprocessing
 from .processes import SingleProcess, describe_failure, join
 from .recipe import choose_data_settings, choose_machine_settings
 from .report import nan_advice, report_end
-from .resume import build_data, check_data, plan_run, restore
+from .resume import check_data, plan_run, restore
 from .resume_rules import check_how_to_go_on
 from .runs import RunFolder, check_resume_target, mark_run_folder, point_latest_at, resolve_run_dir
 from .saver import Saver
@@ -159,23 +158,6 @@ def prepare_device(cfg: TrainConfig, team: SingleProcess) -> torch.device:
         team.world_size,
     )
     return device
-
-
-def build_run_data(
-    cfg: Config, run: RunFolder, resume: tuple | None, team: SingleProcess, device: torch.device
-) -> tuple[Config, DataBundle]:
-    """The data of this run, and `cfg` with the input settings that a fresh run left null
-    chosen as the data was built: the side and flips from the images, and with pretrained
-    weights their own normalisation and resampling (see data/survey.py, input_size.py). A
-    resumed run has all of them, and its statistics, from its checkpoint."""
-    weights = None
-    if resume is None and cfg.model.pretrained:
-        published_weights_file(cfg.model.name).required()  # missing: one line, before any data
-        weights = weights_preprocessing(cfg.model.name)
-    ceiling = weights.crop_size if weights is not None else None
-    chooser = size_chooser(cfg, device, ceiling)
-    data = build_data(cfg, run, resume, team, chooser, weights)
-    return apply_chosen(cfg, data), data
 
 
 def build_loaders(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, DataConfig
+from ..log import log_choice
 from ..shapes import SHAPE_CLASSES
 from .builtin import shapes_bundle
 from .bundle import DataBundle
@@ -83,18 +84,22 @@ def _files_bundle(cfg: DataConfig, train, val, classes, channels, stats_file) ->
 
 
 def _shapes(cfg: DataConfig, seed: int, agree, weights) -> DataBundle:
-    """The built-in shapes, drawn at data.image_size (null: the side they were designed at,
-    SHAPES_SIDE; any larger side only costs time)."""
+    """The built-in shapes, drawn at data.image_size (null: SHAPES_SIDE, the side they were
+    designed at, whatever model trains on them: any larger side only costs time, and
+    memory for the whole set)."""
     survey = ImageSurvey(3, source="the built-in shapes")
     survey.add(None, (SHAPES_SIDE, SHAPES_SIDE), "PNG")
-    sizes_only = dataclasses.replace(cfg, flip=False)  # the shapes are never flipped
-    chosen = agree(
-        resolve_input_settings(
-            sizes_only, survey, len(SHAPE_CLASSES), cfg.train_size, None, weights
-        )
+    side = cfg.image_size or SHAPES_SIDE
+    fixed = dataclasses.replace(cfg, image_size=side, flip=False)  # never flipped
+    chosen = resolve_input_settings(
+        fixed, survey, len(SHAPE_CLASSES), cfg.train_size, None, weights
     )
+    if cfg.image_size is None:
+        chosen["image_size"] = side
+        log_choice("data.image_size", side, f"the built-in shapes are drawn at {side} px")
     if cfg.flip is None:
         chosen["flip"] = False
+    chosen = agree(chosen)
     data = shapes_bundle(dataclasses.replace(cfg, **chosen), seed)
     data.chosen = chosen
     return data

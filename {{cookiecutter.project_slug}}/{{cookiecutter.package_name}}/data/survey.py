@@ -2,7 +2,7 @@
 
 A survey is made while the data is built, from what is read anyway (image headers, for
 folders of files): each training image's shorter side as a viewer shows it, how many are
-stored as photographs are (JPEG and its relatives), and the channels. From it:
+stored in a photograph's format (JPEG and its relatives), and the channels. From it:
 
 - data.image_size, when null: the side of the square the model sees. build_datasets takes
   a chooser from the caller (training passes one that also times the model, see
@@ -25,8 +25,8 @@ from .images import shown
 
 logger = logging.getLogger(__name__.split(".")[0])
 
-# Square sides the automatic choice picks from: multiples of 16 up to 256 in steps that
-# each add about a third of the pixels, the sides pretrained models are published at.
+# Square sides the automatic choice picks from: multiples of 16 from 32 to 128, then larger
+# steps; 224, 256, 288, 320 and 384 are the sides pretrained models are published at.
 SIDES = (32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
 SMALLEST_SIDE = SIDES[0]  # what the project trained at before the size was automatic
 SHAPES_SIDE = 32  # the built-in shapes are drawn at this side
@@ -73,15 +73,25 @@ class ImageSurvey:
 SizeChooser = Callable[[ImageSurvey, int, int], tuple[int, str]]
 
 
+def candidate_sides(survey: ImageSurvey, ceiling: int | None = None) -> list[int]:
+    """The sides the automatic choice may take, smallest first: those of SIDES up to the
+    images' median shorter side (a model sees what the images hold without scaling most of
+    them up), and up to `ceiling`, a pretrained model's own side, which is itself a
+    candidate (299 for inception_v3) where the images are that large; SMALLEST_SIDE alone
+    for small images, the side the project's recipe was tuned at."""
+    top = survey.median_side if ceiling is None else min(ceiling, survey.median_side)
+    sides = [side for side in SIDES if side <= top]
+    if ceiling is not None and ceiling <= survey.median_side and ceiling not in sides:
+        sides.append(ceiling)
+    return sorted(sides) or [SMALLEST_SIDE]
+
+
 def size_from_data(survey: ImageSurvey, ceiling: int | None = None) -> tuple[int, str]:
-    """The largest of SIDES not above the images' median shorter side (or `ceiling`, a
-    pretrained model's own side), and never below SMALLEST_SIDE: a model sees what the
-    images hold without scaling most of them up, and small images keep the side the
-    project's recipe was tuned at."""
-    top = ceiling or survey.median_side
-    fitting = [side for side in SIDES if side <= top]
-    side = fitting[-1] if fitting else SMALLEST_SIDE
-    reason = survey.describe() if ceiling is None else f"the pretrained weights' own {ceiling} px"
+    """The largest of candidate_sides, and the reason in words."""
+    side = candidate_sides(survey, ceiling)[-1]
+    reason = survey.describe()
+    if ceiling is not None:
+        reason += f", the pretrained weights' own side {ceiling} px"
     return side, reason
 
 
@@ -102,10 +112,7 @@ def resolve_input_settings(
             side, reason = choose_size(survey, classes, train_images)
         else:
             side, reason = size_from_data(survey, weights.crop_size if weights else None)
-        if cfg.resize == 0:  # no resize: the crop must fit in every image as it is
-            smallest = min(survey.smallest[1])
-            side = max([s for s in SIDES if s <= smallest] or [smallest])
-            reason += "; data.resize=0: no larger than the smallest image"
+        side, reason = _within_resize(cfg, survey, side, reason)
         log_choice("data.image_size", side, reason)
         chosen["image_size"] = side
     if cfg.flip is None:
@@ -115,6 +122,19 @@ def resolve_input_settings(
     if weights is not None:
         chosen.update(weights_settings(cfg, weights, survey.channels))
     return chosen
+
+
+def _within_resize(cfg: DataConfig, survey: ImageSurvey, side: int, reason: str):
+    """The side no larger than the square the images are resized to: data.resize, or with
+    data.resize=0 (no resize) the smallest image."""
+    if cfg.resize is None:
+        return side, reason
+    limit = cfg.resize or min(survey.smallest[1])
+    if side <= limit:
+        return side, reason
+    side = max([s for s in SIDES if s <= limit] or [max(limit, 8)])
+    what = f"data.resize={cfg.resize}" if cfg.resize else "the smallest image (data.resize=0)"
+    return side, f"{reason}; no larger than {what}"
 
 
 def weights_settings(cfg: DataConfig, weights, channels: int) -> dict:
