@@ -2,6 +2,7 @@
 the files it writes, the command it prints, and that it changes no other run."""
 
 import csv
+import dataclasses
 import hashlib
 import math
 import os
@@ -137,6 +138,10 @@ def test_the_printed_command_repeats_the_arguments_with_the_suggested_rate(tmp_p
         "data.batch_size=64",
         "optim.lr=0.0032",
     ]
+    # A side the sweep chose goes on the line: training then uses the side it measured.
+    chosen = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=48))
+    command = outcome(chosen, argv, Curve(), Suggestion(0.0032, "a tenth"))[-1]
+    assert shlex.split(command.split(": ", 1)[1])[-1] == "data.image_size=48"
     # No clear minimum: the automatic rate, where a given one is left out.
     lines = outcome(cfg, argv, Curve(), Suggestion(None, "flat"))
     assert lines[0] == "no suggestion: flat"

@@ -285,7 +285,10 @@ def outcome(cfg: Config, argv: list[str], curve: Curve, suggestion: Suggestion) 
             f"no suggestion: {suggestion.reason}",
             f"train with the automatic learning rate: {command}",
         ]
-    command = train_command(argv, {"optim.lr": suggestion.lr, "run.dir": None})
+    # The side the sweep chose (when left null) goes on the line: a new run would time
+    # its own and might train at another side, for which the rate was not measured.
+    settings = {"optim.lr": suggestion.lr, "data.image_size": cfg.data.image_size}
+    command = train_command(argv, {**settings, "run.dir": None})
     return [
         f"suggested learning rate: optim.lr={suggestion.lr:g} ({suggestion.reason})",
         f"train with it: {command}",
