@@ -80,6 +80,8 @@ def build_setup(model_name: str, overrides: list[str]) -> dict:
     torch.manual_seed(cfg.seed)
     if model_name == "cnn":
         bundle = data.build_datasets(cfg.data, cfg.seed)
+        # The settings left null that building the data chose (the side), as train.py takes them.
+        cfg = import_module(f"{package}.input_size").apply_chosen(cfg, bundle)
         train_set = bundle.train
         model = model_module.build_model(cfg.model, len(bundle.classes), bundle.in_channels)
         if cfg.train.channels_last:

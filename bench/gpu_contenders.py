@@ -94,6 +94,7 @@ def build(args, *extra: str, with_model: bool = True) -> dict:
         data = random_images(args.images, args.image_size)
     else:
         data = package("data").build_datasets(cfg.data, cfg.seed)
+        cfg = package("input_size").apply_chosen(cfg, data)  # the side chosen, as train.py
     cfg = recipe.choose_data_settings(cfg, data, 1)
     loaders = train.build_loaders(data, cfg, team, device)
     if not with_model:
