@@ -272,9 +272,11 @@ def test_other_trackers_pass_their_own_tests(baked, combination, tmp_path):
 
 # Tests of code that no prompt changes, and that no prompt's files take part in: the
 # config's properties, the data (building, decoding, the input-size choice), the CSV
-# readers, the log, pretrained models, the learning-rate range test. The default bake runs
-# them; the all-features bake need not run them again (it keeps every test of saving,
-# resuming, exporting and training, where safetensors, DDP and trackers take part).
+# readers, the log, models (built, pretrained), the recipe's choices, the learning-rate
+# range test, the quick start and the tour's examples (whose training and saving the other
+# tests cover in every bake). The default bake runs them; the all-features bake need not run
+# them again (it keeps every test of saving, resuming, exporting, predicting and training,
+# where safetensors, DDP and trackers take part).
 FEATURE_FREE_TESTS = (
     "test_config_properties.py",
     "test_data_properties.py",
@@ -285,6 +287,10 @@ FEATURE_FREE_TESTS = (
     "test_log.py",
     "test_pretrained.py",
     "test_lr_find.py",
+    "test_model.py",
+    "test_recipe.py",
+    "test_quick_start.py",
+    "test_tour.py",
 )
 
 
