@@ -15,7 +15,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -108,12 +108,19 @@ class DataConfig:
     num_workers: Optional[int] = setting(
         None, "DataLoader worker processes (0: the main process); null = automatic", ge=0
     )
-    cache: Optional[bool] = setting(
+    cache: Optional[Union[bool, str]] = setting(
         None,
-        "imagefolder and torchvision datasets: decode every image once at the start and keep "
-        "them in memory (uint8; side data.resize, or data.image_size with data.resize=0); "
-        "crops, flips and normalisation then run per batch as tensor operations; null = "
-        "automatic (when they fit)",
+        "imagefolder and torchvision datasets: decode every image once (uint8; side "
+        "data.resize, or data.image_size with data.resize=0): true keeps them in memory, disk "
+        "in files under data.cache_dir read memory-mapped, kept for later runs; crops, flips "
+        "and normalisation then run per batch as tensor operations; null = automatic (memory "
+        "when they fit, else disk when they fit there)",
+        choices=(True, False, "disk"),
+    )
+    cache_dir: Optional[str] = setting(
+        None,
+        "folder of data.cache=disk's decoded images; null = cache/ beside runs/ (never "
+        "inside data.root)",
     )
     train_size: int = setting(10000, "shapes only: number of training images", ge=1)
     val_size: int = setting(2000, "shapes only: number of validation images", ge=1)

@@ -47,9 +47,10 @@ def type_words(item: dataclasses.Field, in_help: bool = False) -> str:
     return f"{words} or null" if nullable else words
 
 
-def choice_words(choices: tuple[str, ...]) -> str:
+def choice_words(choices: tuple[Any, ...]) -> str:
     """The choices in words: "adamw or sgd", "one of cosine, step, ... or none"."""
-    listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+    names = _choice_names(choices)
+    listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
     return listed if len(choices) <= 2 else f"one of {listed}"
 
 
@@ -57,7 +58,9 @@ def rule_problem(key: str, value: Any, rules: Mapping[str, Any]) -> str:
     """What breaks a rule of the setting's schema field (choices, gt, ge, lt, le), or ""."""
     choices = rules.get("choices")
     if choices and value is not None and value not in choices:  # null: a nullable field's own
-        close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            str(value).lower(), _choice_names(choices), n=1, cutoff=0.6
+        )
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"{key}={spelling(value)} is not allowed; choose {choice_words(choices)}{hint}"
     for rule, holds, words in RANGE_RULES:
@@ -166,10 +169,18 @@ def _name_problem(key: str, fields: Fields, style: str) -> str:
     return unknown_key(key, fields)
 
 
+def _choice_names(choices: tuple[Any, ...]) -> list[str]:
+    """Choices as a user writes them (true, not True: a setting may take true, false or disk)."""
+    return [choice if isinstance(choice, str) else spelling(choice) for choice in choices]
+
+
 def _fits(value: Any, base: str) -> bool:
     """Whether OmegaConf may convert `value` to the type `base` without losing its meaning."""
     if _is_interpolation(value):
         return True
+    if base.startswith("Union["):  # as given, no conversion (OmegaConf converts none)
+        parts = base[len("Union[") : -1].split(", ")
+        return any(_fits_exactly(value, part) for part in parts)
     if value == "???":  # OmegaConf's marker of a missing value
         return False
     if base == "bool":

@@ -41,6 +41,7 @@ FREE_TO_CHANGE = frozenset(
         "data.download",
         "data.num_workers",
         "data.cache",
+        "data.cache_dir",
         "train.max_steps",
         "train.device",
         "train.threads",
