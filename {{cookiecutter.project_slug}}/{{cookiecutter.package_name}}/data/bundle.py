@@ -35,7 +35,7 @@ class DataBundle:
     mean: tuple[float, ...] = SHAPES_MEAN
     std: tuple[float, ...] = SHAPES_STD
     stats_source: str = "built-in"  # built-in, config, computed or cached
-    cached: bool = False  # decoded once into memory (data.cache)
+    cached: bool | str = False  # decoded once (data.cache): True in memory, "disk" on disk
     # data.* settings left null and chosen while the data was built (survey.py)
     chosen: dict = field(default_factory=dict)
 

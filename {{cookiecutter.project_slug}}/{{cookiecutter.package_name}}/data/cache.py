@@ -1,7 +1,8 @@
 """The decoded-image cache (data.cache): image files and torchvision datasets decoded once
 into memory, then served like the built-in data, a batch at a time with tensor operations,
 bit for bit the tensors the uncached path gives. Checked first against the memory
-available on the host and on the training device."""
+available on the host and on the training device. The cache on disk (data.cache=disk,
+disk_cache.py) decodes through the same path and serves batches through the same class."""
 
 import logging
 import os
@@ -15,6 +16,7 @@ from ..config import ConfigError, DataConfig
 from ..device import copy_to, processes_on_this_machine
 from ..log import log_choice
 from .bundle import DataBundle, DataError
+from .cache_place import disk_choice
 from .folders import ImageFiles
 from .images import UnreadableImage, open_image
 from .skip_bad import report_left_out
@@ -63,7 +65,11 @@ class CachedImages(Dataset):
 
     def __getitem__(self, index):
         window = centre_window(self.images.shape[-1], self.crop)
-        return self.normalize(self.images[index][..., window, window]), self.labels[index]
+        return self.normalize(self.squares(index)[..., window, window]), self.labels[index]
+
+    def squares(self, index) -> torch.Tensor:
+        """The whole stored squares of `index` (one index or a batch of them)."""
+        return self.images[index]
 
     def augmented(
         self, indices: torch.Tensor, generator: torch.Generator, random_crop: bool, flip: bool
@@ -78,17 +84,21 @@ class CachedImages(Dataset):
             lefts = torch.randint(0, side - crop + 1, (count,), generator=generator)
         else:
             tops = lefts = torch.full((count,), centre_window(side, crop).start)
-        device = self.images.device
+        pixels = self.crops(indices, tops, lefts)
+        if flip:
+            flips = torch.rand(count, generator=generator) < 0.5
+            flips = copy_to(flips, pixels.device).view(-1, 1, 1, 1)
+            pixels = torch.where(flips, pixels.flip(-1), pixels)
+        return self.normalize(pixels), self.labels[indices]
+
+    def crops(self, indices: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor):
+        """uint8 [B, C, crop, crop]: the window of image indices[i] at (tops[i], lefts[i])."""
+        device, crop = self.images.device, self.crop
         # Every window of side `crop` of every image, as a view (nothing copied):
         # [N, C, side - crop + 1, side - crop + 1, crop, crop]. Picking one window per image
         # is then a single gather (2.6x faster on a CPU than indexing rows and columns).
         windows = self.images.unfold(2, crop, 1).unfold(3, crop, 1)
-        pixels = windows[indices, :, copy_to(tops, device), copy_to(lefts, device)]
-        if flip:
-            flips = torch.rand(count, generator=generator) < 0.5
-            flips = copy_to(flips, device).view(-1, 1, 1, 1)
-            pixels = torch.where(flips, pixels.flip(-1), pixels)
-        return self.normalize(pixels), self.labels[indices]
+        return windows[indices, :, copy_to(tops, device), copy_to(lefts, device)]
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels -> (x / 255 - mean) / std in float32, computed as ToTensor and
@@ -132,16 +142,21 @@ class _Decoding(Dataset):
         return self.transform(image), label, None
 
 
-def decode_images(
-    dataset: Dataset, cfg: DataConfig, channels: int, side: int, what: str = "training"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of `dataset` as uint8 [N, C, side, side], and the labels [N].
+def decoded_samples(
+    dataset: Dataset,
+    cfg: DataConfig,
+    channels: int,
+    side: int,
+    left_out: list[str],
+    workers: int | None = None,
+):
+    """(uint8 [C, side, side], label) of each image of `dataset`, in order.
 
     Each image is converted, resized as image_transform does, and cropped to the square
-    that CropSquare places; the PIL work runs in `data.num_workers` worker processes. With
-    `data.skip_bad`, unreadable files are left out with a warning (N is then smaller), as
-    skip_bad.leave_out_undecodable leaves them out without the cache. `what` names the set
-    in the warnings.
+    that CropSquare places; the PIL work runs in `workers` worker processes (default
+    `data.num_workers`). With `data.skip_bad`, an unreadable file is left out (its warning
+    appended to `left_out`), as skip_bad.leave_out_undecodable leaves it out without the
+    cache; without it, a DataError names the file.
     """
     from torchvision import transforms
 
@@ -150,21 +165,32 @@ def decode_images(
         steps.append(transforms.Resize(resize_side(cfg), interpolation_of(cfg), antialias=True))
     steps += [CropSquare(side, cfg.image_size), transforms.PILToTensor()]
     decoding = _Decoding(dataset, transforms.Compose(steps))
-    loader = DataLoader(decoding, batch_size=64, num_workers=cfg.num_workers, collate_fn=list)
+    workers = cfg.num_workers if workers is None else workers
+    loader = DataLoader(decoding, batch_size=64, num_workers=workers, collate_fn=list)
+    for batch in loader:
+        for pixels, label, problem in batch:
+            if problem is None:
+                yield pixels, label
+                continue
+            message, skip_warning = problem
+            if not cfg.skip_bad:
+                raise DataError(message)
+            left_out.append(skip_warning)
+
+
+def decode_images(
+    dataset: Dataset, cfg: DataConfig, channels: int, side: int, what: str = "training"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of `dataset` as uint8 [N, C, side, side], and the labels [N], decoded by
+    decoded_samples; with `data.skip_bad` N is smaller by the files left out, each named
+    in a warning (`what` names the set there)."""
     # Filled in place: concatenating per-batch tensors would need twice the memory.
     images = torch.empty((len(dataset), channels, side, side), dtype=torch.uint8)
     labels = torch.empty(len(dataset), dtype=torch.long)
     count, left_out = 0, []
-    for batch in loader:
-        for pixels, label, problem in batch:
-            if problem is not None:
-                message, skip_warning = problem
-                if not cfg.skip_bad:
-                    raise DataError(message)
-                left_out.append(skip_warning)
-                continue
-            images[count], labels[count] = pixels, label
-            count += 1
+    for pixels, label in decoded_samples(dataset, cfg, channels, side, left_out):
+        images[count], labels[count] = pixels, label
+        count += 1
     report_left_out(left_out, len(dataset), what)
     return images[:count], labels[:count]
 
@@ -203,26 +229,37 @@ def check_cache_fits(size: int, device: torch.device, copies: int = 1) -> None:
 CACHE_SHARE = 0.25
 
 
-def choose_cache(cfg: DataConfig, images: int, channels: int) -> bool:
-    """data.cache=null: cache when the decoded images take at most CACHE_SHARE of the free
-    memory (every process of a job on this machine holds a copy); logged either way."""
+def choose_cache(cfg: DataConfig, images: int, channels: int) -> bool | str:
+    """data.cache=null: in memory (True) when the decoded images take at most CACHE_SHARE of
+    the free memory (every process of a job on this machine holds a copy), else on disk
+    ("disk") when one copy takes at most cache_place.DISK_SHARE of the free space in the
+    cache's folder, else none (False); logged either way."""
     side = resize_side(cfg) or cfg.image_size
     copies = processes_on_this_machine()
-    size = images * channels * side * side * copies
+    size = images * channels * side * side
     available = available_memory(torch.device("cpu"))
     if available is None:
-        log_choice("data.cache", False, "the free memory cannot be told on this machine")
-        return False
-    fits = size <= CACHE_SHARE * available
-    words = "at most" if fits else "more than"
-    streaming = "" if fits else "; the images are read from their files every epoch instead"
+        memory = "the free memory cannot be told on this machine"
+    else:
+        fits = size * copies <= CACHE_SHARE * available
+        words = "at most" if fits else "more than"
+        memory = (
+            f"the decoded images take {size * copies / 2**20:,.1f} MB, {words} a quarter of "
+            f"the {available / 2**20:,.0f} MB free"
+        )
+        if fits:
+            log_choice("data.cache", True, memory)
+            return True
+    on_disk, disk = disk_choice(cfg, size)
+    if on_disk:
+        log_choice("data.cache", "disk", f"{memory}; {disk}")
+        return "disk"
     log_choice(
         "data.cache",
-        fits,
-        f"the decoded images take {size / 2**20:,.1f} MB, {words} a quarter of the "
-        f"{available / 2**20:,.0f} MB free{streaming}",
+        False,
+        f"{memory}; {disk}; the images are read from their files every epoch instead",
     )
-    return fits
+    return False
 
 
 def cached_bundle(

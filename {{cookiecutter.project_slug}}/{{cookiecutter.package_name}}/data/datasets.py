@@ -11,6 +11,7 @@ from ..shapes import SHAPE_CLASSES
 from .builtin import shapes_bundle
 from .bundle import DataBundle
 from .cache import cached_bundle, choose_cache
+from .disk_cache import disk_cached_bundle
 from .folders import ImageFiles, image_folder
 from .skip_bad import leave_out_undecodable
 from .stats import check_given_stats, normalization_stats
@@ -64,7 +65,9 @@ def build_datasets(
     use_cache = cfg.cache
     if use_cache is None:
         use_cache = agree(choose_cache(cfg, len(train) + len(val), channels))
-    if use_cache:
+    if use_cache == "disk":
+        data = disk_cached_bundle(cfg, train, val, classes, channels, stats_file)
+    elif use_cache:
         data = cached_bundle(cfg, train, val, classes, channels, stats_file)
     else:
         data = _files_bundle(cfg, train, val, classes, channels, stats_file)
