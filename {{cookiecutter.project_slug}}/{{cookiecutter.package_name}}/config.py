@@ -44,10 +44,15 @@ class DataConfig:
     dataset: str = setting(
         "shapes",
         "'shapes' (built-in, generated in memory), 'imagefolder' (your images: data.root/train "
-        "and data.root/val class folders, or one folder of classes split by data.val_fraction) "
+        "and data.root/val class folders, or one folder of classes split by data.val_fraction), "
+        "'shards' (tar shards written by prepare_shards.py, streamed) "
         "or a torchvision dataset: cifar10, cifar100, mnist, fashionmnist",
     )
-    root: str = setting("data", "folder of the data for imagefolder and torchvision datasets")
+    root: str = setting(
+        "data",
+        "folder of the data for imagefolder and torchvision datasets; for shards their folder "
+        "or URL (http, https, file, or a pipe: command with {name})",
+    )
     download: bool = setting(False, "let torchvision datasets download into data.root")
     val_fraction: float = setting(
         0.2,
@@ -121,6 +126,9 @@ class DataConfig:
         None,
         "folder of data.cache=disk's decoded images; null = cache/ beside runs/ (never "
         "inside data.root)",
+    )
+    shuffle_buffer: int = setting(
+        1000, "shards: samples each process holds to shuffle the stream of its shards", ge=1
     )
     train_size: int = setting(10000, "shapes only: number of training images", ge=1)
     val_size: int = setting(2000, "shapes only: number of validation images", ge=1)

@@ -45,6 +45,7 @@ PACKAGES = {
     "onnx": 'pip install -e ".[export]"',
     "onnxscript": 'pip install -e ".[export]"',
     "onnxruntime": 'pip install -e ".[export]"',
+    "webdataset": 'pip install -e ".[shards]"',
 }
 
 # What each kind of operating-system error means, said without jargon.

@@ -13,13 +13,14 @@ from .bundle import DataBundle
 from .cache import cached_bundle, choose_cache
 from .disk_cache import disk_cached_bundle
 from .folders import ImageFiles, image_folder
+from .shards import shard_sets, streamed_bundle
 from .skip_bad import leave_out_undecodable
 from .stats import check_given_stats, normalization_stats
 from .survey import SHAPES_SIDE, ImageSurvey, SizeChooser, check_sizes, resolve_input_settings
 from .torchvision_datasets import TORCHVISION_DATASETS, torchvision_dataset
 from .transforms import image_transform, resize_side
 
-DATASET_CHOICES = ("shapes", "imagefolder", *TORCHVISION_DATASETS)
+DATASET_CHOICES = ("shapes", "imagefolder", "shards", *TORCHVISION_DATASETS)
 
 
 def build_datasets(
@@ -46,6 +47,9 @@ def build_datasets(
     if cfg.dataset == "imagefolder":
         train, val, classes, channels = image_folder(cfg)
         survey = train.survey
+    elif cfg.dataset == "shards":
+        train, val, classes, channels = shard_sets(cfg)
+        survey = train.survey
     elif cfg.dataset in TORCHVISION_DATASETS:
         train, val, classes, channels = torchvision_dataset(cfg)
         survey = ImageSurvey(channels, source=f"the {cfg.dataset} images")
@@ -62,6 +66,10 @@ def build_datasets(
     _check_resize(cfg)
     check_sizes(cfg, survey)
     check_given_stats(cfg, channels)
+    if cfg.dataset == "shards":  # streamed from the shards, never cached (see shards.py)
+        data = streamed_bundle(cfg, train, val, classes, channels, stats_file)
+        data.chosen = chosen
+        return data
     use_cache = cfg.cache
     if use_cache is None:
         use_cache = agree(choose_cache(cfg, len(train) + len(val), channels))

@@ -49,6 +49,10 @@ def fingerprint(cfg: Config) -> dict:
             "image_size": data.image_size,
         }
         return {"dataset": "shapes", "settings": settings, "sha256": _sha256(repr(settings))}
+    if data.dataset == "shards":  # from the index of the shards: none is read
+        from .shards import shards_fingerprint  # (shards.py imports this module)
+
+        return shards_fingerprint(data.root)
     root = Path(data.root)
     if data.dataset == "imagefolder":
         files = image_folder_files(root)

@@ -12,6 +12,7 @@ import os
 import struct
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from .bundle import DataError
 
@@ -94,9 +95,10 @@ def quiet_pil():
         yield
 
 
-def open_image(path: Path):
+def open_image(path: Path | BinaryIO, shown_as: str | None = None):
     """The decoded image at `path`, in one of PLAIN_MODES, turned as its EXIF orientation
-    says (as a viewer shows it), or UnreadableImage naming the file.
+    says (as a viewer shows it), or UnreadableImage naming the file. `path` may also be an
+    open binary file (a sample read from a shard), named `shown_as` in messages.
 
     Images wider than 8 bits per pixel are scaled to 8 bits ("L") from their white level
     (WHITE_LEVELS); other modes (CMYK, YCbCr, LAB, ...) are converted to "RGB".
@@ -115,7 +117,7 @@ def open_image(path: Path):
                 return to_8_bits(image)
             return image.convert("RGB")
     except (*DECODE_ERRORS, Image.DecompressionBombError) as error:
-        raise _unreadable(path, error) from None
+        raise _unreadable(shown_as or path, error) from None
 
 
 def _turn_upright(image) -> None:

@@ -8,12 +8,14 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import ConfigError, DataConfig
 from ..device import copy_to
 from .cache import CachedImages
-from .samplers import EpochBatchSampler, GlobalBatchShardSampler, ShardSampler, TensorBatchSampler
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of the random augmentation of sample `index` in `epoch`."""
-    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index & (2**63 - 1)
+from .samplers import (
+    EpochBatchSampler,
+    GlobalBatchShardSampler,
+    ShardSampler,
+    TensorBatchSampler,
+    sample_seed,
+)
+from .shards import ShardStream, shard_loader
 
 
 class SeededAugmentation(Dataset):
@@ -103,7 +105,13 @@ def build_loader(
     """The batches of `dataset`: shuffled per epoch from `seed` when training, sharded over
     `world_size` processes. Datasets held whole in memory are sliced on `device` directly
     (InMemoryLoader; AugmentingLoader for training on cached images); the others go through
-    a DataLoader with `data.num_workers` workers."""
+    a DataLoader with `data.num_workers` workers; the shards of data.dataset=shards are
+    read as streams (shards.py)."""
+    options = _loader_options(cfg, device, seed)
+    if isinstance(dataset, ShardStream):
+        return shard_loader(
+            dataset, cfg, train=train, seed=seed, rank=rank, world_size=world_size, **options
+        )
     if train:
         if len(dataset) < world_size:
             raise ConfigError(
@@ -126,7 +134,12 @@ def build_loader(
     if train:
         dataset = SeededAugmentation(dataset, seed)
     batch_sampler = EpochBatchSampler(sampler, cfg.batch_size, drop_last, with_epoch=train)
-    common = dict(
+    return DataLoader(dataset, batch_sampler=batch_sampler, **options)
+
+
+def _loader_options(cfg: DataConfig, device: torch.device | None, seed: int) -> dict:
+    """The DataLoader settings of every loader of images read from files or shards."""
+    return dict(
         num_workers=cfg.num_workers,
         # Page-locked batches copy to a GPU without blocking the training step.
         pin_memory=device is not None and device.type == "cuda",
@@ -135,7 +148,6 @@ def build_loader(
         # so loading does not shift the random stream of the training itself.
         generator=torch.Generator().manual_seed(seed),
     )
-    return DataLoader(dataset, batch_sampler=batch_sampler, **common)
 
 
 def epoch_batch_sampler(loader) -> EpochBatchSampler | TensorBatchSampler:

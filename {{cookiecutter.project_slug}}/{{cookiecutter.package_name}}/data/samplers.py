@@ -8,6 +8,11 @@ import torch
 from torch.utils.data import BatchSampler, Sampler
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the random augmentation of sample `index` in `epoch`."""
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index & (2**63 - 1)
+
+
 class EpochBatchSampler(Sampler[list]):
     """Batches of a (distributed) sampler's indices, able to start in the middle of an epoch.
 

@@ -1,0 +1,207 @@
+"""prepare_shards.py's work: an image folder written as tar shards in the WebDataset layout,
+with their index (shard_index.py), for training from wherever the shards are copied to.
+
+The images are listed exactly as training lists a folder (folders.image_folder: the same
+class map, skip rules, train/val layout or seeded split by data.val_fraction and
+data.split_seed, and with skip_bad the same images left out), so that a run on the shards
+trains on the samples a run on the folder would. Each image goes in as its file's bytes,
+never re-encoded: decoding (EXIF orientation, 16-bit scaling) happens at training, by the
+same open_image as for files.
+
+The training images are written in an order shuffled once (from data.split_seed), so that
+every shard holds every class in its share: the shuffle buffer of training mixes only
+nearby samples, and the first shards serve the normalisation statistics.
+
+Atomic: each shard is written to a temporary file and renamed into place, the index last;
+an index from an earlier write is removed first, so a killed write leaves tar files
+without shards.json, which training refuses in one line. Only files of this layout are
+ever replaced or removed.
+"""
+
+import json
+import logging
+import os
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from ..files import atomic_path, atomic_write_text, file_sha256
+from ..log import progress_bar
+from .bundle import DataError
+from .folders import ImageFiles, image_folder
+from .images import shown
+from .shard_index import (
+    FORMAT,
+    SHARDS_FILE,
+    TEMPORARY_NAME,
+    VERSION,
+    is_shard_folder_entry,
+    shard_name,
+    size_words,
+)
+from .skip_bad import leave_out_undecodable
+from .survey import ImageSurvey
+
+logger = logging.getLogger(__name__.split(".")[0])
+
+# What a sample adds to a tar file beyond its image's bytes: two 512-byte headers, the
+# class file's block, and the padding of the image to a whole block (on average).
+TAR_OVERHEAD = 3 * 512 + 256
+
+
+@dataclass
+class ShardPlan:
+    """How to cut the sets into shards: at most `per_shard` samples each, or (when None)
+    about `shard_bytes` bytes each (never less than one sample)."""
+
+    per_shard: int | None = None
+    shard_bytes: int = 256_000_000
+
+    def cut(self, sizes: list[int]) -> list[range]:
+        """The ranges of sample positions, one per shard, of samples of these sizes."""
+        if self.per_shard is not None:
+            step = self.per_shard
+            return [
+                range(start, min(start + step, len(sizes))) for start in range(0, len(sizes), step)
+            ]
+        cuts, start, filled = [], 0, 0
+        for position, size in enumerate(sizes):
+            if position > start and filled + size + TAR_OVERHEAD > self.shard_bytes:
+                cuts.append(range(start, position))
+                start, filled = position, 0
+            filled += size + TAR_OVERHEAD
+        return [*cuts, range(start, len(sizes))]
+
+
+def prepare_shards(data: DataConfig, out: Path, plan: ShardPlan) -> dict:
+    """Write the image folder `data.root` (listed as training lists it) as shards into
+    `out`, their index last; returns the index."""
+    root = Path(data.root)
+    check_destination(root, out)
+    train, val, classes, channels = image_folder(data)
+    if data.skip_bad:  # what training on the folder leaves out with data.skip_bad
+        workers = min(os.cpu_count() or 1, 8)
+        leave_out_undecodable(train, workers, "training")
+        leave_out_undecodable(val, workers, "validation")
+    out.mkdir(parents=True, exist_ok=True)
+    # An index from an earlier write would vouch for shards being replaced now.
+    (out / SHARDS_FILE).unlink(missing_ok=True)
+    order = list(range(len(train)))
+    random.Random(f"{data.split_seed}/shards").shuffle(order)
+    total = len(train) + len(val)
+    progress = progress_bar(total, 0, "writing shards", enabled=sys.stdout.isatty())
+    try:
+        splits = {
+            "train": _write_split(train, order, "train", out, plan, progress),
+            "val": _write_split(val, list(range(len(val))), "val", out, plan, progress),
+        }
+    finally:
+        progress.close()
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "classes": classes,
+        "channels": channels,
+        "survey": _survey_record(train.survey, root),
+        "validation": _validation_rule(data, root),
+        "splits": splits,
+    }
+    atomic_write_text(out / SHARDS_FILE, json.dumps(index, indent=1) + "\n")
+    _remove_leftovers(out, {shard["name"] for shards in splits.values() for shard in shards})
+    written = sum(shard["bytes"] for shards in splits.values() for shard in shards)
+    logger.info(
+        "wrote %d train / %d val images of %d classes as %d + %d shards (%s) to %s",
+        len(train),
+        len(val),
+        len(classes),
+        len(splits["train"]),
+        len(splits["val"]),
+        size_words(written),
+        shown(out),
+    )
+    return index
+
+
+def check_destination(root: Path, out: Path) -> None:
+    """`out` may receive shards: not the data folder nor inside it (the shards would be read
+    as a class of images), not a file, and holding nothing but an earlier write's shards."""
+    data, target = root.resolve(), out.resolve()
+    if target == data or data in target.parents:
+        raise DataError(
+            f"OUT {shown(out)} is inside DATA_ROOT {shown(root)}, where training would list "
+            "the shards' folder as a class; choose a folder outside DATA_ROOT"
+        )
+    if out.exists() and not out.is_dir():
+        raise DataError(f"OUT {shown(out)} is a file; name a new or empty folder")
+    if not out.is_dir():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if not is_shard_folder_entry(entry.name))
+    if foreign:
+        raise DataError(
+            f"OUT {shown(out)} holds {shown(foreign[0])}, which prepare_shards.py did not "
+            f"write ({len(foreign)} such entr{'y' if len(foreign) == 1 else 'ies'}); name a "
+            "new or empty folder, or one of earlier shards to replace"
+        )
+
+
+def _write_split(
+    dataset: ImageFiles, order: list[int], split: str, out: Path, plan: ShardPlan, progress
+) -> list[dict]:
+    """Write the samples of `dataset` in `order` as shards of `split`; their index entries."""
+    sizes = [dataset.samples[index][0].stat().st_size for index in order]
+    shards = []
+    for number, positions in enumerate(plan.cut(sizes)):
+        name = shard_name(split, number)
+        indices = [order[position] for position in positions]
+        shards.append(_write_shard(dataset, indices, out / name))
+        progress.update(len(indices))
+    return shards
+
+
+def _write_shard(dataset: ImageFiles, indices: list[int], path: Path) -> dict:
+    """One tar file of the samples `indices` (KEY.<suffix>: the file's bytes, KEY.cls: the
+    class index; KEY: the sample's index in its split), written atomically."""
+    from webdataset import TarWriter
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as file, TarWriter(file, encoder=False, mtime=0) as writer:
+            for index in indices:
+                image, label = dataset.samples[index]
+                suffix = image.suffix.lower().lstrip(".")
+                sample = {"__key__": f"{index:09d}", suffix: image.read_bytes()}
+                sample["cls"] = str(label).encode("ascii")
+                writer.write(sample)
+        record = {"name": path.name, "count": len(indices)}
+        record.update(bytes=temporary.stat().st_size, sha256=file_sha256(temporary))
+    return record
+
+
+def _survey_record(survey: ImageSurvey, root: Path) -> dict:
+    """What survey.py needs of the training images, to choose without reading a shard."""
+    path, size = survey.smallest
+    sides = sorted(Counter(survey.shorter_sides).items())
+    return {
+        "shorter_sides": {str(side): count for side, count in sides},
+        "photo_files": survey.photo_files,
+        "smallest": {"path": shown(os.path.relpath(path, root)) if path else "", "size": [*size]},
+    }
+
+
+def _validation_rule(data: DataConfig, root: Path) -> str:
+    if (root / "val").is_dir():
+        return "the val/ folder"
+    return f"data.val_fraction={data.val_fraction} of each class, data.split_seed={data.split_seed}"
+
+
+def _remove_leftovers(out: Path, written: set[str]) -> None:
+    """Remove the shards of an earlier write that this one did not replace, and the
+    temporary files of killed writes."""
+    for entry in out.iterdir():
+        leftover = TEMPORARY_NAME.fullmatch(entry.name) or (
+            is_shard_folder_entry(entry.name) and entry.name not in written | {SHARDS_FILE}
+        )
+        if leftover and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
