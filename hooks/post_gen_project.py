@@ -146,9 +146,17 @@ def next_steps(project_slug: str, use_ddp: bool, use_sweeps: bool = False) -> st
     return "\n".join(lines)
 
 
+# copier's answers file: the template holds it for copier bakes (hooks/copier_tasks.py); in a
+# cookiecutter bake it renders empty and goes.
+COPIER_ANSWERS_FILE = ".copier-answers.yml"
+
+
 def main(features: dict[str, Any], root: Path | None = None) -> int:
-    """Remove the disabled features' files under ``root`` (default: cwd); print next steps."""
-    remove_files(root if root is not None else Path.cwd(), files_to_remove(features))
+    """Remove the disabled features' files under ``root`` (default: cwd) and copier's empty
+    answers file; print next steps."""
+    remove_files(
+        root if root is not None else Path.cwd(), [*files_to_remove(features), COPIER_ANSWERS_FILE]
+    )
     use_ddp, use_sweeps = as_bool(features.get("use_ddp")), as_bool(features.get("use_sweeps"))
     print(next_steps(features["project_slug"], use_ddp, use_sweeps))
     return 0

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from hooks.post_gen_project import FEATURE_FILES
+from hooks.post_gen_project import COPIER_ANSWERS_FILE, FEATURE_FILES
 from tests.conftest import (
     ALL_FEATURES,
     COMBINATIONS,
@@ -110,7 +110,9 @@ def test_bake_uses_the_answers_given(baked, combination):
         assert (result.project_path / name).is_file(), f"{name} is missing"
     for name in dropped:
         assert not (result.project_path / name).exists(), f"{name} was not deleted"
-    unowned = template_files(package) - kept - dropped
+    # copier's answers file is copier's alone: a cookiecutter bake drops it.
+    assert not (result.project_path / COPIER_ANSWERS_FILE).exists()
+    unowned = template_files(package) - kept - dropped - {COPIER_ANSWERS_FILE}
     assert f"{package}/train.py" in unowned
     missing = sorted(name for name in unowned if not (result.project_path / name).is_file())
     assert not missing, f"files that no feature owns are missing: {missing}"
