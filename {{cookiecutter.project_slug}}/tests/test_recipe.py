@@ -14,7 +14,7 @@ from conftest import write_images
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import Config, ConfigError, get_setting
-from {{ cookiecutter.package_name }}.data import DataBundle, build_datasets, cache
+from {{ cookiecutter.package_name }}.data import DataBundle, build_datasets, cache, cache_place
 from {{ cookiecutter.package_name }}.engine import PerClass
 from {{ cookiecutter.package_name }}.log import LOGGER_NAME, counted
 from {{ cookiecutter.package_name }}.recipe import (
@@ -167,8 +167,9 @@ def test_choices_are_logged_written_resolved_and_taken_back_on_resume(
 
     # Resumed where memory is scarcer: the run goes on cached, as it began, and its config
     # is the same; a new run would now choose to stream (the decoded images, ~490 kB at the
-    # automatic 32 px, take more than a quarter of 1 MB).
+    # automatic 32 px, take more than a quarter of 1 MB, and the disk is full).
     monkeypatch.setattr(cache, "available_memory", lambda device: 1_000_000)
+    monkeypatch.setattr(cache_place, "free_space", lambda folder: 0)
     assert main(make_config(*settings, "run.resume=auto", "train.max_steps=6")) == 0
     assert not build_datasets(make_config(*settings).data, seed=0).cached
     again = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
@@ -184,6 +185,7 @@ def test_a_cache_too_large_falls_back_to_streaming_in_one_line(
     images = tmp_path / "images"
     write_images(images, {"a": 10, "b": 10})
     monkeypatch.setattr(cache, "available_memory", lambda device: 1_000)
+    monkeypatch.setattr(cache_place, "free_space", lambda folder: 0)  # nor on disk
     cfg = make_config(*IMAGES, f"data.root={images}", "data.cache=null")
     data = build_datasets(cfg.data, seed=0)
     assert not data.cached

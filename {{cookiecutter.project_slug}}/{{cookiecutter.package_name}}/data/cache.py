@@ -166,7 +166,16 @@ def decoded_samples(
     steps += [CropSquare(side, cfg.image_size), transforms.PILToTensor()]
     decoding = _Decoding(dataset, transforms.Compose(steps))
     workers = cfg.num_workers if workers is None else workers
-    loader = DataLoader(decoding, batch_size=64, num_workers=workers, collate_fn=list)
+    # A generator of its own: the loader draws a seed from it, which from the global RNG
+    # would make training differ between a run that decodes and one that finds its
+    # decoded images on disk.
+    loader = DataLoader(
+        decoding,
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=list,
+        generator=torch.Generator(),
+    )
     for batch in loader:
         for pixels, label, problem in batch:
             if problem is None:

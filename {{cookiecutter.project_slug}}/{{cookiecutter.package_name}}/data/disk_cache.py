@@ -101,6 +101,8 @@ def disk_cached_bundle(
     root = cache_root(cfg)
     folder = source_folder(cfg, root)
     key = cache_key(cfg, {"train": train, "val": val}, channels, side)
+    if valid_manifest(folder, key) is None:  # the room, before anything is written
+        check_room((len(train) + len(val)) * channels * side * side, root, folder)
     with build_lock(root, folder):
         manifest = valid_manifest(folder, key)
         if manifest is None:
