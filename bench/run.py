@@ -140,6 +140,14 @@ MEASURES = [
         lambda r: samples(r, "loader-folder-cache") / samples(r, "engine-cnn"),
     ),
     Measure(
+        "6f. data headroom, 32x32 ImageFolder as shards (data.dataset=shards): loader / model",
+        "x",
+        2.0,
+        0.3,
+        True,
+        lambda r: samples(r, "loader-shards") / samples(r, "engine-cnn"),
+    ),
+    Measure(
         "6d. default data.num_workers (0) / best of 0, 1, 2 (ImageFolder training)",
         "x",
         0.95,
@@ -190,6 +198,10 @@ def jobs_for(project: Path, folder: Path, python: str) -> dict:
     # The images decoded once into memory (not timed), then cropped and flipped per batch.
     cached = [*on_folder, "data.cache=true"]
     jobs["loader-folder-cache"] = [*contender, "loader", "cnn", *LOADER, *cached]
+    # The same images as tar shards (prepare_shards.py), streamed: bytes read by the process,
+    # decoded, cropped and flipped by 2 workers.
+    on_shards = ["--set", "data.dataset=shards", f"data.root={shards_of(folder)}"]
+    jobs["loader-shards"] = [*contender, "loader", "cnn", *CNN, *on_shards, "data.num_workers=2"]
     runners = {
         name: (lambda command=command: run_contender(command)) for name, command in jobs.items()
     }
@@ -289,6 +301,17 @@ for split, count, seed in (("train", {FOLDER_IMAGES_PER_CLASS * 10}, 0), ("val",
     subprocess.run([python, "-c", script], check=True)
 
 
+def shards_of(folder: Path) -> Path:
+    """Where write_shards puts the shards of the image folder `folder`."""
+    return folder.with_name(f"{folder.name}-shards")
+
+
+def write_shards(project: Path, folder: Path, python: str) -> None:
+    """The image folder as shards of 1,000 images, by the project's prepare_shards.py."""
+    command = [python, "prepare_shards.py", str(folder), str(shards_of(folder))]
+    subprocess.run([*command, "--per-shard", "1000"], cwd=project, check=True, capture_output=True)
+
+
 def package_of(project: Path) -> str:
     return next(project.glob("*/engine.py")).parent.name
 
@@ -346,6 +369,7 @@ def main() -> int:
         project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=temporary))
         folder = Path(temporary) / "folder32"
         write_image_folder(project, folder, python)
+        write_shards(project, folder, python)
         runners = jobs_for(project, folder, python)
         names = list(runners)
         rounds = []
