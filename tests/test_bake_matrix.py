@@ -61,9 +61,10 @@ COPIED_AS_IS = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="u
 # tests section, the project layout, the entry points that give one-line errors, the threat
 # model's row for a sweep's study) and, for sweeps, the Optuna dependency.
 NEUTRAL_CHANGES = {
-    "ci": {"README.md", "docs/layout.md"},
+    "ci": {"README.md", "docs/architecture.md", "docs/layout.md"},
     "use_sweeps": {
         "README.md",
+        "docs/architecture.md",
         "docs/errors.md",
         "docs/layout.md",
         "docs/security.md",

@@ -1,5 +1,6 @@
 """The baked project's own CI (ci=github): a valid GitHub Actions workflow and pre-commit config."""
 
+import subprocess
 import tomllib
 
 import pytest
@@ -33,7 +34,7 @@ def test_workflow_is_valid_yaml_with_lint_and_test_jobs(project):
     # YAML 1.1 (PyYAML) reads the key `on` as the boolean True.
     triggers = workflow.get("on", workflow.get(True))
     assert set(triggers) == {"push", "pull_request"}
-    assert set(workflow["jobs"]) == {"lint", "test"}
+    assert set(workflow["jobs"]) == {"lint", "test", "template"}
 
     lint = steps_text(workflow["jobs"]["lint"])
     assert f"pip install {ruff_pin(project)}" in lint  # the version pyproject.toml pins
@@ -46,6 +47,21 @@ def test_workflow_is_valid_yaml_with_lint_and_test_jobs(project):
     assert "${{ matrix.python-version }}" in text
     assert "${{ github.workflow }}-${{ github.ref }}" in text
     assert test["strategy"]["matrix"]["python-version"]
+
+
+def test_the_template_job_reports_a_newer_template_and_never_fails_the_run(project):
+    workflow = yaml.safe_load(
+        (project / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    )
+    job = workflow["jobs"]["template"]
+    assert job["continue-on-error"] is True
+    commands = steps_text(job)
+    assert "copier check-update --quiet ." in commands  # exit 2: a newer version exists
+    assert "cruft check" in commands
+    assert commands.count("::warning::") >= 2 and "docs/updating.md" in commands
+    # Its shell script parses, so a runner reaches the checks.
+    script = next(step["run"] for step in job["steps"] if "cruft check" in step.get("run", ""))
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
 
 
 def test_pre_commit_runs_the_pinned_ruff(project):

@@ -192,3 +192,17 @@ def test_the_layout_page_names_every_module_of_the_package():
     modules = {path.name for path in (PROJECT_ROOT / PACKAGE).rglob("*.py")} - {"__init__.py"}
     missing = sorted(name for name in modules if name not in named)
     assert not missing, f"docs/layout.md does not name {missing}"
+
+
+def test_the_architecture_page_sorts_every_module_into_yours_or_machinery():
+    page = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## ", page, flags=re.M)[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        "Yours",
+        "Machinery with a place for yours",
+        "Machinery",
+    ]
+    named = set(re.findall(r"`(?:[\w.]+/)*(\w+\.py)`", page))
+    modules = {path.name for path in (PROJECT_ROOT / PACKAGE).rglob("*.py")}
+    missing = sorted(modules - named)
+    assert not missing, f"docs/architecture.md does not say whose {missing} are"
