@@ -4,9 +4,9 @@ The dataclasses below are the single source of truth: every setting, its type, d
 allowed values and one-line help. `configs/default.yaml`, any further YAML files (read by
 yaml_files.py, which knows each key's line) and the command-line overrides are checked
 against them in a user's words (config_checks.py: unknown keys, sections, types), OmegaConf
-merges them onto the schema, and `validate` checks choices and ranges. Any problem becomes
-one `ConfigError` naming the full key (and the file's line) and what is allowed, raised
-before any work starts.
+merges them onto the schema, and `validate` checks choices and ranges. Keys the template
+renamed are read under their new names (renamed_settings.py). Any problem becomes one
+`ConfigError` naming the full key (and the file's line) and what is allowed, before any work.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config_checks import image_settings_problem, key_problem, rule_problem, tree_problem
+from .renamed_settings import current_key, with_current_keys
 from .yaml_files import YamlError, parse_value, read_mapping, spelling
 
 
@@ -318,6 +319,7 @@ def load_config(config_files: list[str | Path], overrides: list[str]) -> Config:
 
 def load_saved_config(saved: dict[str, Any], overrides: list[str]) -> Config:
     """The config a checkpoint was made with (see `to_dict`), `key=value` overrides on top."""
+    saved = with_current_keys(saved, "the checkpoint")
     merged = _merge(OmegaConf.structured(Config), OmegaConf.create(saved), "the checkpoint")
     return _finish(merged, overrides)
 
@@ -345,8 +347,7 @@ def to_yaml(cfg: Config) -> str:
 def validate(cfg: Config) -> None:
     """Check every rule declared in the schema: choices and numeric ranges."""
     for key, item in schema_fields():
-        problem = rule_problem(key, get_setting(cfg, key), item.metadata)
-        if problem:
+        if problem := rule_problem(key, get_setting(cfg, key), item.metadata):
             raise ConfigError(problem)
     if cfg.optim.name == "adamw" and (
         len(cfg.optim.betas) != 2 or not all(0 <= beta < 1 for beta in cfg.optim.betas)
@@ -355,8 +356,7 @@ def validate(cfg: Config) -> None:
             f"optim.betas={cfg.optim.betas} is not allowed; give two numbers in [0, 1), "
             "e.g. optim.betas=[0.9,0.999]"
         )
-    problem = image_settings_problem(cfg.data)
-    if problem:
+    if problem := image_settings_problem(cfg.data):
         raise ConfigError(problem)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.train.device):
         raise ConfigError(
@@ -391,6 +391,7 @@ def _read_settings_file(path: Path) -> dict[Any, Any]:
         settings, positions = read_mapping(path)
     except YamlError as error:
         raise ConfigError(str(error)) from None
+    settings = with_current_keys(settings, str(path))
     key, problem = tree_problem(settings, dict(schema_fields()), style="yaml")
     if not problem:
         return settings
@@ -406,7 +407,7 @@ def _parse_overrides(overrides: list[str]) -> list[dict[str, Any]]:
     parsed = []
     for override in overrides:
         key, sep, text = override.partition("=")
-        key = key.removeprefix("+").strip()
+        key = current_key(key.removeprefix("+").strip(), "the command line")
         if not sep or not key:
             missing = "value" if not sep else "key"
             raise ConfigError(
