@@ -95,6 +95,16 @@ def baked(cookies_session):
     return bake
 
 
+# The baked projects' own suites take minutes each, far longer than any other test: they go
+# first, one to each xdist worker, and the other tests fill in around them, instead of one
+# of them starting late and running on alone at the end.
+LONGEST_FIRST = frozenset({"test_baked_project_own_test_suite_passes"})
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: getattr(item, "originalname", item.name) not in LONGEST_FIRST)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A run in which no test passed is a failure, even if everything was skipped."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
