@@ -109,6 +109,10 @@ def one_round(python: str, project: Path, folder: Path, cache: Path, model: str)
     model_speed = figures["model"]["samples_per_s"]
     return {
         "model samples/s": model_speed,
+        "folder samples/s": figures["folder"]["samples_per_s"],
+        "disk first epoch samples/s": count / (first["built_s"] + first_s),
+        "disk cold epoch samples/s": cold_count / cold_s if later["dropped"] else None,
+        "disk warm epoch samples/s": warm_count / warm_s,
         "folder / model": figures["folder"]["samples_per_s"] / model_speed,
         "disk first epoch (build + read) / model": count
         / (first["built_s"] + first_s)
