@@ -133,3 +133,18 @@ def test_a_stray_ruff_cache_in_the_template_does_not_break_a_bake(tmp_path):
     for cache in (project / ".ruff_cache", project / "shape_classifier" / ".ruff_cache"):
         for name, data in contents.items():
             assert (cache / name).read_bytes() == data, f"{cache / name} was rendered"
+
+
+def test_no_template_file_names_the_default_package():
+    """The default answers bake `shape_classifier`: a template file that writes that name
+    instead of `{{ cookiecutter.package_name }}` breaks every project named otherwise, and
+    the default bakes the tests run would not notice."""
+    named = [
+        path.relative_to(PROJECT_TEMPLATE).as_posix()
+        for path in PROJECT_TEMPLATE.rglob("*")
+        if path.is_file()
+        and ".ruff_cache" not in path.parts
+        and path.suffix not in (".png", ".pyc")
+        and "shape_classifier" in path.read_text(encoding="utf-8")
+    ]
+    assert not named, f"these template files name the default package: {named}"

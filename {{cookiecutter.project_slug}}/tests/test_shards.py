@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, _subprocess_env, wait_for_file, write_images
 
-from shape_classifier.config import ConfigError, DataConfig
-from shape_classifier.data import DataError, build_datasets, build_loader, epoch_batch_sampler
-from shape_classifier.data.shard_index import SHARDS_FILE, read_index
-from shape_classifier.data.shard_writer import ShardPlan, prepare_shards
-from shape_classifier.data.shards import ShardBatches
-from shape_classifier.errors import missing_package
+from {{ cookiecutter.package_name }}.config import ConfigError, DataConfig
+from {{ cookiecutter.package_name }}.data import DataError, build_datasets, build_loader, epoch_batch_sampler
+from {{ cookiecutter.package_name }}.data.shard_index import SHARDS_FILE, read_index
+from {{ cookiecutter.package_name }}.data.shard_writer import ShardPlan, prepare_shards
+from {{ cookiecutter.package_name }}.data.shards import ShardBatches
+from {{ cookiecutter.package_name }}.errors import missing_package
 
 pytest.importorskip("webdataset", reason="the [shards] extra (webdataset) is not installed")
 
