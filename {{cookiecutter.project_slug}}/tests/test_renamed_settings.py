@@ -5,8 +5,6 @@ an old key in a settings file, on the command line and in a checkpoint's saved c
 as the new one, the new one wins where both are given, and a key may move to another section.
 """
 
-import logging
-
 import pytest
 
 from {{ cookiecutter.package_name }} import renamed_settings
@@ -24,47 +22,43 @@ def renames(monkeypatch):
     monkeypatch.setattr(renamed_settings, "RENAMED", ROWS)
 
 
-def warnings_of(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == renamed_settings.__name__]
+def warnings_of(project_log) -> list[str]:
+    return [r.getMessage() for r in project_log.records if r.name == renamed_settings.__name__]
 
 
-def test_an_old_key_in_a_settings_file_sets_the_new_one(renames, tmp_path, caplog):
+def test_an_old_key_in_a_settings_file_sets_the_new_one(renames, tmp_path, project_log):
     settings = tmp_path / "old.yaml"
     settings.write_text("train:\n  old_log_every: 7  # written before the rename\n")
-    with caplog.at_level(logging.WARNING):
-        cfg = load_config([settings], [])
+    cfg = load_config([settings], [])
     assert cfg.train.log_every == 7
-    (warning,) = warnings_of(caplog)
+    (warning,) = warnings_of(project_log)
     assert str(settings) in warning and "train.old_log_every" in warning
     assert "train.log_every" in warning and "9.0.0" in warning
 
 
-def test_an_old_key_on_the_command_line_sets_the_new_one(renames, caplog):
-    with caplog.at_level(logging.WARNING):
-        cfg = load_config([], ["train.old_log_every=9", "data.old_seed=4"])
+def test_an_old_key_on_the_command_line_sets_the_new_one(renames, project_log):
+    cfg = load_config([], ["train.old_log_every=9", "data.old_seed=4"])
     assert cfg.train.log_every == 9
     assert cfg.data.split_seed == 4  # followed through both of its renames
-    assert len(warnings_of(caplog)) == 3
+    assert len(warnings_of(project_log)) == 3
 
 
-def test_a_checkpoint_saved_before_the_rename_loads(renames, caplog):
+def test_a_checkpoint_saved_before_the_rename_loads(renames, project_log):
     saved = to_dict(load_config([], ["data.split_seed=3"]))
     saved["data"]["old_seed"] = saved["data"].pop("split_seed")
     before = repr(saved)
-    with caplog.at_level(logging.WARNING):
-        cfg = load_saved_config(saved, [])
+    cfg = load_saved_config(saved, [])
     assert cfg.data.split_seed == 3
     assert repr(saved) == before, "the checkpoint's own dict was changed"
-    assert [w for w in warnings_of(caplog) if "the checkpoint" in w]
+    assert [w for w in warnings_of(project_log) if "the checkpoint" in w]
 
 
-def test_where_both_are_given_the_new_key_wins(renames, tmp_path, caplog):
+def test_where_both_are_given_the_new_key_wins(renames, tmp_path, project_log):
     settings = tmp_path / "both.yaml"
     settings.write_text("train:\n  old_log_every: 7\n  log_every: 11\n")
-    with caplog.at_level(logging.WARNING):
-        cfg = load_config([settings], [])
+    cfg = load_config([settings], [])
     assert cfg.train.log_every == 11
-    assert any("both are given" in w for w in warnings_of(caplog))
+    assert any("both are given" in w for w in warnings_of(project_log))
 
 
 def test_without_renames_an_unknown_key_is_still_one_error(tmp_path):
