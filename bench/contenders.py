@@ -3,6 +3,9 @@
     python bench/contenders.py PROJECT CONTENDER MODEL [--steps N] [--warmup W] [--threads T]
         [--set key=value ...]
 
+Without --threads, torch's threads are what train.threads chooses (see recipe.py), as in
+a run of train.py.
+
 PROJECT is a baked project folder (its package is imported from there). CONTENDER is one of:
 - floor:      forward + backward + optimizer step repeated on one prepared batch: the
               compute the loop cannot avoid, with nothing else around it;
@@ -42,13 +45,25 @@ def main() -> None:
     parser.add_argument("model", choices=("cnn", "mlp"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch's threads (default: train.threads's choice)",
+    )
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument(
+        "--count", action="store_true", help="count the work of a step instead of timing it"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(args.project.resolve()))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        args.overrides.append(f"train.threads={args.threads}")
     setup = build_setup(args.model, args.overrides)
+    if args.count:
+        counts = work_per_step(CONTENDERS[args.contender], setup, args.warmup, args.steps)
+        print(json.dumps({"contender": args.contender, "model": args.model, **counts}))
+        return
     seconds = CONTENDERS[args.contender](setup, args.warmup, args.steps)
     print(
         json.dumps(
@@ -64,6 +79,32 @@ def main() -> None:
     )
 
 
+def work_per_step(contender, setup: dict, warmup: int, steps: int) -> dict:
+    """The Python calls and torch operators of one step: counted over `warmup` steps and
+    over `warmup + steps`, the difference divided by `steps`, so that what is done once
+    (building the loader, the first batch) drops out and what is done per epoch is shared
+    out over its steps. Unlike a time, a count does not move with the machine's load: a
+    loop that does more per step than before shows here in any round."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    def count(total: int) -> tuple[int, int]:
+        profiler = cProfile.Profile()
+        with profile(activities=[ProfilerActivity.CPU]) as operators:
+            profiler.runcall(contender, setup, 1, total)
+        calls = sum(stat[1] for stat in pstats.Stats(profiler).stats.values())
+        return calls, sum(event.count for event in operators.key_averages())
+
+    contender(setup, warmup, warmup)  # allocations and lazy imports of a first run
+    short, long = count(warmup), count(warmup + steps)
+    return {
+        "python_calls_per_step": (long[0] - short[0]) / steps,
+        "torch_ops_per_step": (long[1] - short[1]) / steps,
+    }
+
+
 def build_setup(model_name: str, overrides: list[str]) -> dict:
     """Model, optimizer, datasets and configs, built by the project's own factories."""
     from importlib import import_module
@@ -77,6 +118,8 @@ def build_setup(model_name: str, overrides: list[str]) -> dict:
 
     # The settings a run leaves to the recipe (threads, workers, ...), chosen as train.py would.
     cfg = recipe.choose_machine_settings(config.load_config([], overrides))
+    if cfg.train.threads:  # as train.py's prepare_device sets them (0: torch's default)
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     if model_name == "cnn":
         bundle = data.build_datasets(cfg.data, cfg.seed)

@@ -12,6 +12,7 @@ floor under which the command exits 1, so a regression shows.
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,8 @@ CONTENDERS = Path(__file__).resolve().parent / "contenders.py"
 CNN = ["--warmup", "10", "--steps", "50"]
 MLP = ["--warmup", "100", "--steps", "2000"]
 LOADER = ["--warmup", "10", "--steps", "300"]  # batches without a model: many, to be timed well
+SHARED = ["--warmup", "5", "--steps", "20"]  # 2 threads beside busy work: up to 1 s a step
+COUNT = ["--warmup", "200", "--steps", "1000", "--count"]  # counted, not timed
 FOLDER_IMAGES_PER_CLASS = 200
 
 
@@ -82,6 +85,27 @@ MEASURES = [
         200,
         False,
         lambda r: step_us(r, "engine-mlp") - step_us(r, "floor-mlp"),
+    ),
+    Measure(
+        "3b. per-step work: Python calls of an engine step beyond the floor's (MLP)",
+        "calls",
+        66,
+        66,
+        False,
+        lambda r: (
+            r["count-engine-mlp"]["python_calls_per_step"]
+            - r["count-floor-mlp"]["python_calls_per_step"]
+        ),
+    ),
+    Measure(
+        "3c. per-step work: torch operators of an engine step beyond the floor's (MLP)",
+        "ops",
+        22,
+        22,
+        False,
+        lambda r: (
+            r["count-engine-mlp"]["torch_ops_per_step"] - r["count-floor-mlp"]["torch_ops_per_step"]
+        ),
     ),
     Measure(
         "4a. engine / Lightning (CNN samples/s)",
@@ -164,6 +188,22 @@ MEASURES = [
         lambda r: samples(r, "engine-cnn") / best(r, ["engine-cnn-t1", "engine-cnn-t2"]),
     ),
     Measure(
+        "6f. machine shared with busy work: automatic threads / best of 1, 2 (CNN training)",
+        "x",
+        0.9,
+        0.8,
+        True,
+        lambda r: samples(r, "shared-cnn-auto") / best(r, ["shared-cnn-t1", "shared-cnn-t2"]),
+    ),
+    Measure(
+        "6g. machine shared with busy work / idle, automatic threads (CNN samples/s)",
+        "x",
+        0.4,
+        0.3,
+        True,
+        lambda r: samples(r, "shared-cnn-auto") / samples(r, "engine-cnn"),
+    ),
+    Measure(
         "7. default run: python train.py to 95 % validation accuracy",
         "s",
         30.0,
@@ -190,6 +230,8 @@ def jobs_for(project: Path, folder: Path, python: str) -> dict:
         "engine-cnn-t1": [*contender, "engine", "cnn", *CNN, "--threads", "1"],
         "engine-cnn-t2": [*contender, "engine", "cnn", *CNN, "--threads", "2"],
         "loader-cnn": [*contender, "loader", "cnn", *LOADER],
+        "count-engine-mlp": [*contender, "engine", "mlp", *COUNT],
+        "count-floor-mlp": [*contender, "floor", "mlp", *COUNT],
     }
     for workers in (0, 1, 2):  # files decoded as they are read (no cache), by `workers`
         workers_set = [*on_folder, f"data.num_workers={workers}", "data.cache=false"]
@@ -205,6 +247,9 @@ def jobs_for(project: Path, folder: Path, python: str) -> dict:
     runners = {
         name: (lambda command=command: run_contender(command)) for name, command in jobs.items()
     }
+    for threads, flag in (("t1", ["--threads", "1"]), ("t2", ["--threads", "2"]), ("auto", [])):
+        command = [*contender, "engine", "cnn", *SHARED, *flag]
+        runners[f"shared-cnn-{threads}"] = lambda command=command: beside_busy_work(command)
     lightning_start = [*contender, "lightning", "cnn", "--warmup", "0", "--steps", "1"]
     runners["start-import"] = lambda: timed([python, "-c", "import torch, torchvision"], project)
     runners["start-train"] = lambda: first_step(python, project)
@@ -218,6 +263,24 @@ def run_contender(command: list[str]) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def beside_busy_work(command: list[str]) -> dict:
+    """run_contender while other work keeps every core of this machine but one busy (one
+    Python busy loop a core, started first, as another user's job would be): on the
+    2-core machine, the case of a run sharing it with one busy process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(max((cores or 1) - 1, 1))
+    ]
+    try:
+        time.sleep(1.0)  # running before the contender looks at the machine
+        return run_contender(command)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
 
 
 def timed(command: list[str], cwd: Path) -> dict:

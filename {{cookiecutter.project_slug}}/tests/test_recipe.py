@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import write_images
 
+from {{ cookiecutter.package_name }} import recipe
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
 from {{ cookiecutter.package_name }}.config import Config, ConfigError, get_setting
 from {{ cookiecutter.package_name }}.data import DataBundle, build_datasets, cache, cache_place
@@ -62,6 +63,10 @@ def test_workers_and_threads_follow_the_cores_of_this_process(
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the test command may set them
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(recipe, "busy_cores", lambda: 0.0)  # an idle machine (test_threads.py)
     cfg = choose_machine_settings(Config())
     assert (cfg.data.num_workers, cfg.train.threads) == (workers, threads)
     given = Config()

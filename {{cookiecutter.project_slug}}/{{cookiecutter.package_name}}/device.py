@@ -5,10 +5,13 @@ does without importing the training script's dependencies.
 """
 
 import contextlib
+import math
 import os
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -19,6 +22,85 @@ from .features import feature_module
 def processes_on_this_machine() -> int:
     """The training processes that share this machine (torchrun's LOCAL_WORLD_SIZE; 1 alone)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+# Environment variables that set torch's CPU threads: where the user set one, it wins.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# How long the start of a run looks at the CPUs to see how busy other work keeps them.
+LOOK_SECONDS = 0.3
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's or taskset's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def busy_cores(seconds: float = LOOK_SECONDS) -> float | None:
+    """How many of this process's cores other work keeps busy: their share of non-idle time
+    over `seconds` (Linux's /proc/stat), else the 1-minute load average; None where the
+    system tells neither. This process sleeps meanwhile, so it is not counted."""
+    first = _cpu_times()
+    if first is None:
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+    time.sleep(seconds)
+    second = _cpu_times()
+    busy = 0.0
+    for cpu, (idle, total) in second.items():
+        idle_before, total_before = first.get(cpu, (idle, total))
+        if total > total_before:
+            busy += 1 - (idle - idle_before) / (total - total_before)
+    return busy
+
+
+def _cpu_times() -> dict[int, tuple[int, int]] | None:
+    """cpu number -> (idle + iowait ticks, all ticks), for the cores of this process."""
+    try:
+        lines = Path("/proc/stat").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    times = {}
+    for line in lines:
+        name, *ticks = line.split()
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit():
+            continue
+        if mine is None or int(name[3:]) in mine:
+            values = [int(tick) for tick in ticks[:8]]  # user ... steal; guests are in user
+            times[int(name[3:])] = (values[3] + values[4], sum(values))
+    return times or None
+
+
+def automatic_threads(
+    default: int, processes_here: int, cores: int, busy: float | None, environ=os.environ
+) -> tuple[int, str]:
+    """train.threads left null: the number, and why (for its auto: line).
+
+    torch's default (one thread per physical core, or what OMP_NUM_THREADS says), shared
+    out among the processes of a job on this machine, and no more than the cores other
+    work leaves free at the start. A thread on a core that another process keeps busy
+    waits for it at every parallel operation, while the others spin: on 2 cores with one
+    busy process, 2 threads made each step 6-20x slower than 1 (bench/README.md).
+    """
+    shared = f", shared by {processes_here} processes" if processes_here > 1 else ""
+    share = max(default // processes_here, 1)
+    given = [f"{name}={environ[name]}" for name in THREAD_VARIABLES if environ.get(name)]
+    if given:
+        return share, f"{given[0]} in the environment{shared}"
+    if busy is None:
+        return share, f"torch's default{shared}; how busy the CPUs are is unknown here"
+    # The job's other processes are starting beside this one: their load is not others'.
+    others = max(busy - (processes_here - 1), 0.0)
+    free = max(cores - math.floor(others + 0.5), 1)
+    threads = min(share, max(free // processes_here, 1))
+    load = f"{others:.1f} of {cores} CPU cores busy with other work at the start"
+    if threads < share:
+        return threads, f"{load}: a thread on a busy core would slow every step{shared}"
+    return threads, f"torch's default{shared}; {load}"
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:

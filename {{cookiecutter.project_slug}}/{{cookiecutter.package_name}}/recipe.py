@@ -5,7 +5,8 @@ Each is made from the data and the machine, logged once with its reason (a line 
 run takes them from its checkpoint, so it continues exactly as it started; a value the user
 sets always wins. The rules, in one place:
 
-- train.threads: torch's default, shared out among the processes of a job on one machine;
+- train.threads: torch's default, shared out among the processes of a job on one machine,
+  and no more than the cores other work leaves free at the start (device.automatic_threads);
 - data.num_workers: 0 on machines of up to 2 cores, where decoding in the training process
   measured fastest (bench 6d), else one worker per core but one, up to 8;
 - data.cache: on when the decoded images take at most a quarter of the free memory
@@ -42,7 +43,7 @@ import torch
 
 from .config import Config, ConfigError
 from .data import DataBundle
-from .device import processes_on_this_machine
+from .device import automatic_threads, busy_cores, cpu_cores, processes_on_this_machine
 from .log import counted, log_choice
 
 logger = logging.getLogger(__name__.rsplit(".", 1)[0])
@@ -83,10 +84,11 @@ def choose_machine_settings(cfg: Config) -> Config:
     processes_here = processes_on_this_machine()
     cores = max((os.cpu_count() or 1) // processes_here, 1)
     if cfg.train.threads is None:
-        threads = max(torch.get_num_threads() // processes_here, 1)
-        shared = f", shared by {processes_here} processes" if processes_here > 1 else ""
+        threads, reason = automatic_threads(
+            torch.get_num_threads(), processes_here, cpu_cores(), busy_cores()
+        )
         cfg = with_setting(cfg, "train.threads", threads)
-        log_choice("train.threads", threads, f"torch's default{shared}")
+        log_choice("train.threads", threads, reason)
     if cfg.data.num_workers is None:
         workers = 0 if cores <= 2 else min(cores - 1, 8)
         cfg = with_setting(cfg, "data.num_workers", workers)
