@@ -7,6 +7,7 @@ import torch
 
 from {{ cookiecutter.package_name }} import device, recipe
 from {{ cookiecutter.package_name }}.config import Config
+from {{ cookiecutter.package_name }}.log import LOGGER_NAME
 
 
 @pytest.mark.parametrize(
@@ -36,17 +37,17 @@ def test_a_thread_variable_the_user_set_wins_over_the_load():
     assert threads == 2 and "shared by 2 processes" in reason
 
 
-def test_the_choice_is_one_auto_line_and_recorded(monkeypatch, caplog):
+def test_the_choice_is_one_auto_line_and_recorded(monkeypatch, project_log):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(recipe, "cpu_cores", lambda: 2)
     monkeypatch.setattr(recipe, "busy_cores", lambda: 1.0)
-    with caplog.at_level(logging.INFO):
-        cfg = recipe.choose_machine_settings(Config())
+    project_log.set_level(logging.INFO, logger=LOGGER_NAME)
+    cfg = recipe.choose_machine_settings(Config())
     assert cfg.train.threads == 1
-    lines = [r.getMessage() for r in caplog.records if "auto: train.threads" in r.getMessage()]
+    lines = [r.getMessage() for r in project_log.records if "auto: train.threads" in r.getMessage()]
     assert lines == [
         "auto: train.threads=1 (1.0 of 2 CPU cores busy with other work at the start: "
         "a thread on a busy core would slow every step)"
