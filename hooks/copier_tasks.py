@@ -4,12 +4,14 @@ copier.yml runs this file after it has rendered the project, inside the project 
 the answers as JSON:
 
     python hooks/copier_tasks.py check  ANSWERS_JSON
-    python hooks/copier_tasks.py finish ANSWERS_JSON OPERATION
+    python hooks/copier_tasks.py finish ANSWERS_JSON OPERATION FOLDER_NAME
 
 ``check`` refuses a project_slug or package_name that pre_gen_project.py refuses (exit 1, one
-line per answer; copier then removes the folder it created). ``finish`` deletes the files of
-the features that are off, as post_gen_project.py does, and prints the next steps after a
-first copy (an update's regenerations stay quiet).
+line per answer; copier then removes the folder if it created it). The files of the features
+that are off are never written (copier.yml excludes them, as post_gen_project.py deletes them
+from a cookiecutter bake), so a file of the user's at such a path is left alone; ``finish``
+removes the folders they would have filled when copier left them empty (e.g. .github/), and
+prints the next steps after a first copy (an update's regenerations stay quiet).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import post_gen_project  # noqa: E402
 import pre_gen_project  # noqa: E402
 
-USAGE = "usage: copier_tasks.py check ANSWERS_JSON | finish ANSWERS_JSON [copy|update|recopy]"
+USAGE = (
+    "usage: copier_tasks.py check ANSWERS_JSON | finish ANSWERS_JSON [copy|update|recopy] [FOLDER]"
+)
 
 
 def check(answers: dict) -> int:
@@ -32,13 +36,15 @@ def check(answers: dict) -> int:
     return pre_gen_project.main(str(answers["project_slug"]), str(answers["package_name"]))
 
 
-def finish(answers: dict, operation: str, root: Path) -> int:
-    """Remove the disabled features' files under ``root``; print next steps on a first copy."""
-    post_gen_project.remove_files(root, post_gen_project.files_to_remove(answers))
+def finish(answers: dict, operation: str, root: Path, folder: str = "") -> int:
+    """Remove the empty folders of the disabled features under ``root``; print next steps on a
+    first copy."""
+    for relative in post_gen_project.files_to_remove(answers):
+        post_gen_project.remove_empty_folders(root, (root / relative).parent)
     if operation == "copy":
         print(
             post_gen_project.next_steps(
-                str(answers["project_slug"]),
+                folder or str(answers["project_slug"]),  # where copier wrote it
                 post_gen_project.as_bool(answers.get("use_ddp")),
                 post_gen_project.as_bool(answers.get("use_sweeps")),
             )
@@ -54,7 +60,8 @@ def main(argv: list[str], root: Path | None = None) -> int:
     if argv[0] == "check":
         return check(answers)
     operation = argv[2] if len(argv) > 2 else "copy"
-    return finish(answers, operation, root if root is not None else Path.cwd())
+    folder = argv[3] if len(argv) > 3 else ""
+    return finish(answers, operation, root if root is not None else Path.cwd(), folder)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
-from hooks.post_gen_project import COPIER_ANSWERS_FILE
+from hooks.post_gen_project import COPIER_ANSWERS_FILE, files_to_remove
 from tests.conftest import COMBINATIONS, TEMPLATE, combination_id
 
 copier = pytest.importorskip("copier")
@@ -64,6 +65,25 @@ def test_copier_renders_with_cookiecutter_json_jinja_settings():
     for setting, value in QUESTIONS["_jinja2_env_vars"].items():
         assert COPIER["_envops"][setting] == value
     assert COPIER["_envops"]["keep_trailing_newline"] is True  # as cookiecutter does
+
+
+def excluded_by_copier(answers: dict) -> set[str]:
+    """The project paths copier.yml's `_exclude` leaves out for these answers."""
+    environment = jinja2.Environment(
+        **{**QUESTIONS["_jinja2_env_vars"], "undefined": jinja2.StrictUndefined}
+    )
+    paths = set()
+    for pattern in COPIER["_exclude"]:
+        for line in environment.from_string(pattern).render(**answers).splitlines():
+            if line.strip().startswith("/"):
+                paths.add(line.strip().removeprefix("/"))
+    return paths
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=combination_id)
+def test_copier_leaves_out_the_files_the_cookiecutter_hook_deletes(combination):
+    answers = {**combination, "package_name": "pkg"}
+    assert excluded_by_copier(answers) == set(files_to_remove(answers))
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +139,16 @@ def test_copier_refuses_the_names_cookiecutter_refuses(
 def test_copier_asks_again_for_a_name_that_is_no_identifier(template_copy, tmp_path):
     with pytest.raises(ValueError, match="not a lowercase Python identifier"):
         copier_bake(template_copy, tmp_path / "project", {"package_name": "my-package"})
+
+
+def test_copier_into_a_folder_leaves_the_users_files_at_disabled_features_paths(
+    template_copy, tmp_path
+):
+    destination = tmp_path / "existing"
+    destination.mkdir()
+    (destination / ".pre-commit-config.yaml").write_text("repos: []  # mine\n")
+    (destination / "sweep.py").write_text("# my own sweep\n")
+    copier_bake(template_copy, destination, {"ci": "none", "use_sweeps": False})
+    assert (destination / ".pre-commit-config.yaml").read_text() == "repos: []  # mine\n"
+    assert (destination / "sweep.py").read_text() == "# my own sweep\n"
+    assert not (destination / ".github").exists()
