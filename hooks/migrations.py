@@ -66,49 +66,63 @@ def key_positions(node: yaml.Node, prefix: str = "") -> dict[str, yaml.Mark]:
     return positions
 
 
-def rename_in_text(text: str, old: str, new: str) -> tuple[str, bool]:
-    """``text`` with the key ``old`` renamed ``new`` where both share a parent; whether the
-    old key was there at all."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    mark = key_positions(node).get(old)
+def rename_in_text(text: str, old: str, new: str) -> tuple[str, str | None]:
+    """``text`` with the key ``old`` renamed ``new`` in place, and why not where it is there
+    but cannot be (None when renamed or absent)."""
+    positions = key_positions(yaml.compose(text, Loader=yaml.SafeLoader))
+    mark = positions.get(old)
     if mark is None:
-        return text, False
+        return text, None
+    if new in positions:
+        return text, f"{new} is there too and wins: delete {old}"
     if old.rpartition(".")[0] != new.rpartition(".")[0]:
-        return text, True
+        return text, f"it moves to another section: move it to {new} by hand"
     old_name, new_name = old.rpartition(".")[2], new.rpartition(".")[2]
     start = mark.index
-    if text[start : start + len(old_name)] != old_name:  # a quoted key: leave it to the runtime
-        return text, True
-    return text[:start] + new_name + text[start + len(old_name) :], True
+    if text[start : start + len(old_name)] != old_name:
+        return text, f"it is written quoted: rename it {new} by hand"
+    return text[:start] + new_name + text[start + len(old_name) :], None
 
 
-def migrate_file(path: Path, due: list[tuple[str, str, str]], project: Path) -> bool:
-    text = original = path.read_text(encoding="utf-8")
-    for version, old, new in due:
-        text, found = rename_in_text(text, old, new)
-        if found and old in key_positions(yaml.compose(text, Loader=yaml.SafeLoader)):
-            print(
-                f"{path.relative_to(project)}: {old} became {new} in version {version}; "
-                f"move it there by hand (the project reads it as {new} until then)"
-            )
-    if text == original:
-        return False
-    path.write_text(text, encoding="utf-8")
-    print(f"{path.relative_to(project)}: renamed settings of template versions after the bake")
-    return True
+def migrated_text(path: Path, due: list[tuple[str, str, str]], project: Path) -> str | None:
+    """The file's text with the due renames made, or None when it cannot be read as one YAML
+    mapping (it is then named and left as it is: the run will say what is wrong with it)."""
+    name = path.relative_to(project)
+    try:
+        with path.open(encoding="utf-8", newline="") as file:  # keeps CRLF as it is
+            text = file.read()
+        for version, old, new in due:
+            text, left_because = rename_in_text(text, old, new)
+            if left_because:
+                print(f"{name}: {old} was renamed {new} in version {version}; {left_because}")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"{name}: not migrated, it cannot be read as YAML ({reason})")
+        return None
+    return text
 
 
 def main(project: Path, template: Path) -> int:
+    """Rename the due keys in every YAML file under the project's configs/; all files are read
+    and renamed in memory first, then written, so a file that cannot be read stops nothing."""
     since = version_key(baked_version(project))
-    due = [row for row in renames(template) if version_key(row[0]) > since]
+    # A row of the version the project was baked with counts: the rename may have come later
+    # in that version's round, and an old key that is not there is simply not found.
+    due = [row for row in renames(template) if version_key(row[0]) >= since]
     configs = project / "configs"
     if not due or not configs.is_dir():
         return 0
+    files = sorted(path for path in configs.rglob("*") if path.suffix in (".yaml", ".yml"))
+    migrated = {path: migrated_text(path, due, project) for path in files if path.is_file()}
     changed = [
         path
-        for path in sorted(configs.rglob("*.yaml"))
-        if path.is_file() and migrate_file(path, due, project)
+        for path, text in migrated.items()
+        if text is not None and text.encode("utf-8") != path.read_bytes()
     ]
+    for path in changed:
+        with path.open("w", encoding="utf-8", newline="") as file:
+            file.write(migrated[path])
+        print(f"{path.relative_to(project)}: settings renamed by the template's newer versions")
     if changed and (project / ".git").exists():
         subprocess.run(["git", "add", "--", *map(str, changed)], cwd=project, check=True)
     return 0

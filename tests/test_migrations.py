@@ -16,8 +16,8 @@ FLOW = "train: {log_every: 7, epochs: 5}\n"
 
 
 def test_a_key_is_renamed_in_place_keeping_comments_and_style():
-    renamed, found = migrations.rename_in_text(BLOCK, "train.log_every", "train.print_every")
-    assert found
+    renamed, left = migrations.rename_in_text(BLOCK, "train.log_every", "train.print_every")
+    assert left is None
     assert renamed == BLOCK.replace("log_every", "print_every")
     renamed, _ = migrations.rename_in_text(FLOW, "train.log_every", "train.print_every")
     assert renamed == "train: {print_every: 7, epochs: 5}\n"
@@ -25,7 +25,7 @@ def test_a_key_is_renamed_in_place_keeping_comments_and_style():
 
 def test_a_key_elsewhere_or_absent_is_left_as_it_is():
     text = "data:\n  log_every: 7\n"  # the same name under another section
-    assert migrations.rename_in_text(text, "train.log_every", "train.x") == (text, False)
+    assert migrations.rename_in_text(text, "train.log_every", "train.x") == (text, None)
 
 
 def test_a_key_moving_to_another_section_is_named_not_moved(tmp_path, capsys):
@@ -34,15 +34,42 @@ def test_a_key_moving_to_another_section_is_named_not_moved(tmp_path, capsys):
     assert migrations.main(project, template) == 0
     assert (project / "configs" / "default.yaml").read_text() == BLOCK
     (line,) = capsys.readouterr().out.splitlines()
-    assert "train.log_every became log.every" in line and "by hand" in line
+    assert "train.log_every was renamed log.every" in line and "by hand" in line
 
 
-def test_only_renames_after_the_baked_version_apply(tmp_path):
-    rows = [("0.3.0", "train.epochs", "train.rounds"), ("0.4.0", "train.log_every", "train.k")]
+def test_renames_from_the_baked_version_on_apply(tmp_path):
+    rows = [
+        ("0.2.0", "train.epochs", "train.rounds"),  # before the bake: the key is someone else's
+        ("0.3.0", "seed", "base_seed"),  # the bake's own version: maybe renamed after the bake
+        ("0.4.0", "train.log_every", "train.k"),
+    ]
     project = make_project(tmp_path, "0.3.0", BLOCK)
     migrations.main(project, make_template(tmp_path, rows))
     text = (project / "configs" / "default.yaml").read_text()
-    assert "epochs: 5" in text and "k: 7   # every 7 steps" in text
+    assert "epochs: 5" in text and "k: 7   # every 7 steps" in text and "base_seed: 1" in text
+
+
+def test_a_file_that_is_not_one_yaml_mapping_stops_nothing(tmp_path, capsys):
+    project = make_project(tmp_path, "0.3.0", BLOCK)
+    experiments = project / "configs" / "experiments"
+    experiments.mkdir()
+    (experiments / "a_two_documents.yaml").write_text("train:\n  epochs: 3\n---\nseed: 2\n")
+    (experiments / "b_broken.yaml").write_text("train: [unclosed\n")
+    (experiments / "c.yml").write_text("train:\r\n  log_every: 3\r\n")
+    migrations.main(project, make_template(tmp_path, [("0.4.0", "train.log_every", "train.k")]))
+    assert "k: 7" in (project / "configs" / "default.yaml").read_text()
+    assert (experiments / "c.yml").read_bytes() == b"train:\r\n  k: 3\r\n"  # CRLF kept
+    assert (experiments / "b_broken.yaml").read_text() == "train: [unclosed\n"
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("not migrated" in line for line in lines) == 2
+
+
+def test_a_file_with_both_keys_is_left_for_the_user(tmp_path, capsys):
+    both = "train:\n  log_every: 7\n  k: 3\n"
+    project = make_project(tmp_path, "0.3.0", both)
+    migrations.main(project, make_template(tmp_path, [("0.4.0", "train.log_every", "train.k")]))
+    assert (project / "configs" / "default.yaml").read_text() == both
+    assert "train.k is there too and wins: delete train.log_every" in capsys.readouterr().out
 
 
 def test_the_changed_files_are_staged_for_copier_merge(tmp_path):

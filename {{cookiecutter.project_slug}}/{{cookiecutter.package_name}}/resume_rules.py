@@ -27,6 +27,7 @@ from .config import Config, ConfigError, load_saved_config, to_dict
 from .engine import TrainState
 from .log import counted
 from .recipe import AUTOMATIC, FROM_THE_WEIGHTS
+from .renamed_settings import current_name
 from .runs import run_dir_of
 from .yaml_files import flatten
 
@@ -72,13 +73,14 @@ class Plan:
 
 
 def settings_given(config_files: list[str | Path], overrides: list[str]) -> set[str]:
-    """The dotted keys that YAML files and `key=value` overrides set."""
+    """The dotted keys that YAML files and `key=value` overrides set, by today's names (a key
+    the template renamed counts as the new one: loading the config already warned of it)."""
     given = set()
     for path in config_files:
         given |= set(flatten(OmegaConf.to_container(OmegaConf.load(path)) or {}))
     for override in overrides:
         given.add(override.partition("=")[0].strip().lstrip("+~"))
-    return given
+    return {current_name(key) for key in given}
 
 
 def check_how_to_go_on(cfg: Config) -> None:
