@@ -9,6 +9,7 @@ the unrendered file is plain Python that linters accept and tests import as
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -151,12 +152,81 @@ def next_steps(project_slug: str, use_ddp: bool, use_sweeps: bool = False) -> st
 COPIER_ANSWERS_FILE = ".copier-answers.yml"
 
 
-def main(features: dict[str, Any], root: Path | None = None) -> int:
+# cruft's record of the template a project came from (`cruft update` reads it): written when
+# the template is a git checkout, so that a cookiecutter bake updates without `cruft link`,
+# which would record the template's newest commit and so miss every change since the bake.
+CRUFT_FILE = ".cruft.json"
+# cookiecutter's own keys for one run, not answers: cruft's record leaves them out.
+RUN_KEYS = ("_output_dir", "_repo_dir", "_checkout")
+# cookiecutter's abbreviations (gh:org/name), as cruft needs the URL git clones.
+ABBREVIATIONS = {
+    "gh": "https://github.com/{0}.git",
+    "gl": "https://gitlab.com/{0}.git",
+    "bb": "https://bitbucket.org/{0}",
+}
+
+
+def git_output(folder: str, *args: str) -> str | None:
+    """The output of `git -C folder ARGS`, or None when git or the repository is missing."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", folder, *args], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def template_url(template: str, repo_dir: str) -> str:
+    """Where git finds the template again: an abbreviation expanded, a URL as given, a local
+    checkout by its absolute path."""
+    prefix, colon, rest = template.partition(":")
+    if colon and prefix in ABBREVIATIONS:
+        return ABBREVIATIONS[prefix].format(rest)
+    if "://" in template or template.startswith("git@"):
+        return template
+    return str(Path(repo_dir).resolve())
+
+
+def cruft_record(context: dict[str, Any]) -> dict[str, Any] | None:
+    """The .cruft.json of this bake, or None when the template is not a git checkout of its
+    own (a zip download, a folder inside another repository)."""
+    repo_dir = str(context.get("_repo_dir", ""))
+    top = git_output(repo_dir, "rev-parse", "--show-toplevel") if repo_dir else None
+    if top is None or Path(top).resolve() != Path(repo_dir).resolve():
+        return None
+    commit = git_output(repo_dir, "rev-parse", "HEAD")
+    if not commit:
+        return None
+    url = template_url(str(context.get("_template", "")), repo_dir)
+    answers = {key: value for key, value in context.items() if key not in RUN_KEYS}
+    answers.update(_template=url, _commit=commit)
+    return {
+        "template": url,
+        "commit": commit,
+        "checkout": context.get("_checkout"),
+        "context": {"cookiecutter": answers},
+        "directory": None,
+    }
+
+
+def write_cruft_record(root: Path, context: dict[str, Any]) -> bool:
+    record = cruft_record(context)
+    if record is not None:
+        (root / CRUFT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record is not None
+
+
+def main(
+    features: dict[str, Any], root: Path | None = None, context: dict[str, Any] | None = None
+) -> int:
     """Remove the disabled features' files under ``root`` (default: cwd) and copier's empty
-    answers file; print next steps."""
-    remove_files(
-        root if root is not None else Path.cwd(), [*files_to_remove(features), COPIER_ANSWERS_FILE]
-    )
+    answers file, record the template for cruft (``context``: cookiecutter's whole context);
+    print next steps."""
+    root = root if root is not None else Path.cwd()
+    remove_files(root, [*files_to_remove(features), COPIER_ANSWERS_FILE])
+    if context is not None:
+        write_cruft_record(root, context)
     use_ddp, use_sweeps = as_bool(features.get("use_ddp")), as_bool(features.get("use_sweeps"))
     print(next_steps(features["project_slug"], use_ddp, use_sweeps))
     return 0
@@ -191,4 +261,9 @@ if __name__ == "__main__":
 {{ cookiecutter.ci | tojson }}
 """,
     }
-    sys.exit(main({key: json.loads(text.strip()) for key, text in RENDERED.items()}))
+    CONTEXT = json.loads(
+        r"""
+{{ cookiecutter | tojson }}
+""".strip()
+    )
+    sys.exit(main({key: json.loads(text.strip()) for key, text in RENDERED.items()}, None, CONTEXT))

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from hooks.post_gen_project import COPIER_ANSWERS_FILE, FEATURE_FILES
+from hooks.post_gen_project import COPIER_ANSWERS_FILE, CRUFT_FILE, FEATURE_FILES
 from tests.conftest import (
     ALL_FEATURES,
     COMBINATIONS,
@@ -149,10 +149,11 @@ def test_ruff_check_and_format_are_clean(baked, combination):
 
 
 def project_files(project) -> dict[str, bytes]:
+    """The project's files and their bytes, but for cruft's record of the answers themselves."""
     return {
         path.relative_to(project).as_posix(): path.read_bytes()
         for path in project.rglob("*")
-        if path.is_file()
+        if path.is_file() and path.name != CRUFT_FILE
     }
 
 

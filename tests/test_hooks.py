@@ -8,6 +8,8 @@ The importable functions are tested directly as well (``pythonpath = ["."]`` in 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -608,3 +610,37 @@ def test_hostile_text_in_readme(hostile_bake):
     readme = (hostile_bake / "README.md").read_text(encoding="utf-8")
 
     assert HOSTILE_NAME in readme
+
+
+def test_the_cruft_record_names_where_git_finds_the_template_again():
+    assert post_gen_project.template_url("gh:org/torch-template", "/x") == (
+        "https://github.com/org/torch-template.git"
+    )
+    assert post_gen_project.template_url("https://h/t.git", "/x") == "https://h/t.git"
+    assert post_gen_project.template_url("../torch-template", str(REPO_ROOT)) == str(REPO_ROOT)
+
+
+def test_no_cruft_record_without_a_git_checkout_of_the_template_itself(tmp_path):
+    plain = tmp_path / "unpacked-zip"
+    plain.mkdir()
+    assert post_gen_project.cruft_record({"_repo_dir": str(plain), "_template": "x"}) is None
+    inside = REPO_ROOT / "hooks"  # a folder of a repository, not its top
+    assert post_gen_project.cruft_record({"_repo_dir": str(inside), "_template": "x"}) is None
+
+
+def test_a_bake_from_a_checkout_records_its_commit_and_answers_for_cruft(tmp_path):
+    template = tmp_path / "template"
+    shutil.copytree(
+        REPO_ROOT, template, ignore=shutil.ignore_patterns(".git", ".venv*", ".ruff_cache")
+    )
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "t"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=template)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=template, capture_output=True, text=True
+    ).stdout.strip()
+    project = Path(cookiecutter(str(template), output_dir=str(tmp_path / "out"), no_input=True))
+    record = json.loads((project / ".cruft.json").read_text(encoding="utf-8"))
+    assert record["template"] == str(template) and record["commit"] == commit
+    answers = record["context"]["cookiecutter"]
+    assert answers["_commit"] == commit and answers["package_name"] == "shape_classifier"
+    assert not {"_output_dir", "_repo_dir", "_checkout"} & set(answers)

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cookiecutter.main import cookiecutter
 
 from tests.conftest import DEFAULT, SUITE_TIMEOUT_S, TEMPLATE, run_python
 
@@ -193,11 +194,14 @@ def copier_update(project: Path) -> None:
 
 
 def cruft_project(template_repo: Path, tmp_path: Path) -> Path:
+    """A plain cookiecutter bake: its post-generation hook records the template for cruft."""
     output = tmp_path / "work"
-    output.mkdir()
-    project = cruft.create(
-        str(template_repo), output_dir=output, no_input=True, extra_context=dict(DEFAULT)
+    project = Path(
+        cookiecutter(
+            str(template_repo), output_dir=str(output), no_input=True, extra_context=DEFAULT
+        )
     )
+    assert (project / ".cruft.json").is_file(), "the bake did not record its template for cruft"
     git(project, "init", "-q")
     commit_all(project, "baked")
     return project
