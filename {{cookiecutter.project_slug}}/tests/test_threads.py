@@ -77,3 +77,14 @@ def test_cpu_times_are_those_of_this_processs_cores():
     assert set(times) <= set(range(1024))
     assert len(times) == device.cpu_cores()
     assert all(0 <= idle <= total for idle, total in times.values())
+
+
+def test_the_cpus_are_looked_at_only_when_the_choice_depends_on_them():
+    def must_not_look():
+        raise AssertionError("looked at the CPUs (0.3 s of the run's start) for nothing")
+
+    given = {"OMP_NUM_THREADS": "2"}
+    assert device.automatic_threads(2, 1, 2, must_not_look, environ=given)[0] == 2
+    assert device.automatic_threads(1, 1, 2, must_not_look, environ={})[0] == 1
+    assert device.automatic_threads(4, 4, 4, must_not_look, environ={})[0] == 1
+    assert device.automatic_threads(2, 1, 2, lambda: 1.0, environ={})[0] == 1

@@ -76,7 +76,11 @@ def _cpu_times() -> dict[int, tuple[int, int]] | None:
 
 
 def automatic_threads(
-    default: int, processes_here: int, cores: int, busy: float | None, environ=os.environ
+    default: int,
+    processes_here: int,
+    cores: int,
+    busy: float | Callable[[], float | None] | None,
+    environ=os.environ,
 ) -> tuple[int, str]:
     """train.threads left null: the number, and why (for its auto: line).
 
@@ -91,6 +95,10 @@ def automatic_threads(
     given = [f"{name}={environ[name]}" for name in THREAD_VARIABLES if environ.get(name)]
     if given:
         return share, f"{given[0]} in the environment{shared}"
+    if share == 1:  # one thread each already: nothing to take back
+        return share, f"torch's default{shared}"
+    if callable(busy):  # looked at only here: it takes LOOK_SECONDS of the run's start
+        busy = busy()
     if busy is None:
         return share, f"torch's default{shared}; how busy the CPUs are is unknown here"
     # The job's other processes are starting beside this one: their load is not others'.

@@ -85,7 +85,7 @@ def choose_machine_settings(cfg: Config) -> Config:
     cores = max((os.cpu_count() or 1) // processes_here, 1)
     if cfg.train.threads is None:
         threads, reason = automatic_threads(
-            torch.get_num_threads(), processes_here, cpu_cores(), busy_cores()
+            torch.get_num_threads(), processes_here, cpu_cores(), busy_cores
         )
         cfg = with_setting(cfg, "train.threads", threads)
         log_choice("train.threads", threads, reason)
