@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed
+from conftest import write_images
 from torch import nn
 
 from {{ cookiecutter.package_name }}.checkpoint import load_checkpoint
@@ -176,6 +177,7 @@ def two_process_runs(tmp_path_factory, small_overrides, subprocess_env):
             DDP_SETTINGS,
         ),
     }
+    commands["shards"] = ([*TORCHRUN, train], _one_validation_shard(root, env))
     if HAS_PROC:
         commands["stalled"] = (
             [*TORCHRUN, train],
@@ -199,6 +201,16 @@ def two_process_runs(tmp_path_factory, small_overrides, subprocess_env):
         for process in processes.values():  # after an error above, leave nothing running
             _end(process)
     return root, results, stall
+
+
+def _one_validation_shard(root: Path, env: dict) -> list[str]:
+    """Shards whose validation split is one shard, fewer than the processes, and the settings
+    that train on them."""
+    write_images(root / "images", {"a": 12, "b": 12}, size=16)
+    prepare = [sys.executable, str(PROJECT_ROOT / "prepare_shards.py"), str(root / "images")]
+    subprocess.run([*prepare, str(root / "shards"), "--per-shard", "8"], env=env, check=True)
+    shards = f"data.root={root / 'shards'}"
+    return ["data.dataset=shards", shards, "train.epochs=1", f"run.dir={root / 'shards'}-run"]
 
 
 def _output(result: subprocess.CompletedProcess) -> str:
@@ -225,6 +237,18 @@ def test_torchrun_with_two_processes(two_process_runs, read_metrics):
     first, second = checkpoint["rng_per_rank"]
     assert torch.equal(first["torch"], checkpoint["rng"]["torch"])
     assert not torch.equal(first["torch"], second["torch"])
+
+
+def test_a_process_without_validation_shards_validates_nothing_and_waits(
+    two_process_runs, read_metrics
+):
+    """One validation shard, two processes: rank 1 has no validation batch. The job ends (it
+    hung when validation ran the DDP wrapper, whose forward waits for the other process)."""
+    root, results, _ = two_process_runs
+    result = results["shards"]
+    assert result.returncode == 0, _output(result)
+    (row,) = read_metrics(root / "shards-run")
+    assert 0 <= float(row["val_acc"]) <= 1
 
 
 @pytest.mark.slow

@@ -13,7 +13,14 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, _subprocess_env, wait_for_file, write_images
 
-from {{ cookiecutter.package_name }}.config import ConfigError, DataConfig
+from {{ cookiecutter.package_name }} import pipe_roots
+from {{ cookiecutter.package_name }}.config import (
+    ConfigError,
+    DataConfig,
+    load_config,
+    load_saved_config,
+    to_dict,
+)
 from {{ cookiecutter.package_name }}.data import DataError, build_datasets, build_loader, epoch_batch_sampler
 from {{ cookiecutter.package_name }}.data.shard_index import SHARDS_FILE, read_index
 from {{ cookiecutter.package_name }}.data.shard_writer import ShardPlan, prepare_shards
@@ -151,12 +158,29 @@ def test_resume_inside_an_epoch_gives_the_remaining_batches(shards):
         assert torch.equal(a, b) and torch.equal(x, y)
 
 
-def test_shards_from_a_url_or_a_pipe(shards):
+def test_shards_from_a_url_or_a_pipe(shards, monkeypatch):
+    monkeypatch.setattr(pipe_roots, "_given", set())
     for root in (f"file://{shards}", "pipe:cat " + str(shards) + "/{name}"):
+        load_config([], [f"data.root={root}"])  # given on the command line
         streamed = build_datasets(shard_config(root), seed=7)
         assert streamed.train.root == root
         loader = build_loader(streamed.val, shard_config(root), train=False, seed=7)
         assert sum(len(labels) for _, labels in loader) == 6
+
+
+def test_a_pipe_root_from_a_checkpoint_runs_no_command(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipe_roots, "_given", set())
+    marker = tmp_path / "ran"
+    root = f"pipe:touch {marker}; cat {shards}/" + "{name}"
+    saved = to_dict(load_config([], []))
+    saved["data"].update(dataset="shards", root=root)
+    cfg = load_saved_config(saved, [])  # what evaluate.py and a resume read
+    with pytest.raises(DataError, match="shell command read from a checkpoint"):
+        build_datasets(cfg.data, seed=7)
+    assert not marker.exists()
+    given = load_config([], ["data.dataset=shards", f"data.root={root}"])  # the user's own
+    build_datasets(given.data, seed=7)
+    assert marker.exists()
 
 
 def test_bad_destinations_are_refused_in_one_line(images, tmp_path):

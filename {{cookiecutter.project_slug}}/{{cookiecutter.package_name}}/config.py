@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config_checks import image_settings_problem, key_problem, rule_problem, tree_problem
+from .pipe_roots import note_given
 from .renamed_settings import current_key, with_current_keys
 from .yaml_files import YamlError, parse_value, read_mapping, spelling
 
@@ -391,7 +392,7 @@ def _read_settings_file(path: Path) -> dict[Any, Any]:
         settings, positions = read_mapping(path)
     except YamlError as error:
         raise ConfigError(str(error)) from None
-    settings = with_current_keys(settings, str(path))
+    note_given(settings := with_current_keys(settings, str(path)))
     key, problem = tree_problem(settings, dict(schema_fields()), style="yaml")
     if not problem:
         return settings
@@ -426,9 +427,9 @@ def _parse_overrides(overrides: list[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"{key}={spelling(text)}: {error}") from None
         for part in reversed(key.split(".")):
             nested = {part: nested}
-        problem = tree_problem(nested, fields, style="override")[1]
-        if problem:
+        if problem := tree_problem(nested, fields, style="override")[1]:
             raise ConfigError(problem)
+        note_given(nested)
         parsed.append(nested)
     return parsed
 

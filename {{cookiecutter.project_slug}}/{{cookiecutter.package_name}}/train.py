@@ -371,7 +371,10 @@ def validate(session: Session) -> tuple[dict, str]:
     trainer, classes = session.trainer, session.classes
 
     def sums_of(model: nn.Module) -> torch.Tensor:
-        sums = evaluate(model, session.loaders.val, trainer.device, trainer.precision, len(classes))
+        # The model inside DDP: its forward starts collectives (buffer broadcasts), which
+        # processes with different numbers of validation batches would leave unmatched.
+        bare = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        sums = evaluate(bare, session.loaders.val, trainer.device, trainer.precision, len(classes))
         return session.team.sum(sums)
 
     totals = sums_of(trainer.model)

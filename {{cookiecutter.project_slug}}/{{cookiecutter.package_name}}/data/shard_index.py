@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from ..files import read_small_json
+from ..pipe_roots import was_given
 from .bundle import DataError
 from .images import shown
 
@@ -57,6 +58,11 @@ def location(root: str, name: str) -> str:
     `name` appended after a "/"; for a pipe: command, put in place of its "{name}"
     (pipe:aws s3 cp s3://bucket/shards/{name} -)."""
     if root.startswith("pipe:"):
+        if not was_given(root):
+            raise DataError(
+                f"data.root={root!r} is a shell command read from a checkpoint or a file from "
+                "elsewhere, and is not run; to run it, give it yourself: data.root='pipe:...'"
+            )
         return root.replace("{name}", name)
     if is_url(root):
         return f"{root.rstrip('/')}/{name}"
