@@ -191,6 +191,12 @@ def test_bad_destinations_are_refused_in_one_line(images, tmp_path):
     with pytest.raises(DataError, match="holds notes.txt, which prepare_shards.py did not"):
         prepare_shards(folder_config(images), tmp_path, plan)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    foreign = tmp_path / "other-tools-shards"
+    foreign.mkdir()
+    (foreign / "train-000000.tar").write_bytes(b"not ours")
+    with pytest.raises(DataError, match="shards of another tool"):
+        prepare_shards(folder_config(images), foreign, plan)
+    assert (foreign / "train-000000.tar").read_bytes() == b"not ours"
 
 
 def test_incomplete_damaged_or_foreign_shards_are_refused(shards, tmp_path):

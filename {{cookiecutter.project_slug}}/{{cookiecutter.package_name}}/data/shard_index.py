@@ -40,10 +40,16 @@ def shard_name(split: str, number: int) -> str:
     return f"{split}-{number:06d}.tar"
 
 
+# What prepare_shards.py leaves in OUT while it writes, before any shard: shards beside it
+# without an index are a killed write of its own, which a new write may replace; without it,
+# shard-named files are another tool's, and are left alone.
+WRITING_MARK = ".prepare_shards-writing"
+
+
 def is_shard_folder_entry(name: str) -> bool:
     """Whether prepare_shards.py writes files of this name (so it may replace them)."""
     return bool(SHARD_NAME.fullmatch(name) or TEMPORARY_NAME.fullmatch(name)) or (
-        name == SHARDS_FILE
+        name in (SHARDS_FILE, WRITING_MARK)
     )
 
 

@@ -35,9 +35,11 @@ from .folders import ImageFiles, image_folder
 from .images import shown
 from .shard_index import (
     FORMAT,
+    SHARD_NAME,
     SHARDS_FILE,
     TEMPORARY_NAME,
     VERSION,
+    WRITING_MARK,
     is_shard_folder_entry,
     shard_name,
     size_words,
@@ -87,6 +89,7 @@ def prepare_shards(data: DataConfig, out: Path, plan: ShardPlan) -> dict:
         leave_out_undecodable(train, workers, "training")
         leave_out_undecodable(val, workers, "validation")
     out.mkdir(parents=True, exist_ok=True)
+    (out / WRITING_MARK).write_text("python prepare_shards.py is writing here\n", encoding="utf-8")
     # An index from an earlier write would vouch for shards being replaced now.
     (out / SHARDS_FILE).unlink(missing_ok=True)
     order = list(range(len(train)))
@@ -111,6 +114,7 @@ def prepare_shards(data: DataConfig, out: Path, plan: ShardPlan) -> dict:
     }
     atomic_write_text(out / SHARDS_FILE, json.dumps(index, indent=1) + "\n")
     _remove_leftovers(out, {shard["name"] for shards in splits.values() for shard in shards})
+    (out / WRITING_MARK).unlink()
     written = sum(shard["bytes"] for shards in splits.values() for shard in shards)
     logger.info(
         "wrote %d train / %d val images of %d classes as %d + %d shards (%s) to %s",
@@ -144,6 +148,13 @@ def check_destination(root: Path, out: Path) -> None:
             f"OUT {shown(out)} holds {shown(foreign[0])}, which prepare_shards.py did not "
             f"write ({len(foreign)} such entr{'y' if len(foreign) == 1 else 'ies'}); name a "
             "new or empty folder, or one of earlier shards to replace"
+        )
+    names = {entry.name for entry in out.iterdir()}
+    shards = sorted(name for name in names if SHARD_NAME.fullmatch(name))
+    if shards and not names & {SHARDS_FILE, WRITING_MARK}:
+        raise DataError(
+            f"OUT {shown(out)} holds {shards[0]} but no {SHARDS_FILE}: shards of another tool, "
+            "which prepare_shards.py does not replace; name a new or empty folder"
         )
 
 
@@ -201,7 +212,8 @@ def _remove_leftovers(out: Path, written: set[str]) -> None:
     temporary files of killed writes."""
     for entry in out.iterdir():
         leftover = TEMPORARY_NAME.fullmatch(entry.name) or (
-            is_shard_folder_entry(entry.name) and entry.name not in written | {SHARDS_FILE}
+            is_shard_folder_entry(entry.name)
+            and entry.name not in written | {SHARDS_FILE, WRITING_MARK}
         )
         if leftover and entry.is_file() and not entry.is_symlink():
             entry.unlink()
