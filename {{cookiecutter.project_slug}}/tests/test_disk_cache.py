@@ -129,6 +129,14 @@ def test_a_changed_added_or_removed_file_or_setting_rebuilds_the_cache(tmp_path,
     os.utime(images[0], ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
     build_datasets(cfg, seed=0)
     assert built(log_lines(project_log))
+    # Replaced by other pixels, its size and modification time kept (cp -p, rsync -a).
+    status = images[2].stat()
+    Image.new("RGB", Image.open(images[2]).size, "black").save(images[2])
+    with images[2].open("ab") as file:  # PNG readers stop at its end chunk
+        file.write(bytes(status.st_size - images[2].stat().st_size))
+    os.utime(images[2], ns=(status.st_atime_ns, status.st_mtime_ns))
+    build_datasets(cfg, seed=0)
+    assert built(log_lines(project_log))
     write_images(tmp_path / "images", {"a": 2}, first=50)  # added
     grown = build_datasets(cfg, seed=0)
     assert built(log_lines(project_log)) and len(grown.train) + len(grown.val) == 14
@@ -310,3 +318,37 @@ def test_a_run_on_the_disk_cache_killed_mid_epoch_resumes_exactly(
     assert_same_run(straight, killed)
     log = (killed / "train.log").read_text(encoding="utf-8")
     assert "data.cache=disk: decoding" not in log and "are up to date" in log
+
+
+def test_a_rebuild_needs_room_for_one_cache_and_leftovers_count_as_free(tmp_path, monkeypatch):
+    images = write_images(tmp_path / "images", {"a": 6, "b": 6})
+    cfg = images_config(tmp_path)
+    build_datasets(cfg, seed=0)
+    (folder,) = [path for path in (tmp_path / "cache").iterdir() if path.is_dir()]
+    stale, size = folder, sum(path.stat().st_size for path in folder.iterdir())
+    leftover = tmp_path / "cache" / f".{folder.name}.building-99999"  # a killed build's
+    leftover.mkdir()
+    (leftover / "train.u8").write_bytes(bytes(size))
+    images[0].unlink()  # the cache is stale now
+
+    def used() -> int:
+        return sum(path.stat().st_size for path in (tmp_path / "cache").rglob("*.u8"))
+
+    capacity = used()  # a disk full with the stale cache and the leftover
+    monkeypatch.setattr(cache_place, "DISK_MARGIN", 0)
+    monkeypatch.setattr(cache_place, "free_space", lambda root: capacity - used())
+    build_datasets(cfg, seed=0)  # fits in what the stale cache and the leftover free
+    assert not leftover.exists() and stale.is_dir()
+
+
+def test_a_ready_cache_on_a_read_only_disk_is_used(tmp_path, monkeypatch):
+    write_images(tmp_path / "images", {"a": 6, "b": 6})
+    cfg = images_config(tmp_path)
+    first = build_datasets(cfg, seed=0)
+    for lock in (tmp_path / "cache").glob(".*.lock"):
+        lock.unlink()
+    monkeypatch.setattr(disk_cache.os, "access", lambda path, mode: False)
+    again = build_datasets(cfg, seed=0)
+    everything = torch.arange(len(first.val))
+    assert torch.equal(again.val[everything][0], first.val[everything][0])
+    assert not list((tmp_path / "cache").glob(".*.lock")), "it wrote a lock file"

@@ -78,10 +78,17 @@ def no_room_message(size: int, free: int, root: Path) -> str:
     )
 
 
+def reclaimable(root: Path, folder: Path) -> int:
+    """Bytes a build frees before it writes: the stale cache in `folder` it replaces, and
+    the half-built folders of killed builds of it."""
+    leftovers = root.glob(f".{folder.name}.building-*") if root.is_dir() else []
+    return folder_size(folder) + sum(folder_size(path) for path in leftovers)
+
+
 def check_room(size: int, root: Path, folder: Path) -> None:
     """ConfigError before anything is written, where `size` bytes do not fit in `root`
-    (the cache in `folder`, which it replaces, counts as free)."""
-    free = free_space(root) + folder_size(folder)
+    (the stale cache in `folder` and killed builds' leftovers count as free)."""
+    free = free_space(root) + reclaimable(root, folder)
     if size + DISK_MARGIN > free:
         raise ConfigError(no_room_message(size, free, root))
 
@@ -95,7 +102,7 @@ def disk_choice(cfg: DataConfig, size: int) -> tuple[bool, str]:
         raise ConfigError(problem)
     if problem:
         return False, f"the default {root}/ is inside data.root (set data.cache_dir)"
-    free = free_space(root) + folder_size(source_folder(cfg, root))
+    free = free_space(root) + reclaimable(root, source_folder(cfg, root))
     fits = size <= DISK_SHARE * free
     words = "at most" if fits else "more than"
     return fits, f"on disk they take {words} half the {megabytes(free)} free in {root}"

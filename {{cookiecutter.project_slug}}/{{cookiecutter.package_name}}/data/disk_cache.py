@@ -101,15 +101,21 @@ def disk_cached_bundle(
     root = cache_root(cfg)
     folder = source_folder(cfg, root)
     key = cache_key(cfg, {"train": train, "val": val}, channels, side)
-    if valid_manifest(folder, key) is None:  # the room, before anything is written
-        check_room((len(train) + len(val)) * channels * side * side, root, folder)
-    with build_lock(root, folder):
-        manifest = valid_manifest(folder, key)
-        if manifest is None:
-            manifest = build_cache(folder, key, cfg, {"train": train, "val": val})
-        else:
-            logger.info("data.cache=disk: the decoded images in %s are up to date", folder)
+    manifest = valid_manifest(folder, key)
+    if manifest is not None and not os.access(root, os.W_OK):
+        # A ready cache where this run may not write (a read-only disk): nothing to build,
+        # so nothing to lock; a complete cache is never changed in place.
         sets = {name: open_set(folder, name, manifest, len(classes)) for name in SETS}
+    else:
+        if manifest is None:  # the room, before anything is written
+            check_room((len(train) + len(val)) * channels * side * side, root, folder)
+        with build_lock(root, folder):
+            manifest = valid_manifest(folder, key)
+            if manifest is None:
+                manifest = build_cache(folder, key, cfg, {"train": train, "val": val})
+            else:
+                logger.info("data.cache=disk: the decoded images in %s are up to date", folder)
+            sets = {name: open_set(folder, name, manifest, len(classes)) for name in SETS}
     for name, dataset in (("train", train), ("val", val)):
         report_left_out(manifest["sets"][name]["left_out"], len(dataset), WHAT[name])
     (train_images, train_labels), (val_images, val_labels) = sets["train"], sets["val"]
@@ -140,9 +146,9 @@ def cache_key(cfg: DataConfig, sets: dict[str, Dataset], channels: int, side: in
 
 
 def samples_digest(dataset: Dataset) -> str:
-    """SHA-256 of a set's samples in order: for image files each one's path, label, size
-    and modification time; for a torchvision dataset (whose files the fingerprint covers)
-    its kind and length."""
+    """SHA-256 of a set's samples in order: for image files each one's path, label, size,
+    modification and status-change times; for a torchvision dataset (whose files the
+    fingerprint covers) its kind and length."""
     digest = hashlib.sha256()
     if not isinstance(dataset, ImageFiles):
         digest.update(f"{type(dataset).__name__}\t{len(dataset)}".encode())
@@ -150,7 +156,9 @@ def samples_digest(dataset: Dataset) -> str:
     for path, label in dataset.samples:
         try:
             status = os.stat(path)
-            state = f"{status.st_size}\t{status.st_mtime_ns}"
+            # ctime too: a file replaced with its size and modification time kept (cp -p,
+            # rsync -a, an archive's fixed times) still changes it.
+            state = f"{status.st_size}\t{status.st_mtime_ns}\t{status.st_ctime_ns}"
         except OSError:  # gone: no cache matches, and the build names the file
             state = "missing"
         digest.update(os.fsencode(path) + f"\t{label}\t{state}\n".encode())
@@ -161,8 +169,17 @@ def samples_digest(dataset: Dataset) -> str:
 def build_lock(root: Path, folder: Path):
     """Hold the lock of the cache in `folder` (a file beside it): one process builds or
     checks it at a time; the others wait for it."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{folder.name}.lock", "a+b") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{folder.name}.lock", "a+b")  # closed by the with below
+    except OSError as error:
+        if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ConfigError(
+            f"data.cache=disk cannot write in {root} ({error.strerror}); set "
+            "data.cache_dir=FOLDER where this run may write, or data.cache=false"
+        ) from None
+    with lock:
         if fcntl is None:
             logger.warning("data.cache=disk: no file lock on this system: build it in one run")
         else:
@@ -245,6 +262,9 @@ def build_cache(folder: Path, key: dict, cfg: DataConfig, sets: dict[str, Datase
         settings["side"],
     )
     _remove_leftovers(root, folder.name)
+    # The stale cache goes first (this process holds the lock): the new one needs its room,
+    # not room beside it.
+    shutil.rmtree(folder, ignore_errors=True)
     check_room(size, root, folder)
     building = root / f".{folder.name}.building-{os.getpid()}"
     started = time.perf_counter()
