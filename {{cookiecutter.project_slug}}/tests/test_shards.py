@@ -4,6 +4,7 @@ processes of a run, resuming inside an epoch, and what a killed or damaged write
 
 import dataclasses
 import itertools
+import json
 import signal
 import subprocess
 import sys
@@ -212,6 +213,15 @@ def test_incomplete_damaged_or_foreign_shards_are_refused(shards, tmp_path):
     loader = build_loader(streamed.train, shard_config(copy, batch_size=26), train=True, seed=7)
     with pytest.raises(DataError, match="train-000001.tar differs from the index"):
         list(loader)
+    index = json.loads((shards / SHARDS_FILE).read_text())
+    for sides, problem in (
+        ({"100000": 10**12}, "sizes of 1000000000000 images, more than"),
+        ({"\u00b2": 1}, "something other than counts"),  # "²".isdigit() is true
+    ):
+        survey = {**index["survey"], "shorter_sides": sides}  # a list of 10**12 sides: no
+        (copy / SHARDS_FILE).write_text(json.dumps({**index, "survey": survey}))
+        with pytest.raises(DataError, match=problem):
+            build_datasets(shard_config(copy), seed=7)
     (copy / SHARDS_FILE).unlink()
     with pytest.raises(DataError, match="incomplete shards, rerun prepare_shards.py"):
         build_datasets(shard_config(copy), seed=7)

@@ -157,6 +157,9 @@ def check_index(index: object, where: str) -> dict:
         raise bad("it does not list the shards of a train and a val split")
     for split in SPLITS:
         _check_split(split, splits[split], bad)
+    sized = sum(index["survey"]["shorter_sides"].values())
+    if sized > sum(shard["count"] for split in SPLITS for shard in splits[split]):
+        raise bad(f"it gives the sizes of {sized} images, more than there are")
     if not isinstance(index.get("validation"), str):
         raise bad("it does not say how validation was split off")
     return index
@@ -190,7 +193,7 @@ def _check_survey(survey: object, bad) -> None:
     if not isinstance(sides, dict) or not sides:
         raise bad("it does not give the training images' sizes")
     for side, count in sides.items():
-        if not side.isdigit() or not _is_int(count) or count < 1:
+        if not is_number_text(side) or not _is_int(count) or count < 1:
             raise bad("its count of the images' sizes holds something other than counts")
     if not _is_int(survey.get("photo_files")) or survey["photo_files"] < 0:
         raise bad("it does not count the photographs among the training images")
@@ -200,6 +203,11 @@ def _check_survey(survey: object, bad) -> None:
     size = smallest.get("size")
     if not isinstance(size, list) or len(size) != 2 or not all(map(_is_int, size)):
         raise bad("it does not give the smallest training image's size")
+
+
+def is_number_text(text: object) -> bool:
+    """Whether `text` is a whole number in ASCII digits ("²".isdigit() is true as well)."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
 
 
 def _is_int(value: object) -> bool:

@@ -44,7 +44,7 @@ from .bundle import DataBundle, DataError
 from .fingerprint import summarize
 from .images import UnreadableImage, image_suffixes, open_image
 from .samplers import sample_seed
-from .shard_index import RERUN, location, read_index, shown_root, split_count
+from .shard_index import RERUN, is_number_text, location, read_index, shown_root, split_count
 from .stats import STATS_IMAGES, normalization_stats
 from .survey import ImageSurvey
 from .transforms import image_transform
@@ -105,7 +105,8 @@ class ShardStream:
         where = f"{shard_name}:{key}"
         images = [name for name in sample if f".{name}" in image_suffixes()]
         label = sample.get("cls", b"").decode("ascii", "replace").strip()
-        if not (key.isdigit() and int(key) < self.length and len(images) == 1 and label.isdigit()):
+        numbers = is_number_text(key) and is_number_text(label)
+        if not (numbers and int(key) < self.length and len(images) == 1):
             raise DataError(
                 f"the sample {where[:200]} is not one of prepare_shards.py (a key that is an "
                 "index, one image file and its class); the shards are damaged or of another "
