@@ -164,7 +164,7 @@ MEASURES = [
         lambda r: samples(r, "loader-folder-cache") / samples(r, "engine-cnn"),
     ),
     Measure(
-        "6f. data headroom, 32x32 ImageFolder as shards (data.dataset=shards): loader / model",
+        "6h. data headroom, 32x32 ImageFolder as shards (data.dataset=shards): loader / model",
         "x",
         2.0,
         0.3,
