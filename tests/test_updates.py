@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from cookiecutter.main import cookiecutter
 
 from tests.conftest import DEFAULT, SUITE_TIMEOUT_S, TEMPLATE, run_python
@@ -252,8 +253,9 @@ def assert_old_settings_file_runs(project: Path, tool: str) -> None:
 def template_commit(project: Path, tool: str) -> str:
     if tool == "cruft":
         return json.loads((project / ".cruft.json").read_text(encoding="utf-8"))["commit"]
-    answers = (project / ".copier-answers.yml").read_text(encoding="utf-8")
-    return next(line.split(": ")[1] for line in answers.splitlines() if line.startswith("_commit"))
+    # YAML: a short hash of digits only is written quoted ('7399006').
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text(encoding="utf-8"))
+    return str(answers["_commit"])
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))

@@ -4,6 +4,7 @@ import contextlib
 import csv
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,6 +227,16 @@ def small_overrides() -> tuple[str, ...]:
 def small_config(make_config):
     """The small config with its run folder under tmp_path."""
     return make_config()
+
+
+@pytest.fixture
+def sighup_at_its_default():
+    """SIGHUP at its default in this process and the runs it starts, as from a terminal: a
+    suite started under `nohup` ignores it, children inherit that, and the project then
+    (rightly) goes on through a SIGHUP as nohup asks."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.fixture

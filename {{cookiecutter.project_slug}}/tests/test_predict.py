@@ -438,7 +438,9 @@ def signal_in_the_window(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_during_export_leaves_no_file(run_copy, subprocess_env, tmp_path, signum):
+def test_a_signal_during_export_leaves_no_file(
+    run_copy, subprocess_env, tmp_path, signum, sighup_at_its_default
+):
     argv = ["export.py", str(run_copy)]
     result = signal_in_the_window(
         tmp_path, subprocess_env, signum, "export_program", "write_program", argv

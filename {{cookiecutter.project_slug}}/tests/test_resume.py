@@ -324,7 +324,7 @@ def test_a_kill_before_any_file_operation_of_a_save_loses_nothing(
     ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
 )
 def test_stop_signal_saves_and_exits_with_128_plus_the_signal(
-    make_config, small_overrides, subprocess_env, tmp_path, signum, code
+    make_config, small_overrides, subprocess_env, tmp_path, signum, code, sighup_at_its_default
 ):
     run_dir = tmp_path / "run"
     settings = (
@@ -411,7 +411,7 @@ def test_sigusr1_is_a_stop_request_like_sigterm():
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 
 
-def test_sighup_is_a_stop_request_unless_the_run_was_started_to_ignore_it():
+def test_sighup_is_a_stop_request_unless_the_run_was_started_to_ignore_it(sighup_at_its_default):
     """A closed terminal sends SIGHUP: the run saves and stops (129). Under `nohup`, which
     starts the process with SIGHUP ignored, the run goes on as nohup asks."""
     stop = GracefulStop()
