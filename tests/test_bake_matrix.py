@@ -289,6 +289,7 @@ FEATURE_FREE_TESTS = (
     "test_input_size.py",
     "test_csv_files.py",
     "test_disk_cache.py",
+    "test_fuzz_inputs.py",
     "test_renamed_settings.py",
     "test_shards.py",
     "test_log.py",
