@@ -97,12 +97,16 @@ def test_the_generator_answers_help_and_bad_arguments_in_one_line(baked, argv, c
         assert len(process.stderr.strip().splitlines()) == 1
 
 
-def test_the_generator_names_an_output_it_cannot_write_in_one_line(baked):
+def test_the_generator_names_an_output_it_cannot_write_in_one_line(baked, tmp_path):
+    # The blocking file goes in tmp_path: the bake is shared, and a file left in it made the
+    # copier comparison of the same answers fail.
     project = Path(baked(DEFAULT).project_path)
-    (project / "taken").write_text("a file, not a folder", encoding="utf-8")
-    process = run_python(["scripts/draw_samples.py", "taken/samples.png"], cwd=project)
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder", encoding="utf-8")
+    output = taken / "samples.png"
+    process = run_python(["scripts/draw_samples.py", str(output)], cwd=project)
     assert process.returncode == 1
-    assert process.stderr.startswith("error: cannot write taken/samples.png (")
+    assert process.stderr.startswith(f"error: cannot write {output} (")
     assert len(process.stderr.strip().splitlines()) == 1
 
 

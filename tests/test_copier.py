@@ -100,11 +100,15 @@ def copier_bake(template: Path, destination: Path, answers: dict) -> Path:
     return destination
 
 
+# What running the linter or Python in the shared cookiecutter bake leaves there.
+NOT_BAKED = {".ruff_cache", "__pycache__"}
+
+
 def tree(root: Path) -> dict[str, bytes]:
     return {
         path.relative_to(root).as_posix(): path.read_bytes()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and ".ruff_cache" not in path.parts
+        if path.is_file() and not NOT_BAKED & set(path.parts)
     }
 
 

@@ -12,17 +12,9 @@ import dataclasses, math
 from omegaconf import OmegaConf
 from {package}.cli import DEFAULT_CONFIG
 from {package}.config import schema_fields
+from {package}.yaml_files import flatten
 
-def leaves(tree, prefix=""):
-    out = {{}}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, f"{{prefix}}{{key}}."))
-        else:
-            out[f"{{prefix}}{{key}}"] = value
-    return out
-
-in_yaml = leaves(OmegaConf.to_container(OmegaConf.load(DEFAULT_CONFIG)))
+in_yaml = flatten(OmegaConf.to_container(OmegaConf.load(DEFAULT_CONFIG)))
 for key, item in schema_fields():
     default = item.default
     if item.default_factory is not dataclasses.MISSING:
