@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.data import (
     build_loader,
     epoch_batch_sampler,
     sample_seed,
+    samplers,
     save_stats,
 )
 from {{ cookiecutter.package_name }}.data import cache as data_cache
@@ -119,6 +120,29 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert batches_of(fresh, epoch=1) == batches_of(sampler, epoch=1)
     _, other_seed = train_sampler(seed=1)
     assert batches_of(other_seed, epoch=0) != first
+
+
+def test_per_sample_seeding_draws_as_torch_manual_seed_and_touches_nothing_else(monkeypatch):
+    """The seeding of each sample's augmentation gives the draws torch.manual_seed gives,
+    puts the global generator's state back, and leaves the GPU generators alone (seeding
+    them per sample cost more than decoding an image, and reseeded a CUDA run's own)."""
+    torch.manual_seed(1234)
+    expected = torch.randint(0, 1000, (4,)), torch.rand(3)
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+
+    def gpu_seeding(seed):
+        raise AssertionError(f"a GPU generator was seeded with {seed}")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", gpu_seeding)
+    with samplers.seeded_cpu_random(1234):
+        drawn = torch.randint(0, 1000, (4,)), torch.rand(3)
+    assert torch.equal(drawn[0], expected[0]) and torch.equal(drawn[1], expected[1])
+    assert torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(ValueError), samplers.seeded_cpu_random(5):
+        torch.rand(1)
+        raise ValueError("a transform that fails")
+    assert torch.equal(torch.get_rng_state(), before)  # put back after an error too
 
 
 @pytest.mark.parametrize("start_batch", [0, 1, 4, 9, 10])

@@ -14,6 +14,7 @@ from .samplers import (
     ShardSampler,
     TensorBatchSampler,
     sample_seed,
+    seeded_cpu_random,
 )
 from .shards import ShardStream, shard_loader
 
@@ -35,8 +36,7 @@ class SeededAugmentation(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_cpu_random(sample_seed(self.seed, epoch, index)):
             return self.dataset[index]
 
 

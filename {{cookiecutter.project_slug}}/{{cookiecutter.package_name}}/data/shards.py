@@ -36,14 +36,13 @@ import random
 import tarfile
 from collections.abc import Iterator
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
 from .bundle import DataBundle, DataError
 from .fingerprint import summarize
 from .images import UnreadableImage, image_suffixes, open_image
-from .samplers import sample_seed
+from .samplers import sample_seed, seeded_cpu_random
 from .shard_index import RERUN, is_number_text, location, read_index, shown_root, split_count
 from .stats import STATS_IMAGES, normalization_stats
 from .survey import ImageSurvey
@@ -246,8 +245,7 @@ class DecodedSamples(Dataset):
         epoch, record = item
         if epoch is None or self.seed is None:
             return self.transform(decode(record)), record[3]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, record[0]))
+        with seeded_cpu_random(sample_seed(self.seed, epoch, record[0])):
             return self.transform(decode(record)), record[3]
 
 
