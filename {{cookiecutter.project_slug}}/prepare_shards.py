@@ -2,6 +2,7 @@
 
     python prepare_shards.py DATA_ROOT OUT [--shard-size MB | --per-shard N]
                              [--val-fraction F] [--split-seed S] [--skip-bad]
+                             [--decoded N [--resize R] [--interpolation MODE]]
 
 DATA_ROOT is an image folder as data.dataset=imagefolder reads it (train/ and val/ class
 folders, or one folder of classes); its images are listed, split and checked as training
@@ -9,6 +10,11 @@ lists them, with --val-fraction, --split-seed and --skip-bad in the roles of dat
 data.split_seed and data.skip_bad. OUT receives train-NNNNNN.tar and val-NNNNNN.tar shards
 in the WebDataset layout and shards.json, their index, written last. Train from them with
 `python train.py data.dataset=shards data.root=OUT` (or OUT copied to a URL).
+
+With --decoded N, each image is stored decoded for data.image_size=N (resized with
+--resize and --interpolation, in the roles of data.resize and data.interpolation), as the
+decoded cache stores it: shards several times larger, and training that decodes nothing,
+for collections where decoding sets the pace (docs/shards.md).
 """
 
 import argparse
@@ -18,7 +24,8 @@ from pathlib import Path
 
 USAGE = (
     "usage: python prepare_shards.py DATA_ROOT OUT [--shard-size MB | --per-shard N] "
-    "[--val-fraction F] [--split-seed S] [--skip-bad]"
+    "[--val-fraction F] [--split-seed S] [--skip-bad] "
+    "[--decoded N [--resize R] [--interpolation MODE]]"
 )
 
 
@@ -44,6 +51,13 @@ def positive(kind):
 def natural(text: str) -> int:
     value = int(text)
     if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def at_least_8(text: str) -> int:
+    value = int(text)
+    if value < 8:  # data.image_size's own bound
         raise ValueError(text)
     return value
 
@@ -90,7 +104,28 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="leave unreadable images out with a warning (data.skip_bad)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--decoded",
+        type=at_least_8,
+        metavar="N",
+        help="store each image decoded for data.image_size=N instead of its file's bytes",
+    )
+    parser.add_argument(
+        "--resize",
+        type=natural,
+        metavar="R",
+        help="with --decoded: data.resize (default N * 1.14; 0 = no resize)",
+    )
+    parser.add_argument(
+        "--interpolation",
+        choices=("bilinear", "bicubic", "nearest"),
+        metavar="MODE",
+        help="with --decoded: data.interpolation, bilinear (default), bicubic or nearest",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.decoded is None and (arguments.resize, arguments.interpolation) != (None, None):
+        parser.error("--resize and --interpolation apply with --decoded N only")
+    return arguments
 
 
 def main(argv: list[str]) -> int:
@@ -104,7 +139,7 @@ def main(argv: list[str]) -> int:
 def prepare(arguments: argparse.Namespace) -> int:
     # Imported only now: torch takes seconds to import, and usage errors need none of it.
     from {{ cookiecutter.package_name }}.config import DataConfig
-    from {{ cookiecutter.package_name }}.data.shard_writer import ShardPlan, prepare_shards
+    from {{ cookiecutter.package_name }}.data.shard_writer import Decoding, ShardPlan, prepare_shards
 
     data = DataConfig(
         dataset="imagefolder",
@@ -114,7 +149,10 @@ def prepare(arguments: argparse.Namespace) -> int:
         skip_bad=arguments.skip_bad,
     )
     plan = ShardPlan(arguments.per_shard, round(arguments.shard_size * 1e6))
-    prepare_shards(data, arguments.out, plan)
+    decoding = None
+    if arguments.decoded is not None:
+        decoding = Decoding(arguments.decoded, arguments.resize, arguments.interpolation)
+    prepare_shards(data, arguments.out, plan, decoding)
     print(f"train from them: python train.py data.dataset=shards data.root={arguments.out}")
     return 0
 

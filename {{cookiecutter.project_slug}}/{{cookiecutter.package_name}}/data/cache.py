@@ -93,17 +93,10 @@ class CachedImages(Dataset):
 
     def crops(self, indices: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor):
         """uint8 [B, C, crop, crop]: the window of image indices[i] at (tops[i], lefts[i])."""
-        device, crop = self.images.device, self.crop
-        # Every window of side `crop` of every image, as a view (nothing copied):
-        # [N, C, side - crop + 1, side - crop + 1, crop, crop]. Picking one window per image
-        # is then a single gather (2.6x faster on a CPU than indexing rows and columns).
-        windows = self.images.unfold(2, crop, 1).unfold(3, crop, 1)
-        return windows[indices, :, copy_to(tops, device), copy_to(lefts, device)]
+        return window_crops(self.images, self.crop, indices, tops, lefts)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels -> (x / 255 - mean) / std in float32, computed as ToTensor and
-        Normalize compute it (not as one fused multiply-add), for bit-identical results."""
-        return pixels.float().div_(255).sub_(self._mean).div_(self._std)
+        return normalized(pixels, self._mean, self._std)
 
     def to(self, device: torch.device) -> "CachedImages":
         """These images, moved to `device` in place: the host copy of a large cache is freed
@@ -113,6 +106,25 @@ class CachedImages(Dataset):
             self.images, self.labels = self.images.to(device), self.labels.to(device)
             self._statistics_on(self.images.device)
         return self
+
+
+def window_crops(
+    images: torch.Tensor, crop: int, indices: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor
+) -> torch.Tensor:
+    """uint8 [B, C, crop, crop]: the window of images[indices[i]] at (tops[i], lefts[i])."""
+    device = images.device
+    # Every window of side `crop` of every image, as a view (nothing copied):
+    # [N, C, side - crop + 1, side - crop + 1, crop, crop]. Picking one window per image
+    # is then a single gather (2.6x faster on a CPU than indexing rows and columns).
+    windows = images.unfold(2, crop, 1).unfold(3, crop, 1)
+    return windows[indices, :, copy_to(tops, device), copy_to(lefts, device)]
+
+
+def normalized(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> (x / 255 - mean) / std in float32 (mean and std [C, 1, 1]), computed
+    as ToTensor and Normalize compute it (not as one fused multiply-add), for bit-identical
+    results."""
+    return pixels.float().div_(255).sub_(mean).div_(std)
 
 
 class _Decoding(Dataset):

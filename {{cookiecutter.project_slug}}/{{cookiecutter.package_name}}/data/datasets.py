@@ -11,6 +11,7 @@ from ..shapes import SHAPE_CLASSES
 from .builtin import shapes_bundle
 from .bundle import DataBundle
 from .cache import cached_bundle, choose_cache
+from .decoded_shards import decoded_settings
 from .disk_cache import disk_cached_bundle
 from .folders import ImageFiles, image_folder
 from .shards import shard_sets, streamed_bundle
@@ -44,12 +45,15 @@ def build_datasets(
     """
     if cfg.dataset == "shapes":
         return _shapes(cfg, seed, agree, weights)
+    fixed = {}
     if cfg.dataset == "imagefolder":
         train, val, classes, channels = image_folder(cfg)
         survey = train.survey
     elif cfg.dataset == "shards":
         train, val, classes, channels = shard_sets(cfg)
         survey = train.survey
+        fixed = decoded_settings(cfg, train.decoded)  # decoded shards: the settings they hold
+        cfg = dataclasses.replace(cfg, **fixed)
     elif cfg.dataset in TORCHVISION_DATASETS:
         train, val, classes, channels = torchvision_dataset(cfg)
         survey = ImageSurvey(channels, source=f"the {cfg.dataset} images")
@@ -60,7 +64,7 @@ def build_datasets(
             f"{', '.join(DATASET_CHOICES)}"
         )
     chosen = agree(
-        resolve_input_settings(cfg, survey, len(classes), len(train), choose_size, weights)
+        fixed | resolve_input_settings(cfg, survey, len(classes), len(train), choose_size, weights)
     )
     cfg = dataclasses.replace(cfg, **chosen)
     _check_resize(cfg)

@@ -3,11 +3,14 @@ the tar files, and which training reads before any shard.
 
 The folder (or URL) holds `train-000000.tar`, `train-000001.tar`, ... and `val-000000.tar`,
 ... in the WebDataset layout (each sample `KEY.<image suffix>`, the original file's bytes,
-and `KEY.cls`, its class index as text; KEY is the image's index in its split), and
+and `KEY.cls`, its class index as text; KEY is the image's index in its split; in decoded
+shards, format version 2, `KEY.npy` holds the image decoded, uint8 [C, S, S]), and
 shards.json: the format and its version, the class names, the channels, what the training
 images are like (survey.py needs it to choose data.image_size and data.flip without reading
-a shard), how validation was split off, and per split each shard's name, sample count, size
-and SHA-256. A folder with tar files but no shards.json is a write that did not finish.
+a shard), how validation was split off, for decoded shards the settings they were decoded
+with ("decoded": image_size, resize, interpolation and the square's side S), and per split
+each shard's name, sample count, size and SHA-256. A folder with tar files but no
+shards.json is a write that did not finish.
 
 The index comes from wherever the shards are, maybe from someone else: it is read with a
 bound on its size, and every field is checked before it is used.
@@ -20,12 +23,14 @@ from pathlib import Path
 
 from ..files import read_small_json
 from ..pipe_roots import was_given
+from ..pretrained import INTERPOLATIONS
 from .bundle import DataError
 from .images import shown
 
 SHARDS_FILE = "shards.json"
 FORMAT = "torch-template image shards"
-VERSION = 1
+# 1: the images' files; 2: the same, or with "decoded", the images decoded (--decoded).
+VERSION = 2
 # An index of a million shards is about 150 MB; 64 MB holds 400,000 (100 TB of 256 MB shards).
 MAX_INDEX_BYTES = 64 << 20
 SPLITS = ("train", "val")
@@ -162,7 +167,25 @@ def check_index(index: object, where: str) -> dict:
         raise bad(f"it gives the sizes of {sized} images, more than there are")
     if not isinstance(index.get("validation"), str):
         raise bad("it does not say how validation was split off")
+    if "decoded" in index:
+        _check_decoded(index["decoded"], version, bad)
     return index
+
+
+def _check_decoded(decoded: object, version: int, bad) -> None:
+    if version < 2:
+        raise bad("it says its images are decoded, which format version 1 does not have")
+    if not isinstance(decoded, dict):
+        raise bad("its decoding settings are not a record")
+    size, side, resize = decoded.get("image_size"), decoded.get("side"), decoded.get("resize")
+    if not _is_int(size) or not 8 <= size <= 16384:
+        raise bad("its decoded images have no image size")
+    if not _is_int(side) or not size <= side <= 16384:
+        raise bad("its decoded images' side is not at least their image size")
+    if resize is not None and (not _is_int(resize) or resize not in (0, side)):
+        raise bad("its decoded images' resize is not their side")
+    if decoded.get("interpolation") not in (None, *INTERPOLATIONS):
+        raise bad(f"its decoded images' interpolation is not one of {', '.join(INTERPOLATIONS)}")
 
 
 def _check_split(split: str, shards: object, bad) -> None:

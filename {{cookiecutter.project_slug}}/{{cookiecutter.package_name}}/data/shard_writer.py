@@ -6,7 +6,10 @@ class map, skip rules, train/val layout or seeded split by data.val_fraction and
 data.split_seed, and with skip_bad the same images left out), so that a run on the shards
 trains on the samples a run on the folder would. Each image goes in as its file's bytes,
 never re-encoded: decoding (EXIF orientation, 16-bit scaling) happens at training, by the
-same open_image as for files.
+same open_image as for files. With a Decoding (prepare_shards.py --decoded N), each goes in
+decoded instead, as the decoded-image cache stores it (cache.decoded_samples: the square of
+uint8 pixels that the crops for data.image_size=N are taken from, as KEY.npy): larger
+shards, and nothing left to decode at training.
 
 The training images are written in an order shuffled once (from data.split_seed), so that
 every shard holds every class in its share: the shuffle buffer of training mixes only
@@ -18,12 +21,14 @@ without shards.json, which training refuses in one line. Only files of this layo
 ever replaced or removed.
 """
 
+import io
 import json
 import logging
 import os
 import random
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ from ..config import DataConfig
 from ..files import atomic_path, atomic_write_text, file_sha256
 from ..log import progress_bar
 from .bundle import DataError
+from .cache import decoded_samples
 from .folders import ImageFiles, image_folder
 from .images import shown
 from .shard_index import (
@@ -46,6 +52,7 @@ from .shard_index import (
 )
 from .skip_bad import leave_out_undecodable
 from .survey import ImageSurvey
+from .transforms import resize_side
 
 logger = logging.getLogger(__name__.split(".")[0])
 
@@ -78,14 +85,73 @@ class ShardPlan:
         return [*cuts, range(start, len(sizes))]
 
 
-def prepare_shards(data: DataConfig, out: Path, plan: ShardPlan) -> dict:
+# The worker processes that decode images for prepare_shards.py.
+WORKERS = min(os.cpu_count() or 1, 8)
+
+
+@dataclass
+class Decoding:
+    """prepare_shards.py --decoded: each image stored decoded for data.image_size=
+    `image_size` (with data.resize and data.interpolation, null for their defaults), as a
+    square of `side` (the resize side) of `channels`, the way the decoded cache stores it."""
+
+    image_size: int
+    resize: int | None = None
+    interpolation: str | None = None
+
+    def settings(self, channels: int) -> DataConfig:
+        """The data settings the images are decoded with (cache.decoded_samples reads them)."""
+        return DataConfig(
+            dataset="imagefolder",
+            image_size=self.image_size,
+            resize=self.resize,
+            interpolation=self.interpolation,
+            channels=channels,
+            num_workers=WORKERS,
+        )
+
+    def side(self) -> int:
+        return resize_side(self.settings(3)) or self.image_size
+
+    def record(self) -> dict:
+        """The index's "decoded" entry."""
+        return {
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "side": self.side(),
+        }
+
+    def payloads(
+        self, dataset: ImageFiles, indices: list[int], channels: int
+    ) -> Iterator[tuple[str, bytes]]:
+        """("npy", the .npy file of uint8 [C, side, side]) of each image of `indices`."""
+        import numpy
+
+        subset = ImageFiles([dataset.samples[index] for index in indices], dataset.classes)
+        cfg = self.settings(channels)
+        for pixels, _ in decoded_samples(subset, cfg, channels, self.side(), left_out=[]):
+            buffer = io.BytesIO()
+            numpy.save(buffer, pixels.numpy(), allow_pickle=False)
+            yield "npy", buffer.getvalue()
+
+
+def prepare_shards(
+    data: DataConfig, out: Path, plan: ShardPlan, decoding: Decoding | None = None
+) -> dict:
     """Write the image folder `data.root` (listed as training lists it) as shards into
-    `out`, their index last; returns the index."""
+    `out`, their index last; returns the index. Each image as its file's bytes, or with
+    `decoding`, decoded."""
     root = Path(data.root)
+    if decoding is not None and 0 < decoding.side() < decoding.image_size:
+        raise DataError(
+            f"--resize {decoding.resize} is smaller than --decoded {decoding.image_size}: the "
+            "crops would not fit in the resized images; give a larger --resize, or none"
+        )
     check_destination(root, out)
     train, val, classes, channels = image_folder(data)
     if data.skip_bad:  # what training on the folder leaves out with data.skip_bad
-        workers = min(os.cpu_count() or 1, 8)
+        workers = WORKERS
         leave_out_undecodable(train, workers, "training")
         leave_out_undecodable(val, workers, "validation")
     out.mkdir(parents=True, exist_ok=True)
@@ -98,20 +164,25 @@ def prepare_shards(data: DataConfig, out: Path, plan: ShardPlan) -> dict:
     progress = progress_bar(total, 0, "writing shards", enabled=sys.stdout.isatty())
     try:
         splits = {
-            "train": _write_split(train, order, "train", out, plan, progress),
-            "val": _write_split(val, list(range(len(val))), "val", out, plan, progress),
+            "train": _write_split(train, order, "train", out, plan, progress, decoding, channels),
+            "val": _write_split(
+                val, list(range(len(val))), "val", out, plan, progress, decoding, channels
+            ),
         }
     finally:
         progress.close()
     index = {
         "format": FORMAT,
-        "version": VERSION,
+        # Shards of files keep the first version, which projects before decoded shards read.
+        "version": VERSION if decoding is not None else 1,
         "classes": classes,
         "channels": channels,
         "survey": _survey_record(train.survey, root),
         "validation": _validation_rule(data, root),
         "splits": splits,
     }
+    if decoding is not None:
+        index["decoded"] = decoding.record()
     atomic_write_text(out / SHARDS_FILE, json.dumps(index, indent=1) + "\n")
     _remove_leftovers(out, {shard["name"] for shards in splits.values() for shard in shards})
     (out / WRITING_MARK).unlink()
@@ -159,31 +230,53 @@ def check_destination(root: Path, out: Path) -> None:
 
 
 def _write_split(
-    dataset: ImageFiles, order: list[int], split: str, out: Path, plan: ShardPlan, progress
+    dataset: ImageFiles,
+    order: list[int],
+    split: str,
+    out: Path,
+    plan: ShardPlan,
+    progress,
+    decoding: Decoding | None,
+    channels: int,
 ) -> list[dict]:
     """Write the samples of `dataset` in `order` as shards of `split`; their index entries."""
-    sizes = [dataset.samples[index][0].stat().st_size for index in order]
+    if decoding is None:
+        sizes = [dataset.samples[index][0].stat().st_size for index in order]
+    else:  # a .npy file: its 128-byte header and the pixels
+        sizes = [128 + channels * decoding.side() ** 2] * len(order)
     shards = []
     for number, positions in enumerate(plan.cut(sizes)):
         name = shard_name(split, number)
         indices = [order[position] for position in positions]
-        shards.append(_write_shard(dataset, indices, out / name))
+        if decoding is None:
+            payloads = _file_payloads(dataset, indices)
+        else:
+            payloads = decoding.payloads(dataset, indices, channels)
+        shards.append(_write_shard(dataset, indices, payloads, out / name))
         progress.update(len(indices))
     return shards
 
 
-def _write_shard(dataset: ImageFiles, indices: list[int], path: Path) -> dict:
-    """One tar file of the samples `indices` (KEY.<suffix>: the file's bytes, KEY.cls: the
-    class index; KEY: the sample's index in its split), written atomically."""
+def _file_payloads(dataset: ImageFiles, indices: list[int]) -> Iterator[tuple[str, bytes]]:
+    """(the file's suffix, its bytes) of each image of `indices`."""
+    for index in indices:
+        image, _ = dataset.samples[index]
+        yield image.suffix.lower().lstrip("."), image.read_bytes()
+
+
+def _write_shard(
+    dataset: ImageFiles, indices: list[int], payloads: Iterator[tuple[str, bytes]], path: Path
+) -> dict:
+    """One tar file of the samples `indices` (KEY.<suffix>: the payload, the image file's
+    bytes or its decoded pixels; KEY.cls: the class index; KEY: the sample's index in its
+    split), written atomically."""
     from webdataset import TarWriter
 
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as file, TarWriter(file, encoder=False, mtime=0) as writer:
-            for index in indices:
-                image, label = dataset.samples[index]
-                suffix = image.suffix.lower().lstrip(".")
-                sample = {"__key__": f"{index:09d}", suffix: image.read_bytes()}
-                sample["cls"] = str(label).encode("ascii")
+            for index, (suffix, payload) in zip(indices, payloads, strict=True):
+                sample = {"__key__": f"{index:09d}", suffix: payload}
+                sample["cls"] = str(dataset.samples[index][1]).encode("ascii")
                 writer.write(sample)
         record = {"name": path.name, "count": len(indices)}
         record.update(bytes=temporary.stat().st_size, sha256=file_sha256(temporary))

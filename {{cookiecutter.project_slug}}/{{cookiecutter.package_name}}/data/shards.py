@@ -21,6 +21,12 @@ index in the image folder), as SeededAugmentation seeds it for the folder: the s
 the very pixels the folder gives. Validation reads the val shards in order, each process
 its own, without repeats.
 
+Decoded shards (prepare_shards.py --decoded N) hold each image as the decoded cache stores
+it (KEY.npy, uint8 [C, S, S]): nothing is decoded at training, a sample is a crop, a flip
+and a normalisation (SquareTransform, drawing as the file transforms draw), and the data
+settings the images were decoded with (data.image_size, data.resize, data.interpolation,
+data.channels) are the shards' (decoded_settings).
+
 Each shard is checked as it is read: its SHA-256 and sample count against the index (a
 damaged or replaced shard stops the run once read to its end, in one line), every sample's
 key, class and image suffix as it comes.
@@ -36,10 +42,12 @@ import random
 import tarfile
 from collections.abc import Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError, DataConfig
 from .bundle import DataBundle, DataError
+from .decoded_shards import SquareCrops, SquareReader
 from .fingerprint import summarize
 from .images import UnreadableImage, image_suffixes, open_image
 from .samplers import sample_seed, seeded_cpu_random
@@ -64,7 +72,16 @@ class ShardStream:
         self.classes = index["classes"]
         self.length = split_count(index, split)
         self.survey = survey
+        # Decoded shards: the settings their images were decoded with (shard_index.py).
+        self.decoded: dict | None = index.get("decoded")
+        self.channels = index["channels"]
         self.transform = None  # set by streamed_bundle
+
+    def square_shape(self) -> tuple[int, int, int] | None:
+        """The shape of each decoded image, (C, S, S); None for shards of image files."""
+        if self.decoded is None:
+            return None
+        return self.channels, self.decoded["side"], self.decoded["side"]
 
     def __len__(self) -> int:
         return self.length
@@ -102,14 +119,17 @@ class ShardStream:
         does not write (a key that is not an index, no class, no single image file)."""
         key = sample.get("__key__", "")
         where = f"{shard_name}:{key}"
-        images = [name for name in sample if f".{name}" in image_suffixes()]
+        if self.decoded is None:
+            images = [name for name in sample if f".{name}" in image_suffixes()]
+        else:
+            images = [name for name in sample if name == "npy"]
         label = sample.get("cls", b"").decode("ascii", "replace").strip()
         numbers = is_number_text(key) and is_number_text(label)
         if not (numbers and int(key) < self.length and len(images) == 1):
             raise DataError(
                 f"the sample {where[:200]} is not one of prepare_shards.py (a key that is an "
-                "index, one image file and its class); the shards are damaged or of another "
-                f"tool; {RERUN}"
+                f"index, one {'.npy' if self.decoded else 'image'} file and its class); the "
+                f"shards are damaged or of another tool; {RERUN}"
             )
         if int(label) >= len(self.classes):
             raise DataError(f"the sample {where} has class {label}, not one of the index; {RERUN}")
@@ -177,6 +197,12 @@ def shard_sets(cfg: DataConfig) -> tuple[ShardStream, ShardStream, list[str], in
         )
     index = read_index(cfg.root)
     channels = cfg.channels or index["channels"]
+    if index.get("decoded") and channels != index["channels"]:
+        raise ConfigError(
+            f"data.channels={cfg.channels}: the decoded shards at {shown_root(cfg.root)} hold "
+            f"images of {index['channels']} channels; set data.channels=null, or prepare "
+            "shards of the image files (prepare_shards.py without --decoded)"
+        )
     survey = ImageSurvey(channels, source=f"the images of {shown_root(cfg.root)}")
     for side, count in index["survey"]["shorter_sides"].items():
         survey.shorter_sides += [int(side)] * count
@@ -194,9 +220,19 @@ def streamed_bundle(
     """The DataBundle of the shards, normalised with the statistics of the first training
     images in the shards (a sample of the set: prepare_shards.py shuffled their order)."""
     first = FirstImages(train, min(len(train), STATS_IMAGES))
-    mean, std, source = normalization_stats(cfg, first, channels, stats_file)
-    train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)
-    val.transform = image_transform(cfg, channels, train=False, mean=mean, std=std)
+    if train.decoded is None:
+        mean, std, source = normalization_stats(cfg, first, channels, stats_file)
+        train.transform = image_transform(cfg, channels, train=True, mean=mean, std=std)
+        val.transform = image_transform(cfg, channels, train=False, mean=mean, std=std)
+        return DataBundle(train, val, classes, channels, mean, std, source)
+
+    # Decoded shards: the statistics of the squares' centre crops, as for the decoded cache.
+    def squares() -> torch.Tensor:
+        return torch.stack([first.image(position) for position in range(len(first))])
+
+    mean, std, source = normalization_stats(cfg, squares, channels, stats_file)
+    train.transform = SquareCrops(cfg.image_size, cfg.random_crop, cfg.flip, mean, std)
+    val.transform = SquareCrops(cfg.image_size, False, False, mean, std)
     return DataBundle(train, val, classes, channels, mean, std, source)
 
 
@@ -225,28 +261,53 @@ class FirstImages(Dataset):
         return self.count
 
     def __getitem__(self, position: int):
+        return self.transform(self.image(position)), self._records[position][3]
+
+    def image(self, position: int):
+        """The `position`-th image, decoded (a PIL image, or a decoded shard's square)."""
         if self._records is None:
             everything = self.stream.records(list(range(len(self.stream.shards))))
             self._records = list(itertools.islice(everything, self.count))
             everything.close()
-        record = self._records[position]
-        return self.transform(decode(record)), record[3]
+        _, data, _, _, where = record = self._records[position]
+        if self.stream.decoded is not None:
+            return SquareReader(self.stream.square_shape())(data, where)
+        return decode(record)
 
 
 class DecodedSamples(Dataset):
     """The DataLoader's dataset: each "index" is (epoch, Record) from ShardBatches, decoded
     and transformed here (in a worker); training samples are augmented with the seed of
-    (seed, epoch, index) that SeededAugmentation gives the same image of a folder."""
+    (seed, epoch, index) that SeededAugmentation gives the same image of a folder. Decoded
+    shards' samples are read and cropped a batch at a time (__getitems__, SquareCrops)."""
 
     def __init__(self, stream: ShardStream, seed: int | None) -> None:
         self.transform, self.seed = stream.transform, seed
+        shape = stream.square_shape()
+        self.read_square = SquareReader(shape) if shape is not None else None
 
     def __getitem__(self, item: tuple[int | None, Record]):
-        epoch, record = item
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int | None, Record]]) -> list:
+        seeds = [self._seed(epoch, record) for epoch, record in items]
+        labels = [record[3] for _, record in items]
+        if self.read_square is not None:
+            squares = torch.stack([self.read_square(record[1], record[4]) for _, record in items])
+            return list(zip(self.transform(squares, seeds).unbind(0), labels, strict=True))
+        samples = []
+        for seed, (_, record), label in zip(seeds, items, labels, strict=True):
+            if seed is None:
+                samples.append((self.transform(decode(record)), label))
+                continue
+            with seeded_cpu_random(seed):
+                samples.append((self.transform(decode(record)), label))
+        return samples
+
+    def _seed(self, epoch: int | None, record: Record) -> int | None:
         if epoch is None or self.seed is None:
-            return self.transform(decode(record)), record[3]
-        with seeded_cpu_random(sample_seed(self.seed, epoch, record[0])):
-            return self.transform(decode(record)), record[3]
+            return None
+        return sample_seed(self.seed, epoch, record[0])
 
 
 class ShardBatches:

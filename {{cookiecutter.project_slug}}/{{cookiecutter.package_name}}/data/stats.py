@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,11 +32,15 @@ MAX_RECORD_BYTES = 64 * 1024
 
 
 def normalization_stats(
-    cfg: DataConfig, train: Dataset | torch.Tensor, channels: int, stats_file: Path | None
+    cfg: DataConfig,
+    train: Dataset | torch.Tensor | Callable[[], torch.Tensor],
+    channels: int,
+    stats_file: Path | None,
 ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
     """(mean, std, where they came from): the config, a record ("cached"), or computed.
 
-    `train` is the training set, or with data.cache its decoded images (uint8 [N, C, S, S]).
+    `train` is the training set, or with data.cache its decoded images (uint8 [N, C, S, S]),
+    or a function that reads them.
     A given data.mean was checked against `channels` by build_datasets (check_given_stats).
     `stats_file`: a record (normalization.json) to fall back on, given only for a resumed
     run whose checkpoint holds no statistics; one that cannot be used is said in one
@@ -55,6 +60,8 @@ def normalization_stats(
     started = time.perf_counter()
     if isinstance(train, torch.Tensor):
         mean, std, count = cached_stats(train, cfg.image_size, channels)
+    elif callable(train):  # decoded images, read only now (decoded shards: shards.py)
+        mean, std, count = cached_stats(train(), cfg.image_size, channels)
     else:
         plain = image_transform(cfg, channels, train=False)  # as evaluation sees them, unnormalised
         mean, std, count = compute_stats(train, plain, channels)
