@@ -1,5 +1,5 @@
-"""The decoded cache on disk (data.cache=disk) against the uncached image folder: loader /
-model samples per second, side by side in one run.
+"""The decoded cache on disk (data.cache=disk) and the shards (data.dataset=shards) against
+the uncached image folder: loader / model samples per second, side by side in one run.
 
     python bench/disk_cache.py PROJECT [--rounds 3] [--model cnn|resnet18]
 
@@ -13,6 +13,9 @@ validation PNGs of the built-in shapes at 32x32. Each measurement is a fresh pro
 - disk-cold:    a later run's first epoch, the cache's files dropped from the page cache
                 first (as a run on a collection larger than the memory reads them);
 - disk-warm:    that run's next epoch, the files in the page cache.
+- shards:       contenders.py's `loader` on the folder written by prepare_shards.py (best
+                of data.num_workers 0 and 2; written before the rounds, untimed);
+- decoded:      the same on shards written with --decoded at the model's input size.
 Dropping the page cache needs root (`/proc/sys/vm/drop_caches`); without it the cold epoch
 is reported as not measured. `--model resnet18` measures torchvision's ResNet-18 at 128 px
 (fewer steps; the images are upscaled from 32 px, which costs the loader nothing extra).
@@ -28,6 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import CONTENDERS, package_of, run_contender, write_image_folder  # noqa: E402
+
+# --model -> the input side its decoded shards are written for (data.image_size of MODELS)
+DECODED_SIDE = {"cnn": 32, "resnet18": 128}
 
 MODELS = {  # --model -> (settings, contender steps)
     "cnn": ([], ["--warmup", "10", "--steps", "50"]),
@@ -80,23 +86,45 @@ def disk_epochs(python: str, project: Path, overrides: list[str], drop: bool) ->
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def one_round(python: str, project: Path, folder: Path, cache: Path, model: str) -> dict:
+def write_shards(python: str, project: Path, folder: Path, model: str) -> dict[str, Path]:
+    """The folder as shards of its files and as decoded shards, by prepare_shards.py."""
+    written = {}
+    for name, options in (("shards", []), ("decoded", ["--decoded", str(DECODED_SIDE[model])])):
+        out = folder.with_name(f"{folder.name}-{name}")
+        command = [python, "prepare_shards.py", str(folder), str(out), "--per-shard", "1000"]
+        subprocess.run([*command, *options], cwd=project, check=True, capture_output=True)
+        written[name] = out
+    return written
+
+
+def best_loader(contender: list[str], settings: list[str]) -> dict:
+    """contenders.py's `loader` on `settings`, the faster of data.num_workers 0 and 2."""
+    return max(
+        (
+            run_contender(
+                [*contender, "loader", "cnn", *LOADER_STEPS, "--set", *settings]
+                + [f"data.num_workers={workers}"]
+            )
+            for workers in (0, 2)
+        ),
+        key=lambda result: result["samples_per_s"],
+    )
+
+
+def one_round(
+    python: str, project: Path, folder: Path, cache: Path, model: str, shards: dict[str, Path]
+) -> dict:
     settings, steps = MODELS[model]
     contender = [python, str(CONTENDERS), str(project)]
     on_folder = ["data.dataset=imagefolder", f"data.root={folder}", *settings]
     figures = {
         "model": run_contender([*contender, "engine", "cnn", *steps, "--set", *settings]),
-        "folder": max(
-            (
-                run_contender(
-                    [*contender, "loader", "cnn", *LOADER_STEPS, "--set", *on_folder]
-                    + ["data.cache=false", f"data.num_workers={workers}"]
-                )
-                for workers in (0, 2)
-            ),
-            key=lambda result: result["samples_per_s"],
-        ),
+        "folder": best_loader(contender, [*on_folder, "data.cache=false"]),
     }
+    for name, root in shards.items():
+        figures[name] = best_loader(
+            contender, ["data.dataset=shards", f"data.root={root}", *settings]
+        )
     on_disk = [*on_folder, "data.cache=disk", f"data.cache_dir={cache}"]
     subprocess.run(["rm", "-rf", str(cache)], check=True)  # a new cache: the build is timed
     first = disk_epochs(python, project, on_disk, drop=False)
@@ -120,6 +148,8 @@ def one_round(python: str, project: Path, folder: Path, cache: Path, model: str)
         "disk build s": first["built_s"],
         "disk cold epoch / model": cold_count / cold_s / model_speed if later["dropped"] else None,
         "disk warm epoch / model": warm_count / warm_s / model_speed,
+        "shards / model": figures["shards"]["samples_per_s"] / model_speed,
+        "decoded shards / model": figures["decoded"]["samples_per_s"] / model_speed,
     }
 
 
@@ -133,7 +163,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder, cache = Path(scratch) / "images", Path(scratch) / "cache"
         write_image_folder(project, folder, python)
-        rounds = [one_round(python, project, folder, cache, args.model) for _ in range(args.rounds)]
+        shards = write_shards(python, project, folder, args.model)
+        rounds = [
+            one_round(python, project, folder, cache, args.model, shards)
+            for _ in range(args.rounds)
+        ]
     for name in rounds[0]:
         values = [entry[name] for entry in rounds if entry[name] is not None]
         if not values:

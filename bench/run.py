@@ -151,7 +151,7 @@ MEASURES = [
         "6b. data headroom, 32x32 ImageFolder: loader (best workers) / model",
         "x",
         2.0,
-        0.3,
+        0.6,
         True,
         lambda r: best(r, [f"loader-folder-w{w}" for w in (0, 1, 2)]) / samples(r, "engine-cnn"),
     ),
@@ -167,9 +167,17 @@ MEASURES = [
         "6h. data headroom, 32x32 ImageFolder as shards (data.dataset=shards): loader / model",
         "x",
         2.0,
-        0.3,
+        0.6,
         True,
         lambda r: samples(r, "loader-shards") / samples(r, "engine-cnn"),
+    ),
+    Measure(
+        "6i. data headroom, 32x32 ImageFolder as decoded shards (--decoded 32): loader / model",
+        "x",
+        2.0,
+        1.8,
+        True,
+        lambda r: samples(r, "loader-shards-decoded") / samples(r, "engine-cnn"),
     ),
     Measure(
         "6d. default data.num_workers (0) / best of 0, 1, 2 (ImageFolder training)",
@@ -244,6 +252,10 @@ def jobs_for(project: Path, folder: Path, python: str) -> dict:
     # decoded, cropped and flipped by 2 workers.
     on_shards = ["--set", "data.dataset=shards", f"data.root={shards_of(folder)}"]
     jobs["loader-shards"] = [*contender, "loader", "cnn", *CNN, *on_shards, "data.num_workers=2"]
+    # The same images decoded once into shards (prepare_shards.py --decoded 32), streamed and
+    # cropped a batch at a time, with the automatic data.num_workers (0 on 2 cores).
+    on_decoded = ["--set", "data.dataset=shards", f"data.root={decoded_shards_of(folder)}"]
+    jobs["loader-shards-decoded"] = [*contender, "loader", "cnn", *CNN, *on_decoded]
     runners = {
         name: (lambda command=command: run_contender(command)) for name, command in jobs.items()
     }
@@ -369,10 +381,17 @@ def shards_of(folder: Path) -> Path:
     return folder.with_name(f"{folder.name}-shards")
 
 
+def decoded_shards_of(folder: Path) -> Path:
+    """Where write_shards puts the decoded shards of the image folder `folder`."""
+    return folder.with_name(f"{folder.name}-decoded")
+
+
 def write_shards(project: Path, folder: Path, python: str) -> None:
-    """The image folder as shards of 1,000 images, by the project's prepare_shards.py."""
-    command = [python, "prepare_shards.py", str(folder), str(shards_of(folder))]
-    subprocess.run([*command, "--per-shard", "1000"], cwd=project, check=True, capture_output=True)
+    """The image folder as shards of 1,000 images, by the project's prepare_shards.py: of
+    the files, and decoded for a 32 px input."""
+    for out, decoded in ((shards_of(folder), []), (decoded_shards_of(folder), ["--decoded", "32"])):
+        command = [python, "prepare_shards.py", str(folder), str(out), "--per-shard", "1000"]
+        subprocess.run([*command, *decoded], cwd=project, check=True, capture_output=True)
 
 
 def package_of(project: Path) -> str:
