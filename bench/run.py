@@ -3,8 +3,9 @@
     .venv-bench/bin/python bench/run.py [--rounds 5] [--json FILE]
 
 Bakes the default project with the template, writes a small 32x32 ImageFolder from the
-built-in shapes, then runs each round: every contender in a fresh process, in an order that
-rotates from round to round, so a busy machine slows all of them alike. Each ratio is formed
+built-in shapes, then runs each round: every contender in a fresh process, in an order
+shuffled anew each round (seeded by the round's number), so a busy machine slows all of them
+alike and no job always follows the same one. Each ratio is formed
 within a round; the table gives its median and spread over the rounds, its goal, and the
 floor under which the command exits 1, so a regression shows.
 """
@@ -13,6 +14,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -456,8 +458,7 @@ def main() -> int:
         names = list(runners)
         rounds = []
         for round_index in range(args.rounds):
-            shift = round_index % len(names)
-            order = names[shift:] + names[:shift]
+            order = random.Random(round_index).sample(names, len(names))
             results = {}
             for name in order:
                 results[name] = runners[name]()
