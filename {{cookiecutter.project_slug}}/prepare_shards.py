@@ -151,7 +151,9 @@ def prepare(arguments: argparse.Namespace) -> int:
     plan = ShardPlan(arguments.per_shard, round(arguments.shard_size * 1e6))
     decoding = None
     if arguments.decoded is not None:
-        decoding = Decoding(arguments.decoded, arguments.resize, arguments.interpolation)
+        decoding = Decoding(
+            arguments.decoded, arguments.resize, arguments.interpolation or "bilinear"
+        )
     prepare_shards(data, arguments.out, plan, decoding)
     print(f"train from them: python train.py data.dataset=shards data.root={arguments.out}")
     return 0

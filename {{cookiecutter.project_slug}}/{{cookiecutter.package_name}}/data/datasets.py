@@ -52,7 +52,7 @@ def build_datasets(
     elif cfg.dataset == "shards":
         train, val, classes, channels = shard_sets(cfg)
         survey = train.survey
-        fixed = decoded_settings(cfg, train.decoded)  # decoded shards: the settings they hold
+        fixed = decoded_settings(cfg, train.decoded, weights)  # decoded shards: theirs
         cfg = dataclasses.replace(cfg, **fixed)
     elif cfg.dataset in TORCHVISION_DATASETS:
         train, val, classes, channels = torchvision_dataset(cfg)

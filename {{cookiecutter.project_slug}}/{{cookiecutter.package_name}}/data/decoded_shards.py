@@ -8,8 +8,8 @@ The images were resized when the shards were written, so the settings that did i
 decoded_settings takes them where they are null and refuses, in one line, any other.
 """
 
-import dataclasses
 import io
+import logging
 
 import torch
 
@@ -19,37 +19,51 @@ from .bundle import DataError
 from .cache import normalized, window_crops
 from .samplers import seeded_cpu_random
 from .shard_index import RERUN, shown_root
-from .transforms import centre_window, resize_side
+from .transforms import centre_window
+
+# The project's logger (the package's, not this module's).
+logger = logging.getLogger(__name__.split(".")[0])
 
 
-def decoded_settings(cfg: DataConfig, decoded: dict | None) -> dict:
+# The prepare_shards.py option that writes each setting the shards fix.
+OPTIONS = {"image_size": "--decoded", "resize": "--resize", "interpolation": "--interpolation"}
+
+
+def decoded_settings(cfg: DataConfig, decoded: dict | None, weights=None) -> dict:
     """The data settings that decoded shards (their index's "decoded" record) fix, as
     {name: value} for those left null (each logged as an automatic choice); a ConfigError
-    for one given otherwise. {} for shards of image files (`decoded` None)."""
+    for one given otherwise. {} for shards of image files (`decoded` None). `weights`: the
+    pretrained weights' preprocessing, whose resampling is said where the shards' differs."""
     if decoded is None:
         return {}
     where = f"the decoded shards at {shown_root(cfg.root)}"
-    theirs = {**decoded, "interpolation": decoded["interpolation"] or "bilinear"}
     fixed = {}
-    for name in ("image_size", "resize", "interpolation"):
-        given = getattr(cfg, name)
+    for name, option in OPTIONS.items():
+        given, theirs = getattr(cfg, name), decoded[name]
         if given is None:
-            if theirs[name] is not None:
-                fixed[name] = theirs[name]
-                log_choice(f"data.{name}", theirs[name], f"{where} were decoded with it")
-        elif name != "resize" and given != theirs[name]:  # resize: by the side it gives
+            if theirs is not None:
+                fixed[name] = theirs
+                log_choice(f"data.{name}", theirs, f"{where} were decoded with it")
+            continue
+        if name == "resize" and theirs is None:  # the default: image_size * 1.14
+            theirs = decoded["side"]
+        if given != theirs:
             raise ConfigError(
-                f"data.{name}={given}: {where} were decoded with data.{name}={theirs[name]}; "
-                f"set data.{name}=null to train on them, or prepare shards of the image files "
-                "(prepare_shards.py without --decoded)"
+                f"data.{name}={given}: {where} were decoded with data.{name}={theirs}; set "
+                f"data.{name}=null to train on them, or write them again with {option} "
+                f"{given} (prepare_shards.py), or write shards of the image files (without "
+                "--decoded)"
             )
-    settled = dataclasses.replace(cfg, **fixed)
-    side = resize_side(settled) or settled.image_size
-    if side != decoded["side"]:
-        raise ConfigError(
-            f"data.resize={cfg.resize}: {where} hold squares of {decoded['side']} px, not "
-            f"{side}; set data.resize=null to train on them"
-        )
+    if weights is not None and cfg.interpolation is None:
+        if weights.interpolation != decoded["interpolation"]:
+            logger.warning(
+                "the pretrained weights were trained on images resized with %s, %s with %s; "
+                "write them again with --interpolation %s to match",
+                weights.interpolation,
+                where,
+                decoded["interpolation"],
+                weights.interpolation,
+            )
     return fixed
 
 

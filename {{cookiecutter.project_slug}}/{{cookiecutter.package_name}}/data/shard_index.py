@@ -31,6 +31,8 @@ SHARDS_FILE = "shards.json"
 FORMAT = "torch-template image shards"
 # 1: the images' files; 2: the same, or with "decoded", the images decoded (--decoded).
 VERSION = 2
+# The largest side of decoded shards' squares (a 4096 px colour square is 50 MB).
+MAX_DECODED_SIDE = 4096
 # An index of a million shards is about 150 MB; 64 MB holds 400,000 (100 TB of 256 MB shards).
 MAX_INDEX_BYTES = 64 << 20
 SPLITS = ("train", "val")
@@ -178,14 +180,23 @@ def _check_decoded(decoded: object, version: int, bad) -> None:
     if not isinstance(decoded, dict):
         raise bad("its decoding settings are not a record")
     size, side, resize = decoded.get("image_size"), decoded.get("side"), decoded.get("resize")
-    if not _is_int(size) or not 8 <= size <= 16384:
-        raise bad("its decoded images have no image size")
-    if not _is_int(side) or not size <= side <= 16384:
-        raise bad("its decoded images' side is not at least their image size")
-    if resize is not None and (not _is_int(resize) or resize not in (0, side)):
-        raise bad("its decoded images' resize is not their side")
-    if decoded.get("interpolation") not in (None, *INTERPOLATIONS):
+    if not _is_int(size) or not 8 <= size <= MAX_DECODED_SIDE:
+        raise bad(f"its decoded images' image size is not a number from 8 to {MAX_DECODED_SIDE}")
+    if resize is not None and (not _is_int(resize) or not 0 <= resize <= MAX_DECODED_SIDE):
+        raise bad("its decoded images' resize is not a size")
+    if not _is_int(side) or side != decoded_side(size, resize):
+        raise bad("its decoded images' side does not follow from their image size and resize")
+    if decoded.get("interpolation") not in INTERPOLATIONS:
         raise bad(f"its decoded images' interpolation is not one of {', '.join(INTERPOLATIONS)}")
+
+
+def decoded_side(image_size: int, resize: int | None) -> int:
+    """The side of the squares decoded for data.image_size and data.resize (as the decoded
+    cache stores them): the resize side (null: image_size * 1.14), or with resize 0 (no
+    resize) image_size itself."""
+    if resize is None:
+        return math.ceil(image_size * 1.14)
+    return resize or image_size
 
 
 def _check_split(split: str, shards: object, bad) -> None:

@@ -22,6 +22,7 @@ ever replaced or removed.
 """
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -41,18 +42,19 @@ from .folders import ImageFiles, image_folder
 from .images import shown
 from .shard_index import (
     FORMAT,
+    MAX_DECODED_SIDE,
     SHARD_NAME,
     SHARDS_FILE,
     TEMPORARY_NAME,
     VERSION,
     WRITING_MARK,
+    decoded_side,
     is_shard_folder_entry,
     shard_name,
     size_words,
 )
 from .skip_bad import leave_out_undecodable
 from .survey import ImageSurvey
-from .transforms import resize_side
 
 logger = logging.getLogger(__name__.split(".")[0])
 
@@ -92,12 +94,12 @@ WORKERS = min(os.cpu_count() or 1, 8)
 @dataclass
 class Decoding:
     """prepare_shards.py --decoded: each image stored decoded for data.image_size=
-    `image_size` (with data.resize and data.interpolation, null for their defaults), as a
-    square of `side` (the resize side) of `channels`, the way the decoded cache stores it."""
+    `image_size` (with data.resize and data.interpolation; resize null for its default), as
+    a square of side() pixels of the images' channels, the way the decoded cache stores it."""
 
     image_size: int
     resize: int | None = None
-    interpolation: str | None = None
+    interpolation: str = "bilinear"
 
     def settings(self, channels: int) -> DataConfig:
         """The data settings the images are decoded with (cache.decoded_samples reads them)."""
@@ -111,7 +113,7 @@ class Decoding:
         )
 
     def side(self) -> int:
-        return resize_side(self.settings(3)) or self.image_size
+        return decoded_side(self.image_size, self.resize)
 
     def record(self) -> dict:
         """The index's "decoded" entry."""
@@ -122,10 +124,36 @@ class Decoding:
             "side": self.side(),
         }
 
+    def check(self) -> None:
+        """One DataError for settings whose squares could not be cropped or are too large."""
+        size, side = self.image_size, self.side()
+        if side < size:
+            raise DataError(
+                f"--resize {self.resize} is smaller than --decoded {size}: the crops would not "
+                "fit in the resized images; give a larger --resize, or none"
+            )
+        if side > MAX_DECODED_SIDE:
+            raise DataError(
+                f"--decoded {size} with --resize {self.resize} makes squares of {side} px, more "
+                f"than the {MAX_DECODED_SIDE} px decoded shards hold; give a smaller size, or "
+                "write shards of the image files (without --decoded)"
+            )
+
+    def check_images(self, survey: ImageSurvey) -> None:
+        """With --resize 0 (no resize), every image must hold the crop."""
+        path, size = survey.smallest
+        if self.resize == 0 and survey.shorter_sides and min(size) < self.image_size:
+            raise DataError(
+                f"{shown(path)} is {size[0]}x{size[1]} pixels, smaller than --decoded "
+                f"{self.image_size} with --resize 0 (no resize); leave out --resize 0 to "
+                "scale images first, or give a smaller --decoded"
+            )
+
     def payloads(
         self, dataset: ImageFiles, indices: list[int], channels: int
     ) -> Iterator[tuple[str, bytes]]:
-        """("npy", the .npy file of uint8 [C, side, side]) of each image of `indices`."""
+        """("npy", the .npy file of uint8 [C, side, side]) of each image of `indices`,
+        decoded in parallel by one set of worker processes."""
         import numpy
 
         subset = ImageFiles([dataset.samples[index] for index in indices], dataset.classes)
@@ -143,13 +171,18 @@ def prepare_shards(
     `out`, their index last; returns the index. Each image as its file's bytes, or with
     `decoding`, decoded."""
     root = Path(data.root)
-    if decoding is not None and 0 < decoding.side() < decoding.image_size:
-        raise DataError(
-            f"--resize {decoding.resize} is smaller than --decoded {decoding.image_size}: the "
-            "crops would not fit in the resized images; give a larger --resize, or none"
-        )
+    if decoding is not None:
+        decoding.check()
     check_destination(root, out)
     train, val, classes, channels = image_folder(data)
+    if decoding is not None:
+        decoding.check_images(train.survey)
+        each = 128 + channels * decoding.side() ** 2
+        logger.info(
+            "decoded shards: %s a sample, about %s in all",
+            size_words(each),
+            size_words(each * (len(train) + len(val))),
+        )
     if data.skip_bad:  # what training on the folder leaves out with data.skip_bad
         workers = WORKERS
         leave_out_undecodable(train, workers, "training")
@@ -242,17 +275,16 @@ def _write_split(
     """Write the samples of `dataset` in `order` as shards of `split`; their index entries."""
     if decoding is None:
         sizes = [dataset.samples[index][0].stat().st_size for index in order]
+        payloads = _file_payloads(dataset, order)
     else:  # a .npy file: its 128-byte header and the pixels
         sizes = [128 + channels * decoding.side() ** 2] * len(order)
+        payloads = decoding.payloads(dataset, order, channels)
     shards = []
     for number, positions in enumerate(plan.cut(sizes)):
         name = shard_name(split, number)
         indices = [order[position] for position in positions]
-        if decoding is None:
-            payloads = _file_payloads(dataset, indices)
-        else:
-            payloads = decoding.payloads(dataset, indices, channels)
-        shards.append(_write_shard(dataset, indices, payloads, out / name))
+        shard_payloads = itertools.islice(payloads, len(indices))  # the split's, in order
+        shards.append(_write_shard(dataset, indices, shard_payloads, out / name))
         progress.update(len(indices))
     return shards
 
