@@ -292,6 +292,7 @@ FEATURE_FREE_TESTS = (
     "test_fuzz_inputs.py",
     "test_renamed_settings.py",
     "test_shards.py",
+    "test_decoded_shards.py",
     "test_log.py",
     "test_pretrained.py",
     "test_lr_find.py",
