@@ -167,8 +167,7 @@ def build_loaders(
     shard = dict(seed=cfg.seed, rank=team.rank, world_size=team.world_size, device=device)
     train_loader = build_loader(data.train, cfg.data, train=True, **shard)
     val_loader = build_loader(data.val, cfg.data, train=False, **shard)
-    # Batches sliced from memory, and decoded shards, decode nothing in the loop.
-    decodes = not getattr(data.train, "supports_batch_indexing", False)
+    decodes = not getattr(data.train, "supports_batch_indexing", False)  # in memory: nothing to
     if cfg.data.num_workers == 0 and decodes and getattr(data.train, "decoded", None) is None:
         logger.warning(
             "data.num_workers=0: every image is decoded in the training process; "

@@ -45,15 +45,12 @@ def build_datasets(
     """
     if cfg.dataset == "shapes":
         return _shapes(cfg, seed, agree, weights)
-    fixed = {}
     if cfg.dataset == "imagefolder":
         train, val, classes, channels = image_folder(cfg)
         survey = train.survey
     elif cfg.dataset == "shards":
         train, val, classes, channels = shard_sets(cfg)
         survey = train.survey
-        fixed = decoded_settings(cfg, train.decoded, weights)  # decoded shards: theirs
-        cfg = dataclasses.replace(cfg, **fixed)
     elif cfg.dataset in TORCHVISION_DATASETS:
         train, val, classes, channels = torchvision_dataset(cfg)
         survey = ImageSurvey(channels, source=f"the {cfg.dataset} images")
@@ -63,6 +60,8 @@ def build_datasets(
             f"data.dataset={cfg.dataset!r} is not a known dataset; choose one of: "
             f"{', '.join(DATASET_CHOICES)}"
         )
+    fixed = decoded_settings(cfg, getattr(train, "decoded", None), weights)  # decoded shards'
+    cfg = dataclasses.replace(cfg, **fixed)
     chosen = agree(
         fixed | resolve_input_settings(cfg, survey, len(classes), len(train), choose_size, weights)
     )

@@ -139,8 +139,9 @@ class Decoding:
                 "write shards of the image files (without --decoded)"
             )
 
-    def check_images(self, survey: ImageSurvey) -> None:
-        """With --resize 0 (no resize), every image must hold the crop."""
+    def check_images(self, survey: ImageSurvey, channels: int, count: int) -> None:
+        """With --resize 0 (no resize), every image must hold the crop; the size of the
+        `count` decoded images is logged."""
         path, size = survey.smallest
         if self.resize == 0 and survey.shorter_sides and min(size) < self.image_size:
             raise DataError(
@@ -148,6 +149,12 @@ class Decoding:
                 f"{self.image_size} with --resize 0 (no resize); leave out --resize 0 to "
                 "scale images first, or give a smaller --decoded"
             )
+        each = 128 + channels * self.side() ** 2  # a .npy file: its header and the pixels
+        logger.info(
+            "decoded shards: %s a sample, about %s in all",
+            size_words(each),
+            size_words(each * count),
+        )
 
     def payloads(
         self, dataset: ImageFiles, indices: list[int], channels: int
@@ -176,17 +183,10 @@ def prepare_shards(
     check_destination(root, out)
     train, val, classes, channels = image_folder(data)
     if decoding is not None:
-        decoding.check_images(train.survey)
-        each = 128 + channels * decoding.side() ** 2
-        logger.info(
-            "decoded shards: %s a sample, about %s in all",
-            size_words(each),
-            size_words(each * (len(train) + len(val))),
-        )
+        decoding.check_images(train.survey, channels, len(train) + len(val))
     if data.skip_bad:  # what training on the folder leaves out with data.skip_bad
-        workers = WORKERS
-        leave_out_undecodable(train, workers, "training")
-        leave_out_undecodable(val, workers, "validation")
+        leave_out_undecodable(train, WORKERS, "training")
+        leave_out_undecodable(val, WORKERS, "validation")
     out.mkdir(parents=True, exist_ok=True)
     (out / WRITING_MARK).write_text("python prepare_shards.py is writing here\n", encoding="utf-8")
     # An index from an earlier write would vouch for shards being replaced now.
