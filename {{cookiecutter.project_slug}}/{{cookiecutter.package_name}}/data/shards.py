@@ -23,7 +23,7 @@ its own, without repeats.
 
 Decoded shards (prepare_shards.py --decoded N) hold each image as the decoded cache stores
 it (KEY.npy, uint8 [C, S, S]): nothing is decoded at training, a sample is a crop, a flip
-and a normalisation (SquareTransform, drawing as the file transforms draw), and the data
+and a normalisation (SquareCrops, drawing as the file transforms draw), and the data
 settings the images were decoded with (data.image_size, data.resize, data.interpolation,
 data.channels) are the shards' (decoded_settings).
 
