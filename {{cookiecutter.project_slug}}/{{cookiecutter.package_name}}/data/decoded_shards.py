@@ -78,6 +78,11 @@ def npy_header(shape: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def npy_size(shape: tuple[int, int, int]) -> int:
+    """The bytes of the .npy file of a uint8 array of `shape`: its header and the pixels."""
+    return len(npy_header(shape)) + shape[0] * shape[1] * shape[2]
+
+
 class SquareReader:
     """A decoded shard's sample -> its uint8 [C, S, S] tensor (a view of the bytes read).
 
@@ -89,7 +94,7 @@ class SquareReader:
     def __init__(self, shape: tuple[int, int, int]) -> None:
         self.shape = shape
         self.header = npy_header(shape)
-        self.size = len(self.header) + shape[0] * shape[1] * shape[2]
+        self.size = npy_size(shape)
 
     def __call__(self, data: bytes, where: str) -> torch.Tensor:
         if len(data) != self.size or not data.startswith(self.header):

@@ -38,6 +38,7 @@ from ..files import atomic_path, atomic_write_text, file_sha256
 from ..log import progress_bar
 from .bundle import DataError
 from .cache import decoded_samples
+from .decoded_shards import npy_size
 from .folders import ImageFiles, image_folder
 from .images import shown
 from .shard_index import (
@@ -149,12 +150,16 @@ class Decoding:
                 f"{self.image_size} with --resize 0 (no resize); leave out --resize 0 to "
                 "scale images first, or give a smaller --decoded"
             )
-        each = 128 + channels * self.side() ** 2  # a .npy file: its header and the pixels
+        each = self.sample_bytes(channels)
         logger.info(
             "decoded shards: %s a sample, about %s in all",
             size_words(each),
             size_words(each * count),
         )
+
+    def sample_bytes(self, channels: int) -> int:
+        """The size of each image's .npy file in the shards."""
+        return npy_size((channels, self.side(), self.side()))
 
     def payloads(
         self, dataset: ImageFiles, indices: list[int], channels: int
@@ -276,8 +281,8 @@ def _write_split(
     if decoding is None:
         sizes = [dataset.samples[index][0].stat().st_size for index in order]
         payloads = _file_payloads(dataset, order)
-    else:  # a .npy file: its 128-byte header and the pixels
-        sizes = [128 + channels * decoding.side() ** 2] * len(order)
+    else:
+        sizes = [decoding.sample_bytes(channels)] * len(order)
         payloads = decoding.payloads(dataset, order, channels)
     shards = []
     for number, positions in enumerate(plan.cut(sizes)):

@@ -77,11 +77,11 @@ class ShardStream:
         self.channels = index["channels"]
         self.transform = None  # set by streamed_bundle
 
-    def square_shape(self) -> tuple[int, int, int] | None:
-        """The shape of each decoded image, (C, S, S); None for shards of image files."""
+    def square_reader(self) -> SquareReader | None:
+        """The reader of each decoded image, uint8 (C, S, S); None for shards of image files."""
         if self.decoded is None:
             return None
-        return self.channels, self.decoded["side"], self.decoded["side"]
+        return SquareReader((self.channels, self.decoded["side"], self.decoded["side"]))
 
     def __len__(self) -> int:
         return self.length
@@ -256,6 +256,7 @@ class FirstImages(Dataset):
         self.stream, self.count = stream, count
         self.transform = None
         self._records: list[Record] | None = None
+        self.read_square = stream.square_reader()
 
     def __len__(self) -> int:
         return self.count
@@ -270,8 +271,8 @@ class FirstImages(Dataset):
             self._records = list(itertools.islice(everything, self.count))
             everything.close()
         _, data, _, _, where = record = self._records[position]
-        if self.stream.decoded is not None:
-            return SquareReader(self.stream.square_shape())(data, where)
+        if self.read_square is not None:
+            return self.read_square(data, where)
         return decode(record)
 
 
@@ -283,8 +284,7 @@ class DecodedSamples(Dataset):
 
     def __init__(self, stream: ShardStream, seed: int | None) -> None:
         self.transform, self.seed = stream.transform, seed
-        shape = stream.square_shape()
-        self.read_square = SquareReader(shape) if shape is not None else None
+        self.read_square = stream.square_reader()
 
     def __getitem__(self, item: tuple[int | None, Record]):
         return self.__getitems__([item])[0]
